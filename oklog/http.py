@@ -1,0 +1,196 @@
+"""A tiny raw-ASGI layer: requests, responses, routing, error mapping.
+
+Why not a framework: Starlette's StreamingResponse never closes the
+connection under hypercorn's trio worker (FACTS.md), and we need little.
+Streaming bodies are sent from a raw loop that also watches ``receive()``
+for ``http.disconnect`` (``send`` to a gone client does not raise under
+hypercorn-trio), and the final ``more_body=False`` goes out outside any
+cancel scope.
+
+This is the API edge: ``OklogError`` subclasses become their
+``status_hint`` with a one-line text reason; anything else is logged with
+its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qsl
+
+import trio
+
+from .errors import OklogError
+
+log = logging.getLogger("oklog.http")
+
+Body = bytes | AsyncIterator[bytes]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    raw_query: bytes
+    headers: dict[str, str]
+    _receive: Callable[[], Awaitable[dict[str, Any]]]
+    _body_done: bool = False
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Query parameters (last one wins), for simple ones such as ``id``."""
+        return dict(parse_qsl(self.raw_query.decode("latin-1"), keep_blank_values=True))
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The request body chunk by chunk, never held whole."""
+        while not self._body_done:
+            msg = await self._receive()
+            if msg["type"] == "http.disconnect":
+                raise trio.BrokenResourceError("client disconnected")
+            self._body_done = not msg.get("more_body", False)
+            chunk = msg.get("body", b"")
+            if chunk:
+                yield chunk
+
+    async def body(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.stream():
+            size += len(chunk)
+            if size > limit:
+                raise OklogError(f"request body over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: Body = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "text/plain; charset=utf-8"
+
+
+def text(status: int, message: str) -> Response:
+    return Response(status, (message.rstrip("\n") + "\n").encode())
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    import json
+
+    return Response(status, json.dumps(data, indent=2).encode() + b"\n", content_type="application/json")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    """Exact-path routing; ``GET`` routes answer ``HEAD`` too unless told."""
+
+    def __init__(self) -> None:
+        self._routes: dict[tuple[str, str], Handler] = {}
+        self._paths: set[str] = set()
+
+    def add(self, methods: str, path: str, handler: Handler) -> None:
+        for method in methods.split("|"):
+            self._routes[(method, path)] = handler
+        self._paths.add(path)
+
+    def mount(self, other: "Router") -> None:
+        self._routes.update(other._routes)
+        self._paths |= other._paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            raw_query=scope.get("query_string", b""),
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            _receive=receive,
+        )
+        response = await self._dispatch(request)
+        await _send(response, request, receive, send)
+
+    async def _dispatch(self, request: Request) -> Response:
+        handler = self._routes.get((request.method, request.path))
+        if handler is None and request.method == "HEAD":
+            handler = self._routes.get(("GET", request.path))
+        if handler is None:
+            if request.path in self._paths:
+                return text(405, f"method {request.method} not allowed on {request.path}")
+            return text(404, f"no such endpoint: {request.path}")
+        try:
+            return await handler(request)
+        except OklogError as exc:
+            if exc.status_hint >= 500:
+                log.warning("event=request_failed path=%s error=%r", request.path, exc)
+            return text(exc.status_hint, _one_line(str(exc)))
+        except trio.BrokenResourceError:
+            return text(400, "client went away")
+        except Exception:
+            log.exception("event=internal_error path=%s", request.path)
+            return text(500, "internal error (see the node's log)")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "error"
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _send(response: Response, request: Request, receive: Any, send: Any) -> None:
+    headers = [(b"content-type", response.content_type.encode())]
+    headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in response.headers.items()]
+    body = response.body
+    if isinstance(body, bytes):
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        payload = b"" if request.method == "HEAD" else body
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        return
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if request.method != "HEAD":
+        try:
+            await _stream_body(body, request, receive, send)
+        except Exception:  # headers are gone already: log, end the body
+            log.exception("event=stream_failed path=%s", request.path)
+    elif hasattr(body, "aclose"):
+        await body.aclose()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _stream_body(body: AsyncIterator[bytes], request: Request, receive: Any, send: Any) -> None:
+    """Send chunks until done or until the client disconnects."""
+
+    async def watch_disconnect(cancel: trio.CancelScope) -> None:
+        if not request._body_done:
+            async for _ in request.stream():  # drain an unread request body
+                pass
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                cancel.cancel()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_disconnect, nursery.cancel_scope)
+        async with aclosing(body) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,221 @@
+"""The ingest file layer: segment files on disk, driven by ``IngestBook``.
+
+Files live in one directory, the state is the extension, and every state
+change is an atomic ``rename(2)``:  ``ID.active`` → ``ID.flushed`` →
+``ID.pending`` → unlinked (or back to ``.flushed``).  A ``LOCK`` file held
+with ``flock`` keeps a second process out.  On open, leftover ``.active`` and
+``.pending`` files become ``.flushed``: whatever a crashed process had
+written is handed to the store tier again (at-least-once; duplicates are
+removed at read time by ULID).
+
+Writes are plain blocking ``write`` calls of whole record blocks (the page
+cache absorbs them far faster than the network delivers); ``fsync`` runs in
+a worker thread so the event loop keeps serving other connections.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from .. import metrics
+from ..errors import DirectoryLocked, UnknownSegment
+from ..ulid import Stamper
+from .segment import IngestBook, State
+
+log = logging.getLogger("oklog.ingest")
+
+EXTENSIONS = (".active", ".flushed", ".pending")
+
+
+class ActiveSegment:
+    """The one segment currently being written."""
+
+    def __init__(self, directory: Path, seg_id: str, started: float) -> None:
+        self.id = seg_id
+        self.path = directory / f"{seg_id}.active"
+        self.file = open(self.path, "xb", buffering=0)
+        self.size = 0
+        self.started = started
+
+    def write(self, block: bytes) -> None:
+        view = memoryview(block)
+        while view:
+            n = self.file.write(view)
+            view = view[n:]
+        self.size += len(block)
+
+
+class IngestLog:
+    """Segment files of one ingester plus the book of their states."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        flush_size: int = 16 << 20,
+        flush_age: float = 3.0,
+        pending_timeout: float = 60.0,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.path = Path(path)
+        self.flush_size = flush_size
+        self.flush_age = flush_age
+        self.clock = clock
+        self.book = IngestBook(pending_timeout)
+        self._ids = Stamper()
+        self._active: ActiveSegment | None = None
+        self._lock_file: int | None = None
+        self._flushing = 0
+        self.changed = trio.Event()  # set (and replaced) when segments are consumed
+
+    # -- open / close -----------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DirectoryLocked(f"{self.path} is in use by another oklog process") from None
+        self._lock_file = fd
+        self._recover()
+
+    def _recover(self) -> None:
+        for entry in sorted(self.path.iterdir()):
+            stem, ext = entry.stem, entry.suffix
+            if ext not in EXTENSIONS:
+                continue
+            size = entry.stat().st_size
+            if size == 0:
+                entry.unlink()
+                continue
+            if ext != ".flushed":
+                os.rename(entry, self.path / f"{stem}.flushed")
+                log.info("event=recovered segment=%s from=%s", stem, ext)
+            self.book.recovered(stem, size)
+
+    def close(self) -> None:
+        """Synchronous last resort: sync and flush the active segment, unlock."""
+        if self._active is not None:
+            active, self._active = self._active, None
+            self._finish(active)
+            self.book.flushed(active.id, active.size)
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    # -- writing ----------------------------------------------------------------
+
+    def write(self, block: bytes) -> bool:
+        """Append a block of records; True when the segment should be flushed."""
+        if self._active is None:
+            seg_id = self._ids.one().decode()
+            self.book.activate(seg_id)
+            self._active = ActiveSegment(self.path, seg_id, self.clock())
+        self._active.write(block)
+        return self._active.size >= self.flush_size
+
+    async def sync(self) -> None:
+        """Durable mode: fsync what was written so far before reading more."""
+        if self._active is None:
+            return  # already flushed, and flushing fsyncs
+        fd = os.dup(self._active.file.fileno())
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+
+    async def flush(self) -> None:
+        """Close the active segment: fsync, rename to ``.flushed``."""
+        active, self._active = self._active, None
+        if active is None:
+            return
+        self._flushing += 1
+        try:
+            await trio.to_thread.run_sync(self._finish, active, abandon_on_cancel=False)
+        finally:
+            self._flushing -= 1
+        self.book.flushed(active.id, active.size)
+        metrics.ingest_segments_flushed.inc()
+
+    def _finish(self, active: ActiveSegment) -> None:
+        os.fsync(active.file.fileno())
+        active.file.close()
+        os.rename(active.path, self.path / f"{active.id}.flushed")
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def run_flusher(self, *, tick: float = 0.1, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Flush by age and return timed-out pending segments, forever."""
+        task_status.started()
+        while True:
+            await trio.sleep(tick)
+            now = self.clock()
+            active = self._active
+            if active is not None and now - active.started >= self.flush_age:
+                await self.flush()
+            for seg_id in self.book.expire(now):
+                self._rename(seg_id, ".pending", ".flushed")
+                log.info("event=pending_timeout segment=%s", seg_id)
+
+    # -- the segment API, as used by store nodes ------------------------------------
+
+    def next(self) -> str | None:
+        seg_id = self.book.claim(self.clock())
+        if seg_id is not None:
+            self._rename(seg_id, ".flushed", ".pending")
+        return seg_id
+
+    def read_path(self, seg_id: str) -> Path:
+        """Mark a pending segment read and return its file for streaming."""
+        self.book.mark_read(_checked_id(seg_id))
+        return self.path / f"{seg_id}.pending"
+
+    def commit(self, seg_id: str) -> None:
+        self.book.commit(_checked_id(seg_id))
+        os.unlink(self.path / f"{seg_id}.pending")
+        self._changed()
+
+    def failed(self, seg_id: str) -> None:
+        self.book.fail(_checked_id(seg_id))
+        self._rename(seg_id, ".pending", ".flushed")
+        self._changed()
+
+    def _rename(self, seg_id: str, old: str, new: str) -> None:
+        os.rename(self.path / f"{seg_id}{old}", self.path / f"{seg_id}{new}")
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- state ---------------------------------------------------------------------
+
+    def segment_state(self) -> dict[str, dict[str, int]]:
+        counts = self.book.counts()
+        if self._active is not None:
+            counts[State.ACTIVE.value]["bytes"] = self._active.size
+        return counts
+
+    def drained(self) -> bool:
+        """Nothing written is left for the store tier."""
+        return self._active is None and not self._flushing and self.book.unconsumed() == 0
+
+
+def _checked_id(seg_id: str) -> str:
+    """Segment ids are ULIDs; anything else cannot name one of our files."""
+    if len(seg_id) != 26 or not seg_id.isalnum():
+        raise UnknownSegment(f"no pending segment {seg_id!r}")
+    return seg_id

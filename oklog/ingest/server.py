@@ -1,0 +1,90 @@
+"""The fast and durable ingest TCP servers: lines in, record blocks to disk.
+
+A connection's bytes go through ``LineReader`` (whole lines, long ones
+rejected), are stamped with monotonic ULIDs as one block and appended to the
+active segment in one synchronous step, so every segment stays sorted and a
+connection's lines keep their sending order.  In durable mode the segment is
+fsynced before the next read from that connection: what a durable forwarder
+has had accepted by TCP flow control beyond that point is not yet promised.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import trio
+
+from .. import metrics
+from ..record import LineReader, stamp
+from ..ulid import Stamper
+from .log import IngestLog
+
+log = logging.getLogger("oklog.ingest")
+
+RECEIVE_SIZE = 256 * 1024
+
+
+class LineIngester:
+    """Handles forwarder connections for one ``IngestLog``."""
+
+    def __init__(self, ingest_log: IngestLog, *, max_record_size: int, stamper: Stamper) -> None:
+        self.log = ingest_log
+        self.max_record_size = max_record_size
+        self.stamper = stamper
+
+    def handler(self, durable: bool) -> Callable[[trio.SocketStream], object]:
+        mode = "durable" if durable else "fast"
+
+        async def handle(stream: trio.SocketStream) -> None:
+            metrics.ingest_connections.labels(mode).inc()
+            try:
+                await self._handle(stream, durable)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("event=connection_error mode=%s error=%r", mode, exc)
+            finally:
+                metrics.ingest_connections.labels(mode).dec()
+                await trio.aclose_forcefully(stream)
+
+        return handle
+
+    async def _handle(self, stream: trio.SocketStream, durable: bool) -> None:
+        reader = LineReader(max_size=self.max_record_size)
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            lines = reader.feed(data) if data else reader.close()
+            if reader.rejected:
+                metrics.ingest_rejected.labels("too_long").inc(reader.rejected)
+                log.warning(
+                    "event=record_rejected reason=too_long count=%d limit=%d",
+                    reader.rejected,
+                    self.max_record_size,
+                )
+                reader.rejected = 0
+            if lines:
+                block = stamp(lines, self.stamper)
+                full = self.log.write(block)
+                metrics.ingest_records.inc(len(lines))
+                metrics.ingest_bytes.inc(len(block))
+                if full:
+                    await self.log.flush()
+                elif durable:
+                    await self.log.sync()
+            if not data:
+                return
+
+
+async def serve_lines(
+    ingester: LineIngester,
+    host: str,
+    port: int,
+    durable: bool,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept forwarder connections until cancelled (which closes them all)."""
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    bound = listeners[0].socket.getsockname()
+    log.info("event=listening mode=%s addr=%s:%d", "durable" if durable else "fast", bound[0], bound[1])
+    task_status.started(bound[1])
+    await trio.serve_listeners(ingester.handler(durable), listeners)

@@ -1,0 +1,164 @@
+"""Every call one node makes to another, behind one class.
+
+``Peers`` wraps an ``httpx.AsyncClient``; tests hand it an
+``httpx.MockTransport`` (or an in-process ASGI app) instead of sockets, so
+consumption, replication shortfalls and scatter-gather are unit-testable.
+httpx's exceptions are converted to ``PeerUnavailable``/``PeerRejected``
+here and nowhere else.
+
+Timeouts are explicit: small requests get a short total budget; segment
+reads, replicate uploads and query streams get a connect timeout and a
+generous per-read timeout, never a total one, because a long rare-term scan
+legitimately takes a while before its first byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, BinaryIO
+
+import httpx
+import trio
+
+from .errors import PeerRejected, PeerUnavailable
+
+log = logging.getLogger("oklog.peer")
+
+SMALL = httpx.Timeout(10.0, connect=5.0)
+STREAM = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
+UPLOAD_CHUNK = 1 << 20
+
+
+@dataclass
+class QueryResponse:
+    """One store's answer to a query: status, headers and the raw body."""
+
+    peer: str
+    status: int
+    headers: httpx.Headers
+    response: httpx.Response
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self.response.aiter_raw():
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+class Peers:
+    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        self.client = client or httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, method: str, url: str, *, timeout: httpx.Timeout = SMALL) -> httpx.Response:
+        try:
+            return await self.client.request(method, url, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(url, _describe(exc)) from exc
+
+    # -- the ingest API ----------------------------------------------------------
+
+    async def next(self, ingester: str) -> str | None:
+        """Claim the ingester's oldest flushed segment; None when it has none."""
+        resp = await self._call("GET", f"{ingester}/ingest/next")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise PeerRejected(ingester, resp.status_code, resp.text[:200])
+        return resp.text.strip()
+
+    async def read_into(self, ingester: str, seg_id: str, sink: BinaryIO) -> int:
+        """Stream a pending segment into ``sink``; returns its size."""
+        url = f"{ingester}/ingest/read"
+        size = 0
+        try:
+            async with self.client.stream("GET", url, params={"id": seg_id}, timeout=STREAM) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    raise PeerRejected(ingester, resp.status_code, resp.text[:200])
+                async for chunk in resp.aiter_raw():
+                    sink.write(chunk)
+                    size += len(chunk)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(url, _describe(exc)) from exc
+        return size
+
+    async def commit(self, ingester: str, seg_id: str) -> None:
+        await self._segment_call(ingester, "commit", seg_id)
+
+    async def failed(self, ingester: str, seg_id: str) -> None:
+        await self._segment_call(ingester, "failed", seg_id)
+
+    async def _segment_call(self, ingester: str, verb: str, seg_id: str) -> None:
+        resp = await self._call("POST", f"{ingester}/ingest/{verb}?id={seg_id}")
+        if resp.status_code != 200:
+            raise PeerRejected(ingester, resp.status_code, resp.text[:200])
+
+    # -- the store API -----------------------------------------------------------
+
+    async def replicate(self, store: str, path: Path) -> None:
+        """Upload a segment file to a store's ``/store/replicate``."""
+        url = f"{store}/store/replicate"
+        try:
+            resp = await self.client.post(url, content=_file_chunks(path), timeout=STREAM)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(url, _describe(exc)) from exc
+        if resp.status_code != 200:
+            raise PeerRejected(store, resp.status_code, resp.text[:200])
+
+    async def replicate_bytes(self, store: str, body: bytes) -> None:
+        url = f"{store}/store/replicate"
+        try:
+            resp = await self.client.post(url, content=body, timeout=STREAM)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(url, _describe(exc)) from exc
+        if resp.status_code != 200:
+            raise PeerRejected(store, resp.status_code, resp.text[:200])
+
+    async def open_query(
+        self, store: str, raw_query: bytes, *, method: str = "GET", path: str = "/store/_query"
+    ) -> QueryResponse:
+        """Send a query and return once headers arrived; the caller closes it."""
+        url = f"{store}{path}?{raw_query.decode('latin-1')}"
+        try:
+            request = self.client.build_request(method, url, timeout=STREAM)
+            resp = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(url, _describe(exc)) from exc
+        if resp.status_code not in (200, 206):
+            body = (await resp.aread()).decode("utf-8", "replace")[:200]
+            await resp.aclose()
+            raise PeerRejected(store, resp.status_code, body.strip())
+        return QueryResponse(store, resp.status_code, resp.headers, resp)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(UPLOAD_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+            await trio.lowlevel.checkpoint()
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+@asynccontextmanager
+async def open_peers(client: httpx.AsyncClient | None = None) -> AsyncIterator[Peers]:
+    peers = Peers(client)
+    try:
+        yield peers
+    finally:
+        with trio.CancelScope(shield=True):
+            await peers.aclose()

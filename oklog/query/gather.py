@@ -1,0 +1,160 @@
+"""Scatter-gather: ask every store, merge the answers by ULID, once each.
+
+Theory of operation: ``/store/query`` sends the same query to every live
+store's ``/store/_query`` concurrently and waits for all their headers (a
+peer that cannot be reached, or answers with an error, counts in
+``X-Oklog-Error-Count`` and turns the status into 206).  The bodies are
+then merged *block by block*: every source holds its current block of whole
+lines; everything up to the smallest "last ULID" among the sources still
+streaming is safe to merge now, because no later block can hold a smaller
+ULID.  That keeps the per-record work inside ``merge_records`` and memory at
+one block per store.  A peer that breaks mid-stream is logged and dropped;
+the records it already sent are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import trio
+
+from .. import metrics
+from ..errors import PeerError
+from ..peer import Peers, QueryResponse
+from ..store.merge import aiter_blocks, merge_records
+from ..ulid import ULID_LEN
+
+log = logging.getLogger("oklog.query")
+
+HEADER_DEADLINE = 300.0  # a big rare-term scan may take long before its headers
+
+
+@dataclass
+class Gathered:
+    responses: list[QueryResponse]
+    errors: list[str] = field(default_factory=list)
+    nodes: int = 0
+
+    def total(self, header: str) -> int:
+        total = 0
+        for r in self.responses:
+            try:
+                total += int(r.headers.get(header, "0"))
+            except ValueError:
+                pass
+        return total
+
+
+async def scatter(
+    peers: Peers, stores: list[str], raw_query: bytes, method: str, *, deadline: float = HEADER_DEADLINE
+) -> Gathered:
+    """Open the query on every store at once; return when all have answered."""
+    gathered = Gathered(responses=[], nodes=len(stores))
+
+    async def one(store: str) -> None:
+        with trio.move_on_after(deadline) as scope:
+            try:
+                gathered.responses.append(await peers.open_query(store, raw_query, method=method))
+            except PeerError as exc:
+                gathered.errors.append(str(exc))
+                log.warning("event=query_peer_failed error=%s", exc)
+        if scope.cancelled_caught:
+            gathered.errors.append(f"{store}: no answer within {deadline:.0f}s")
+
+    async with trio.open_nursery() as nursery:
+        for store in dict.fromkeys(stores):
+            nursery.start_soon(one, store)
+    metrics.query_errors.inc(len(gathered.errors))
+    return gathered
+
+
+async def merged_body(gathered: Gathered) -> AsyncIterator[bytes]:
+    """The union of every store's records, in ULID order, each ULID once."""
+    try:
+        sources = [_safe_blocks(r) for r in gathered.responses]
+        async for block in merge_streams(sources):
+            yield block
+    finally:
+        with trio.CancelScope(shield=True):
+            for r in gathered.responses:
+                await r.aclose()
+
+
+async def _safe_blocks(response: QueryResponse) -> AsyncIterator[bytes]:
+    """A peer's body as whole-line blocks; a broken stream just ends."""
+    try:
+        async for block in aiter_blocks(response.chunks(), final_tail="drop"):
+            yield block
+    except Exception as exc:  # httpx errors, truncated bodies
+        metrics.query_errors.inc()
+        log.warning("event=query_stream_broken peer=%s error=%r", response.peer, exc)
+
+
+def _last_ulid(block: bytes) -> bytes:
+    start = block.rfind(b"\n", 0, len(block) - 1) + 1
+    return block[start : start + ULID_LEN]
+
+
+def _cut_after(block: bytes, bound: bytes) -> int:
+    """Offset just past the last line whose ULID is <= ``bound``."""
+    if _last_ulid(block) <= bound:
+        return len(block)
+    lo, hi = 0, len(block)  # invariant: the answer is a line start in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        start = block.rfind(b"\n", 0, mid) + 1
+        if start < lo:
+            start = lo
+        end = block.find(b"\n", start) + 1
+        if block[start : start + ULID_LEN] <= bound:
+            lo = end
+        else:
+            hi = start
+    return lo
+
+
+async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+    """Block-level k-way merge of sorted record streams, de-duplicated."""
+    if len(sources) == 1:  # one store: nothing to merge, blocks pass through
+        async for block in sources[0]:
+            yield block
+        return
+    current: list[bytes] = [b""] * len(sources)
+    open_: list[bool] = [True] * len(sources)
+    while True:
+        for i, src in enumerate(sources):
+            while open_[i] and not current[i]:
+                try:
+                    current[i] = await src.__anext__()
+                except StopAsyncIteration:
+                    open_[i] = False
+        if not any(current):
+            return
+        streaming = [_last_ulid(current[i]) for i in range(len(sources)) if open_[i]]
+        bound = min(streaming) if streaming else b"\xff" * ULID_LEN
+        parts: list[bytes] = []
+        for i, block in enumerate(current):
+            if not block:
+                continue
+            cut = _cut_after(block, bound)
+            parts.append(block[:cut])
+            current[i] = block[cut:]
+        parts = [p for p in parts if p]
+        if len(parts) == 1:
+            yield parts[0]
+        else:
+            for out in merge_records([[p] for p in parts]):
+                yield out
+
+
+def stats_headers(gathered: Gathered, started: float) -> dict[str, str]:
+    return {
+        "X-Oklog-Nodes-Queried": str(gathered.nodes),
+        "X-Oklog-Segments-Queried": str(gathered.total("X-Oklog-Segments-Queried")),
+        "X-Oklog-Max-Data-Set-Size": str(gathered.total("X-Oklog-Max-Data-Set-Size")),
+        "X-Oklog-Error-Count": str(len(gathered.errors)),
+        "X-Oklog-Duration": f"{time.monotonic() - started:.6f}s",
+    }

@@ -1,0 +1,74 @@
+"""Answering a query from this node's own segments (``/store/_query``).
+
+Planning only looks at the interval index (HEAD needs nothing more);
+running maps the overlapping files and greps them with ``scan``.  Segments
+that overlap each other (not yet compacted) are k-way merged with
+de-duplication; a segment that overlaps no other streams straight through.
+Files are opened at plan time, so a segment compacted away mid-query is
+still read whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import trio
+
+from ..store.log import Segment, StoreLog, map_file
+from ..store.merge import merge_records
+from .params import Query
+from .scan import compile_matcher, scan
+
+
+@dataclass
+class LocalPlan:
+    query: Query
+    groups: list[list[Segment]]  # overlapping segments, in ULID order
+
+    @property
+    def segments(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    @property
+    def max_data_set_size(self) -> int:
+        return sum(s.size for g in self.groups for s in g)
+
+
+def plan(store: StoreLog, query: Query) -> LocalPlan:
+    return LocalPlan(query, group_overlapping(store.overlapping(query.lo, query.hi)))
+
+
+def group_overlapping(segments: list[Segment]) -> list[list[Segment]]:
+    """Connected runs of overlapping segments (input sorted by lower bound)."""
+    groups: list[list[Segment]] = []
+    reach = b""
+    for seg in sorted(segments, key=lambda s: (s.name.lo, s.name.hi)):
+        if groups and seg.name.lo <= reach:
+            groups[-1].append(seg)
+            reach = max(reach, seg.name.hi)
+        else:
+            groups.append([seg])
+            reach = seg.name.hi
+    return groups
+
+
+async def run(local: LocalPlan) -> AsyncIterator[bytes]:
+    """Matching records in ULID order, each once, as blocks of whole lines."""
+    query = local.query
+    matcher = compile_matcher(query)
+    for group in local.groups:
+        buffers = []
+        for seg in group:
+            try:
+                buffers.append(map_file(seg.path))
+            except FileNotFoundError:
+                continue  # compacted away between plan and run; its records live on
+        if len(buffers) == 1:
+            blocks = scan(buffers[0], query, matcher)
+        else:
+            blocks = merge_records([scan(b, query, matcher) for b in buffers])
+        for block in blocks:
+            yield block
+            await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()

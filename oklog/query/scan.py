@@ -1,0 +1,566 @@
+"""The grep engine: the records of one sorted segment buffer that match a query.
+
+Theory of operation
+-------------------
+A segment buffer (``bytes``, ``bytearray`` or ``mmap.mmap``; anything with
+``find``/``rfind``/slicing) holds records ``ULID SP TOPIC SP PAYLOAD LF``
+sorted by ULID.  ``scan`` binary-searches the byte offsets of the ``[lo, hi]``
+ULID range (``bisect_ulid``), then hands the range to the ``Matcher``, which
+yields *blocks*: ``bytes`` of one or more whole matching records, in order.
+
+Semantics (``Matcher.match`` is the per-record reference): ``q`` is matched
+against the payload only — the bytes after the second space — never the ULID
+or topic; an empty ``q`` matches everything; a plain ``q`` is a substring; a
+regex is searched (``re.search``) in the payload, so ``^``/``$``/``\\A``/
+``\\Z`` mean the payload's start and end.  ``topic`` keeps only records whose
+topic is exactly that.  Lines without two spaces never match.  Only complete
+lines count: bytes after the buffer's last LF are ignored.
+
+The data path has no per-record Python loop in the common cases.  The matcher
+picks one strategy when it is compiled:
+
+``all``       empty ``q`` (or a regex that matches every payload, e.g. ``.*``)
+              and no topic: the range is yielded as is, in slices of at most
+              ``CHUNK`` bytes cut at line ends.  Lines are not re-validated
+              here (store segments are validated when written).
+``topic``     empty ``q`` with a topic: ``find`` the `` TOPIC `` field, then
+              one regex ``match`` swallows the run of following records of the
+              same topic.
+``literal``   plain ``q``: a ``find`` loop; each hit is expanded to its line
+              and accepted if it lies in the payload (otherwise the payload
+              alone is searched again: ``q`` may also occur in the header).
+``regex``     a *local* regex: one ``pattern.search`` over the whole range;
+              the line holding the match *start* is checked (the match may have
+              started in the header), and the search goes on at the next line.
+``prefilter`` any other regex with a required literal (≥ 2 bytes, e.g. the
+              ``ERROR`` of ``^ERROR``): a ``find`` loop on that literal picks
+              candidate lines, each payload is then searched with the regex.
+``lines``     anything else: the range is split into lines once and every
+              payload is searched (correct, about 3x slower).
+``none``      ``q`` (or a required literal of the regex) contains LF: payloads
+              never do.
+
+A regex is *local* — safe to search across the whole buffer — when no part of
+it can match LF (no ``\\n``, ``[^x]``, ``\\s``, ``\\D``, ``\\W``, ``(?s).``…)
+and nothing in it looks outside the match (no ``^ $ \\A \\Z``, no lookahead
+or lookbehind; ``\\b``/``\\B`` are fine because the payload is framed by a
+space and LF, both non-word bytes).  Then a match inside a payload is a match
+at the same offset of the buffer, so the leftmost-match search cannot skip a
+matching record, and a match cannot run from one record into the next.  The
+rule is decided on the parsed pattern (``re._parser``); any construct the walk
+does not know makes the pattern non-local, which is only slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from mmap import mmap
+from re import _constants as _sre  # type: ignore[attr-defined]
+from re import _parser as _sre_parse  # type: ignore[attr-defined]
+from typing import TYPE_CHECKING, Any, Union
+
+from oklog.errors import BadQuery
+
+if TYPE_CHECKING:
+    from oklog.query.params import Query
+
+__all__ = [
+    "BATCH",
+    "CHUNK",
+    "Buffer",
+    "Matcher",
+    "bisect_ulid",
+    "compile_matcher",
+    "line_range",
+    "scan",
+]
+
+Buffer = Union[bytes, bytearray, mmap]
+
+CHUNK = 1 << 20  # largest slice the match-all path yields (unless one line is longer)
+BATCH = 256 << 10  # matched bytes gathered before a block is yielded
+
+_NL = b"\n"
+_SP = b" "
+
+
+# --- bounds ------------------------------------------------------------------
+
+
+def line_range(buf: Buffer, start: int = 0, end: int | None = None) -> tuple[int, int]:
+    """``[start, end)`` clipped to the buffer and snapped to whole lines.
+
+    ``start`` moves forward to a line start; ``end`` moves back to just after
+    the last LF before it (so a trailing partial line is left out).
+    """
+    size = len(buf)
+    end = size if end is None else max(0, min(end, size))
+    start = max(0, min(start, end))
+    if start > 0 and buf[start - 1] != 10:
+        nl = buf.find(_NL, start, end)
+        start = end if nl < 0 else nl + 1
+    end = buf.rfind(_NL, start, end) + 1 or start
+    return start, end
+
+
+def bisect_ulid(
+    buf: Buffer,
+    ulid: bytes,
+    start: int = 0,
+    end: int | None = None,
+    *,
+    after: bool = False,
+) -> int:
+    """Offset of the first record in ``[start, end)`` whose ULID is >= ``ulid``.
+
+    With ``after=True``: the first whose ULID is > ``ulid`` (the exclusive end
+    of an inclusive upper bound).  ``end`` (or ``len(buf)``) when there is
+    none.  ``start`` and ``end`` must be line starts (or 0 / the buffer end).
+    A binary search over byte offsets that snaps each probe back to the start
+    of its line: O(log n) ``rfind``/``find`` calls, about 10 µs.
+    """
+    key = ulid + b"\xff" if after else ulid  # "ULID " < "ULID\xff" < the next ULID
+    klen = len(key)
+    lo = start
+    hi = len(buf) if end is None else end
+    rfind, find = buf.rfind, buf.find
+    while lo < hi:
+        mid = (lo + hi) // 2
+        line = rfind(_NL, lo, mid) + 1 or lo
+        if buf[line : line + klen] < key:
+            nl = find(_NL, line, hi)
+            lo = hi if nl < 0 else nl + 1
+        else:
+            hi = line
+    return lo
+
+
+# --- regex analysis ----------------------------------------------------------
+
+_REPEATS = {_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT}
+_HARMLESS_AT = {_sre.AT_BOUNDARY, _sre.AT_NON_BOUNDARY}
+_NL_CATEGORIES = {
+    _sre.CATEGORY_NOT_DIGIT,
+    _sre.CATEGORY_SPACE,
+    _sre.CATEGORY_NOT_WORD,
+    _sre.CATEGORY_LINEBREAK,
+}
+_NO_NL_CATEGORIES = {
+    _sre.CATEGORY_DIGIT,
+    _sre.CATEGORY_NOT_SPACE,
+    _sre.CATEGORY_WORD,
+    _sre.CATEGORY_NOT_LINEBREAK,
+}
+
+
+class _Shape:
+    """What the walk over a parsed pattern found."""
+
+    def __init__(self) -> None:
+        self.local = True  # nothing looks outside the match (see module doc)
+        self.newline = False  # some part can match LF
+        self.zero_width = False  # uses \b or \B (or a non-local assertion)
+
+
+def _set_has_newline(items: Any) -> bool:
+    """Can the character set ``[...]`` match LF?  (Unknown items: assume so.)"""
+    negate = False
+    has = False
+    for op, av in items:
+        if op is _sre.NEGATE:
+            negate = True
+        elif op is _sre.LITERAL:
+            has |= av == 10
+        elif op is _sre.RANGE:
+            has |= av[0] <= 10 <= av[1]
+        elif op is _sre.CATEGORY and av in _NL_CATEGORIES:
+            has = True
+        elif not (op is _sre.CATEGORY and av in _NO_NL_CATEGORIES):
+            return True
+    return has != negate
+
+
+def _walk(items: Any, shape: _Shape, dotall: bool) -> None:
+    for op, av in items:
+        if op is _sre.LITERAL:
+            shape.newline |= av == 10
+        elif op is _sre.NOT_LITERAL:
+            shape.newline |= av != 10
+        elif op is _sre.ANY:
+            shape.newline |= dotall
+        elif op is _sre.IN:
+            shape.newline |= _set_has_newline(av)
+        elif op in _REPEATS:
+            _walk(av[2], shape, dotall)
+        elif op is _sre.SUBPATTERN:
+            _walk(av[3], shape, dotall or bool(av[1] & re.DOTALL))
+        elif op is _sre.ATOMIC_GROUP:
+            _walk(av, shape, dotall)
+        elif op is _sre.BRANCH:
+            for branch in av[1]:
+                _walk(branch, shape, dotall)
+        elif op is _sre.GROUPREF_EXISTS:
+            _walk(av[1], shape, dotall)
+            if av[2] is not None:
+                _walk(av[2], shape, dotall)
+        elif op is _sre.GROUPREF:
+            pass  # repeats what a group matched: checked at the group
+        elif op is _sre.AT:
+            shape.zero_width = True
+            shape.local &= av in _HARMLESS_AT
+        else:  # lookaround, anything unknown
+            shape.zero_width = True
+            shape.local = False
+            shape.newline = True
+
+
+def _flatten(items: Any, fold: bool) -> Iterator[tuple[Any, Any]]:
+    """Top-level ops, with groups opened up (only case-sensitive ones unless
+    ``fold``: then every literal is compared case-folded anyway)."""
+    for op, av in items:
+        if op is _sre.SUBPATTERN and (fold or not av[1] & re.IGNORECASE):
+            yield from _flatten(av[3], fold)
+        else:
+            yield op, av
+
+
+def _required_literal(items: Any, fold: bool = False) -> tuple[bytes, bool]:
+    """The longest byte string every match must contain (may be empty;
+    lowercased if ``fold``), and whether the pattern starts with a literal
+    (then ``re`` finds candidates fast by itself)."""
+    ops = list(_flatten(items, fold))
+    best = b""
+    run = bytearray()
+    for op, av in ops + [(None, None)]:
+        if op is _sre.LITERAL:
+            run.append(av)
+        else:
+            if len(run) > len(best):
+                best = bytes(run)
+            run.clear()
+    led = not fold and bool(ops) and ops[0][0] is _sre.LITERAL
+    return (best.lower() if fold else best), led
+
+
+# --- the matcher -------------------------------------------------------------
+
+
+class Matcher:
+    """A compiled ``q``/``regex``/``topic``: matches records, scans ranges.
+
+    Immutable after construction; safe to share between threads and tasks.
+    Raises ``BadQuery`` for an invalid regex.
+    """
+
+    __slots__ = (
+        "q", "regex", "topic", "pattern", "strategy", "_needle", "_fold", "_run", "_empty_ok",
+    )
+
+    def __init__(self, q: bytes = b"", regex: bool = False, topic: bytes | None = None) -> None:
+        self.q = bytes(q)
+        self.regex = regex
+        self.topic = topic
+        self.pattern: re.Pattern[bytes] | None = None
+        self._needle = b""
+        self._fold = False
+        self._run: re.Pattern[bytes] | None = None
+        self._empty_ok = False
+        self.strategy = self._plan()
+        if topic is not None and self.strategy == "all":
+            self.strategy = "topic"
+            self._needle = _SP + topic + _SP
+            self._run = re.compile(rb"(?:[^ \n]*+ " + re.escape(topic) + rb" .*+\n)*+")
+
+    def _plan(self) -> str:
+        q = self.q
+        if not q:
+            return "all"
+        if not self.regex:
+            return "none" if _NL in q else "literal"
+        try:
+            pattern = re.compile(q)
+        except (re.error, OverflowError, RecursionError, ValueError) as exc:
+            msg = " ".join(str(exc).split())
+            raise BadQuery(f'invalid "q": bad regex: {msg}') from None
+        self.pattern = pattern
+        self._empty_ok = pattern.search(b"") is not None
+        try:
+            parsed = _sre_parse.parse(q, 0)
+            shape = _Shape()
+            _walk(parsed, shape, bool(pattern.flags & re.DOTALL))
+            fold = bool(pattern.flags & re.IGNORECASE)
+            if fold and pattern.flags & re.LOCALE:
+                literal, led = b"", False  # locale case folding: no prefilter
+            else:
+                literal, led = _required_literal(parsed, fold)
+        except Exception:  # a parser we do not know: stay correct, go slow
+            return "lines"
+        if _NL in literal:
+            return "none"
+        local = shape.local and not shape.newline
+        if local and not shape.zero_width and self._empty_ok:
+            return "all"  # matches the empty string anywhere, so every payload
+        if local and (led or len(literal) < 3):
+            return "regex"
+        if len(literal) >= 2:
+            self._needle = literal
+            self._fold = fold
+            return "prefilter"
+        return "lines"
+
+    def __repr__(self) -> str:
+        return (
+            f"Matcher(q={self.q!r}, regex={self.regex}, topic={self.topic!r}, "
+            f"strategy={self.strategy!r})"
+        )
+
+    # -- one record: the reference semantics ----------------------------------
+
+    def match(self, record: bytes) -> bool:
+        """Does one record line (with or without its LF) match?"""
+        if record.endswith(_NL):
+            record = record[:-1]
+        parts = record.split(_SP, 2)
+        if len(parts) < 3 or _NL in record:
+            return False
+        if self.topic is not None and parts[1] != self.topic:
+            return False
+        payload = parts[2]
+        if self.pattern is not None:
+            return self.pattern.search(payload) is not None
+        return self.q in payload
+
+    # -- a range of records ----------------------------------------------------
+
+    def scan_range(self, buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Matching records of ``buf[start:end]`` (snapped to lines), as blocks."""
+        s, e = line_range(buf, start, end)
+        strategy = self.strategy
+        if s >= e or strategy == "none":
+            return iter(())
+        if strategy == "all":
+            return _slices(buf, s, e)
+        grep = {
+            "literal": self._grep_literal,
+            "topic": self._grep_topic,
+            "regex": self._grep_regex,
+            "prefilter": self._grep_prefilter,
+            "lines": self._grep_lines,
+        }[strategy]
+        return _batched(map(grep, _slices(buf, s, e)))
+
+    # Each _grep_* takes one chunk (bytes of whole lines, ending in LF) and
+    # returns the matching lines as a list of slices of it: runs of adjacent
+    # matching lines are kept as one slice.  The loops walk hits, not lines:
+    # ``i`` a hit, ``ls``/``le`` its line's start and LF, ``ps`` the payload.
+
+    def _grep_literal(self, chunk: bytes) -> list[bytes]:
+        q, topic = self.q, self.topic
+        find, rfind, count = chunk.find, chunk.rfind, chunk.count
+        parts: list[bytes] = []
+        rs = re_ = pos = 0  # the current run of matching lines is [rs, re_)
+        tfield = b"" if topic is None else topic + _SP
+        tl = len(tfield)
+        while True:
+            i = find(q, pos)
+            if i < 0:
+                break
+            ls = rfind(_NL, pos, i) + 1 or pos
+            le = find(_NL, i)  # q has no LF and the chunk ends with one
+            pos = le + 1
+            if topic is None:
+                # two spaces before the hit: it is in the payload (and the
+                # line has a header); else look in the payload alone
+                if count(_SP, ls, i) < 2:
+                    ps = _payload_start(chunk, ls, le)
+                    if ps < 0 or find(q, ps, le) < 0:
+                        continue
+            else:
+                p1 = find(_SP, ls, le)
+                if p1 < 0 or chunk[p1 + 1 : p1 + 1 + tl] != tfield:
+                    continue
+                ps = p1 + 1 + tl
+                if i < ps and find(q, ps, le) < 0:
+                    continue
+            if ls != re_:
+                if re_ > rs:
+                    parts.append(chunk[rs:re_])
+                rs = ls
+            re_ = pos
+        if re_ > rs:
+            parts.append(chunk[rs:re_])
+        return parts
+
+    def _grep_topic(self, chunk: bytes) -> list[bytes]:
+        needle, run = self._needle, self._run
+        assert run is not None
+        find, rfind = chunk.find, chunk.rfind
+        parts: list[bytes] = []
+        pos = 0
+        while True:
+            i = find(needle, pos)  # " TOPIC "
+            if i < 0:
+                break
+            ls = rfind(_NL, pos, i) + 1 or pos
+            pos = find(_NL, i) + 1
+            if find(_SP, ls, pos) != i:  # not the topic field of its line
+                continue
+            m = run.match(chunk, pos)  # and the records after it, in C
+            assert m is not None  # the run pattern matches the empty string
+            pos = m.end()
+            parts.append(chunk[ls:pos])
+        return parts
+
+    def _grep_regex(self, chunk: bytes) -> list[bytes]:
+        pattern, topic, empty_ok = self.pattern, self.topic, self._empty_ok
+        assert pattern is not None
+        search = pattern.search
+        find, rfind, count = chunk.find, chunk.rfind, chunk.count
+        parts: list[bytes] = []
+        rs = re_ = pos = 0
+        while True:
+            m = search(chunk, pos)
+            if m is None:
+                break
+            i = m.start()
+            le = find(_NL, i)
+            if le < 0:  # an empty match after the last LF
+                break
+            ls = rfind(_NL, pos, i) + 1 or pos
+            pos = le + 1
+            if topic is not None or i == le or count(_SP, ls, i) < 2:
+                ps = _payload_start(chunk, ls, le, topic)
+                if ps < 0:
+                    continue
+                if ps == le:  # empty payload: \B differs between b"" and b" \n"
+                    if not empty_ok:
+                        continue
+                elif i < ps and search(chunk, ps, le) is None:
+                    # searched in place: a local pattern cannot tell
+                    continue
+            if ls != re_:
+                if re_ > rs:
+                    parts.append(chunk[rs:re_])
+                rs = ls
+            re_ = pos
+        if re_ > rs:
+            parts.append(chunk[rs:re_])
+        return parts
+
+    def _grep_prefilter(self, chunk: bytes) -> list[bytes]:
+        needle, pattern, topic = self._needle, self.pattern, self.topic
+        assert pattern is not None
+        search = pattern.search
+        hay = chunk.lower() if self._fold else chunk  # same offsets, ASCII folded
+        find, rfind = hay.find, hay.rfind
+        parts: list[bytes] = []
+        rs = re_ = pos = 0
+        while True:
+            i = find(needle, pos)
+            if i < 0:
+                break
+            ls = rfind(_NL, pos, i) + 1 or pos
+            le = find(_NL, i)
+            if le < 0:
+                break
+            pos = le + 1
+            ps = _payload_start(chunk, ls, le, topic)
+            if ps < 0 or (i < ps and find(needle, ps, le) < 0):
+                continue  # no header, other topic, or the literal is only in the header
+            if search(chunk[ps:le]) is None:  # a copy: anchors see the payload alone
+                continue
+            if ls != re_:
+                if re_ > rs:
+                    parts.append(chunk[rs:re_])
+                rs = ls
+            re_ = pos
+        if re_ > rs:
+            parts.append(chunk[rs:re_])
+        return parts
+
+    def _grep_lines(self, chunk: bytes) -> list[bytes]:
+        pattern, topic = self.pattern, self.topic
+        assert pattern is not None
+        search = pattern.search
+        keep = []
+        lines = chunk.split(_NL)
+        lines.pop()  # the empty string after the final LF
+        for line in lines:
+            parts = line.split(_SP, 2)
+            if len(parts) == 3 and (topic is None or parts[1] == topic) and search(parts[2]):
+                keep.append(line)
+        if not keep:
+            return []
+        keep.append(b"")
+        return [_NL.join(keep)]
+
+
+def _payload_start(chunk: bytes, ls: int, le: int, topic: bytes | None = None) -> int:
+    """Offset of the payload of line ``chunk[ls:le]``; -1 if it has no header
+    (fewer than two spaces) or its topic is not ``topic`` (when given)."""
+    p1 = chunk.find(_SP, ls, le)
+    if p1 < 0:
+        return -1
+    p2 = chunk.find(_SP, p1 + 1, le)
+    if p2 < 0 or (topic is not None and chunk[p1 + 1 : p2] != topic):
+        return -1
+    return p2 + 1
+
+
+def _batched(part_lists: Iterator[list[bytes]]) -> Iterator[bytes]:
+    """Join parts into blocks of about ``BATCH`` bytes."""
+    held: list[bytes] = []
+    size = 0
+    for parts in part_lists:
+        for part in parts:
+            held.append(part)
+            size += len(part)
+            if size >= BATCH:
+                yield held[0] if len(held) == 1 else b"".join(held)
+                held = []
+                size = 0
+    if held:
+        yield held[0] if len(held) == 1 else b"".join(held)
+
+
+def _slices(buf: Buffer, s: int, e: int) -> Iterator[bytes]:
+    """``buf[s:e]`` (whole lines) in slices of at most ``CHUNK`` cut at LFs."""
+    pos = s
+    while pos < e:
+        cut = pos + CHUNK
+        if cut >= e:
+            yield bytes(buf[pos:e])
+            return
+        nl = buf.rfind(_NL, pos, cut)
+        if nl < 0:  # one line longer than CHUNK
+            nl = buf.find(_NL, cut, e)
+        yield bytes(buf[pos : nl + 1])
+        pos = nl + 1
+
+
+# --- entry points ------------------------------------------------------------
+
+
+def compile_matcher(query: Query) -> Matcher:
+    """The matcher for a query's ``q``/``regex``/``topic`` (``BadQuery`` if invalid)."""
+    return Matcher(query.q, query.regex, query.topic)
+
+
+def scan(
+    buf: Buffer,
+    query: Query,
+    matcher: Matcher | None = None,
+    start: int = 0,
+    end: int | None = None,
+) -> Iterator[bytes]:
+    """Blocks of the records in ``buf[start:end]`` with a ULID in ``[lo, hi]``
+    that match ``query`` (``matcher`` defaults to ``query.matcher``).
+
+    ``buf`` is one segment sorted by ULID.  Blocks are whole records with
+    their LFs, in buffer order; ``b"".join`` of them is the result.
+    """
+    s, e = line_range(buf, start, end)
+    lo = bisect_ulid(buf, query.lo, s, e)
+    hi = bisect_ulid(buf, query.hi, lo, e, after=True)
+    return (matcher or query.matcher).scan_range(buf, lo, hi)

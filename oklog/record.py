@@ -1,0 +1,151 @@
+"""Records: producer lines in, ``ULID SP TOPIC SP PAYLOAD LF`` out.
+
+Payload bytes are opaque: anything but LF, never decoded, never altered.
+Everything here works on whole blocks (split once, join once); the only
+per-record work is a C-level ``map`` or a list comprehension.
+
+``LineReader`` is the sans-IO half of the ingest TCP servers: feed it whatever
+``receive_some`` returned, get back the complete lines, with over-long lines
+dropped and counted.  ``stamp`` turns those lines into records.
+``validate_block`` checks an upload (a replicate body) line by line in one
+regex pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .errors import BadRecord, CorruptSegment
+from .ulid import _COUNTERS, ULID_LEN, Stamper
+
+DEFAULT_TOPIC = b"default"
+DEFAULT_MAX_RECORD_SIZE = 1 << 20
+
+TOPIC_RE = re.compile(rb"[a-zA-Z0-9][a-zA-Z0-9_-]*")
+_RECORD = rb"[0-7][0-9A-HJKMNP-TV-Z]{25} [a-zA-Z0-9][a-zA-Z0-9_-]* [^\n]*\n"
+_BLOCK_RE = re.compile(rb"(?:" + _RECORD + rb")*")
+_ONE_RE = re.compile(_RECORD)
+
+
+def valid_topic(topic: bytes) -> bool:
+    return TOPIC_RE.fullmatch(topic) is not None
+
+
+@dataclass
+class LineReader:
+    """Splits a byte stream into lines, rejecting lines over ``max_size``.
+
+    ``feed`` returns the complete lines (without LF) accepted so far;
+    ``close`` returns the last line if the stream ended without an LF.
+    ``rejected`` counts dropped over-long lines.  A long line is dropped as
+    soon as it exceeds the limit, so memory stays bounded by ``max_size``.
+    """
+
+    max_size: int = DEFAULT_MAX_RECORD_SIZE
+    rejected: int = 0
+    _tail: list[bytes] = field(default_factory=list)
+    _tail_len: int = 0
+    _discarding: bool = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._discarding:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return []
+            self._discarding = False
+            data = data[nl + 1 :]
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._keep_tail(data)
+            return []
+        if self._tail:
+            self._tail.append(data[: last + 1])
+            head = b"".join(self._tail)
+            self._tail.clear()
+            self._tail_len = 0
+            lines = head[:-1].split(b"\n")
+        else:
+            lines = data[:last].split(b"\n")
+        self._keep_tail(data[last + 1 :])
+        if max(map(len, lines)) > self.max_size:
+            before = len(lines)
+            lines = [line for line in lines if len(line) <= self.max_size]
+            self.rejected += before - len(lines)
+        return lines
+
+    def _keep_tail(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._tail.append(piece)
+        self._tail_len += len(piece)
+        if self._tail_len > self.max_size:
+            self.rejected += 1
+            self._tail.clear()
+            self._tail_len = 0
+            self._discarding = True
+
+    def close(self) -> list[bytes]:
+        """End of stream: a final line without LF still counts as a record."""
+        if self._discarding or not self._tail:
+            return []
+        line = b"".join(self._tail)
+        self._tail.clear()
+        self._tail_len = 0
+        return [line]
+
+
+@lru_cache(maxsize=1024)
+def _heads_table(topic: bytes) -> list[bytes]:
+    """Counter suffixes with `` TOPIC `` appended, built once per topic."""
+    suffix = b" " + topic + b" "
+    return [c + suffix for c in _COUNTERS]
+
+
+def stamp(lines: list[bytes], stamper: Stamper, topic: bytes = DEFAULT_TOPIC) -> bytes:
+    """Turn producer lines into one block of records with fresh ULIDs."""
+    if not lines:
+        return b""
+    heads = stamper.heads(len(lines), _heads_table(topic))
+    return b"\n".join(map(bytes.__add__, heads, lines)) + b"\n"
+
+
+def split_topics(lines: list[bytes]) -> tuple[dict[bytes, list[bytes]], int]:
+    """Dynamic topic mode: the first space-delimited field is the topic.
+
+    Returns lines grouped by topic (payloads without the topic field) and the
+    number of lines rejected for an invalid topic.
+    """
+    groups: dict[bytes, list[bytes]] = {}
+    rejected = 0
+    for line in lines:
+        topic, _, payload = line.partition(b" ")
+        if TOPIC_RE.fullmatch(topic) is None:
+            rejected += 1
+            continue
+        groups.setdefault(topic, []).append(payload)
+    return groups, rejected
+
+
+def validate_block(block: bytes) -> None:
+    """Raise ``CorruptSegment`` unless ``block`` is whole, well-formed records."""
+    m = _BLOCK_RE.match(block)
+    if m is None or m.end() != len(block):
+        end = 0 if m is None else m.end()
+        line_no = block.count(b"\n", 0, end) + 1
+        bad = block[end : block.find(b"\n", end) if b"\n" in block[end:] else len(block)]
+        raise CorruptSegment(
+            f"line {line_no} is not a record (ULID SP TOPIC SP PAYLOAD): {bad[:60]!r}"
+        )
+
+
+def parse_record(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split one record line (with or without LF) into ULID, topic, payload."""
+    if not line.endswith(b"\n"):
+        line += b"\n"
+    if _ONE_RE.fullmatch(line) is None:
+        raise BadRecord(f"not a record: {line[:60]!r}")
+    ulid = line[:ULID_LEN]
+    topic, _, payload = line[ULID_LEN + 1 : -1].partition(b" ")
+    return ulid, topic, payload

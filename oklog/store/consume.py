@@ -1,0 +1,265 @@
+"""Consumption: OK Log's gather → replicate → commit | fail transaction.
+
+Theory of operation: ``ConsumeTxn`` is the IO-free book of one batch.  It
+gathers ingest segments (remembering which ingester each came from) until
+the batch reaches the target size or age, or the ingesters have nothing
+more; it is then replicated; every source is finally committed (success) or
+failed back (any shortfall), so the ingesters hand them out again.  A crash
+anywhere can only over-replicate: the ingester still has every segment that
+was not committed, and duplicates are dropped by ULID at read time.
+
+``Consumer`` drives one transaction after another over real HTTP (even in
+a single ``ingeststore`` process): segments are spooled to files and merged
+into one sorted, de-duplicated composite file, which is then uploaded to
+``replication_factor`` distinct live stores.  Memory stays bounded: nothing
+holds a whole segment, let alone the composite.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from .. import metrics
+from ..cluster.membership import Membership
+from ..errors import IllegalTransition, PeerError, ReplicationShortfall
+from ..peer import Peers
+from .log import StoreLog, iter_file_blocks
+from .merge import merge_records
+
+log = logging.getLogger("oklog.consume")
+
+
+class Phase(enum.Enum):
+    GATHER = "gather"
+    REPLICATE = "replicate"
+    COMMIT = "commit"
+    FAIL = "fail"
+
+
+_MOVES = {
+    (Phase.GATHER, "replicate"): Phase.REPLICATE,
+    (Phase.GATHER, "fail"): Phase.FAIL,
+    (Phase.REPLICATE, "commit"): Phase.COMMIT,
+    (Phase.REPLICATE, "fail"): Phase.FAIL,
+}
+
+
+@dataclass
+class Source:
+    ingester: str
+    seg_id: str
+    size: int
+
+
+@dataclass
+class ConsumeTxn:
+    """One batch: which segments it holds and where it is in its life."""
+
+    target_size: int
+    target_age: float
+    started: float
+    phase: Phase = Phase.GATHER
+    sources: list[Source] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.sources)
+
+    def add(self, ingester: str, seg_id: str, size: int) -> None:
+        if self.phase is not Phase.GATHER:
+            raise IllegalTransition(f"cannot add a segment while {self.phase.value}")
+        self.sources.append(Source(ingester, seg_id, size))
+
+    def gathered_enough(self, now: float) -> bool:
+        return self.size >= self.target_size or now - self.started >= self.target_age
+
+    def _move(self, event: str) -> None:
+        try:
+            self.phase = _MOVES[(self.phase, event)]
+        except KeyError:
+            raise IllegalTransition(f"cannot {event} while {self.phase.value}") from None
+
+    def replicate(self) -> None:
+        if not self.sources:
+            raise IllegalTransition("nothing gathered to replicate")
+        self._move("replicate")
+
+    def commit(self) -> list[Source]:
+        self._move("commit")
+        return list(self.sources)
+
+    def fail(self) -> list[Source]:
+        self._move("fail")
+        return list(self.sources)
+
+
+def replication_order(stores: list[str], rng: random.Random) -> list[str]:
+    """Distinct stores in random order: the first ones are tried first, the
+    rest are fallbacks when one of those fails."""
+    order = list(dict.fromkeys(stores))
+    rng.shuffle(order)
+    return order
+
+
+class Consumer:
+    """Runs consume transactions forever against the live cluster."""
+
+    def __init__(
+        self,
+        store: StoreLog,
+        membership: Membership,
+        peers: Peers,
+        *,
+        replication_factor: int = 2,
+        target_size: int = 128 << 20,
+        target_age: float = 3.0,
+        idle_sleep: float = 0.25,
+        clock: Callable[[], float] = trio.current_time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.membership = membership
+        self.peers = peers
+        self.rf = replication_factor
+        self.target_size = target_size
+        self.target_age = target_age
+        self.idle_sleep = idle_sleep
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._last_shortage_log = -1e9
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            worked = await self.one_batch()
+            if not worked:
+                await trio.sleep(self.idle_sleep)
+
+    async def one_batch(self) -> bool:
+        """Run one transaction; False when there was nothing to do."""
+        stores = self.membership.stores()
+        if len(set(stores)) < self.rf:
+            self._log_shortage(len(set(stores)))
+            return False
+        ingesters = self.membership.ingesters()
+        if not ingesters:
+            return False
+        txn = ConsumeTxn(self.target_size, self.target_age, self.clock())
+        files: list[Path] = []
+        try:
+            await self._gather(txn, ingesters, files)
+            if not txn.sources:
+                return False
+            txn.replicate()
+            composite, records = await trio.to_thread.run_sync(self._merge, files)
+            files.append(composite)
+            await self._replicate(composite, stores)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._finish(txn, ok=False, reason=exc)
+            if isinstance(exc, (PeerError, ReplicationShortfall, OSError)):
+                return False
+            raise
+        finally:
+            for f in files:
+                f.unlink(missing_ok=True)
+        await self._finish(txn, ok=True)
+        metrics.consume_records.inc(records)
+        return True
+
+    async def _gather(self, txn: ConsumeTxn, ingesters: list[str], files: list[Path]) -> None:
+        while not txn.gathered_enough(self.clock()):
+            got = False
+            for ingester in self.rng.sample(ingesters, len(ingesters)):
+                try:
+                    seg_id = await self.peers.next(ingester)
+                except PeerError as exc:
+                    log.debug("event=next_failed ingester=%s error=%s", ingester, exc)
+                    continue
+                if seg_id is None:
+                    continue
+                path = self.store.tmp_path(".gather")
+                files.append(path)
+                try:
+                    with open(path, "wb") as sink:
+                        size = await self.peers.read_into(ingester, seg_id, sink)
+                except PeerError as exc:
+                    log.warning("event=read_failed ingester=%s segment=%s error=%s", ingester, seg_id, exc)
+                    await self._tell(ingester, seg_id, ok=False)
+                    files.remove(path)
+                    path.unlink(missing_ok=True)
+                    continue
+                txn.add(ingester, seg_id, size)
+                got = True
+                if txn.gathered_enough(self.clock()):
+                    return
+            if not got:
+                return  # the ingesters have nothing more right now
+
+    def _merge(self, files: list[Path]) -> tuple[Path, int]:
+        """Merge the gathered segments into one sorted, de-duplicated file."""
+        out = self.store.tmp_path(".composite")
+        records = 0
+        with open(out, "wb") as f:
+            for block in merge_records([iter_file_blocks(p) for p in files]):
+                records += block.count(b"\n")
+                f.write(block)
+        return out, records
+
+    async def _replicate(self, composite: Path, stores: list[str]) -> None:
+        """Upload to ``rf`` distinct stores, trying others when one fails."""
+        done = 0
+        for store in replication_order(stores, self.rng):
+            try:
+                await self.peers.replicate(store, composite)
+            except PeerError as exc:
+                log.warning("event=replicate_failed store=%s error=%s", store, exc)
+                continue
+            done += 1
+            if done == self.rf:
+                return
+        raise ReplicationShortfall(self.rf, done)
+
+    async def _finish(self, txn: ConsumeTxn, *, ok: bool, reason: object = None) -> None:
+        if not txn.sources:
+            return
+        sources = txn.commit() if ok else txn.fail()
+        async with trio.open_nursery() as nursery:
+            for s in sources:
+                nursery.start_soon(self._tell, s.ingester, s.seg_id, ok)
+        if ok:
+            metrics.consume_batches.labels("committed").inc()
+            metrics.consume_segments.inc(len(sources))
+            log.debug("event=committed segments=%d bytes=%d", len(sources), txn.size)
+        else:
+            metrics.consume_batches.labels("failed").inc()
+            log.warning("event=batch_failed segments=%d reason=%r", len(sources), reason)
+
+    async def _tell(self, ingester: str, seg_id: str, ok: bool) -> None:
+        """Commit or fail one source; an unreachable ingester times it out itself."""
+        try:
+            if ok:
+                await self.peers.commit(ingester, seg_id)
+            else:
+                await self.peers.failed(ingester, seg_id)
+        except PeerError as exc:
+            log.warning("event=%s_failed ingester=%s segment=%s error=%s",
+                        "commit" if ok else "fail", ingester, seg_id, exc)
+
+    def _log_shortage(self, have: int) -> None:
+        now = self.clock()
+        if now - self._last_shortage_log >= 30.0:
+            self._last_shortage_log = now
+            log.warning(
+                "event=waiting_for_stores have=%d replication_factor=%d "
+                "(consumption paused until enough store nodes are alive)",
+                have,
+                self.rf,
+            )

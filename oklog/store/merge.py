@@ -1,0 +1,609 @@
+"""Merging sorted record streams into one, de-duplicated by ULID.
+
+Records are lines ``ULID SP TOPIC SP PAYLOAD LF``; the first 26 bytes are the
+ULID, the sort key, and the identity of a record.  Every function here works
+on *blocks*: ``bytes`` holding one or more whole lines, each ending in LF.
+Per-record Python code is avoided: a block is split once, compared with
+``map``/``operator`` and joined once, so the per-line work runs in C.
+
+Theory of operation of :func:`merge_records`
+---------------------------------------------
+
+Each source is a sequence of sorted blocks.  The merge proceeds in *batches*.
+For the current block of every live source we know its last ULID; the
+smallest of those is the *horizon* ``M``.  Every record ``<= M`` of every
+source is already in hand: a source's later blocks only hold larger ULIDs
+(or, for the source whose block ends at ``M``, repeats of ``M`` -- dropped as
+intra-source duplicates).  So each source's current block is cut (by a
+binary search over line starts) at ``M``, the pieces ("chunks") are merged
+into one output block, and the rest waits for the next batch.  All copies of
+a given ULID land in the same batch, which is what makes per-batch copy
+counting (read repair) exact.
+
+A batch is merged by the cheapest method that is correct:
+
+1. one non-empty chunk: emitted as is (a slice, or the very block when it is
+   taken whole) -- the common case when segments only touch at the edges;
+2. all chunks byte-identical (replicas of the same records, the common case
+   when the same data comes from several store nodes): emitted once;
+3. chunks whose ranges do not overlap: concatenated in ULID order;
+4. otherwise the chunks' lines are concatenated in source order and sorted
+   with a *stable* C sort keyed on the ULID (``itemgetter(slice(0, 26))``):
+   timsort finds each chunk as a run and merges runs with galloping, so long
+   stretches from one source are moved wholesale; the first line of each
+   equal-ULID run -- the earliest source -- is kept.
+
+Sources yielding very small blocks are coalesced to about
+:data:`MIN_BLOCK` bytes so the per-batch overhead stays small; a single
+source is passed through block by block, unchanged (apart from duplicate
+removal when it is not ``trusted_unique``).
+
+Records must be valid (at least a 26-byte ULID per line) and each source
+sorted by ULID; neither is re-checked here (the replicate handler and the
+segment reader validate).  Unsorted input gives unsorted output, never a
+crash.  A source block that does not end in LF raises ``CorruptSegment``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from itertools import chain, compress, islice, repeat
+from operator import itemgetter, le, lt, ne, sub
+from typing import Literal
+
+from oklog.errors import CorruptSegment
+
+ULID_LEN = 26
+
+#: The ULID of one line (a C-level callable: ``line[0:26]``).
+ulid_of: Callable[[bytes], bytes] = itemgetter(slice(0, ULID_LEN))
+
+#: Source blocks smaller than this are joined before merging (several sources).
+MIN_BLOCK = 64 * 1024
+#: A merge batch takes about this many bytes per source; output blocks of a
+#: multi-source merge are coalesced to at least this size.  Batches of a few
+#: hundred lines keep the split/sort/join working set in the CPU cache.
+WINDOW = 64 * 1024
+#: A run of one source below all other heads is sliced out whole (no split)
+#: when it is at least this long, or when short runs alternate with long ones.
+RUN_MIN = 4 * 1024
+#: Large blocks are split into pieces of about this size for line-level work.
+PIECE = 256 * 1024
+
+TailPolicy = Literal["error", "keep", "drop"]
+OnShort = Callable[[bytes], None]
+
+_LF = b"\n"
+
+
+# --- single blocks ----------------------------------------------------------------
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """The lines of an LF-terminated block, without their LFs."""
+    lines = block.split(_LF)
+    lines.pop()  # the empty string after the final LF
+    return lines
+
+
+def _join(lines: list[bytes]) -> bytes:
+    """Inverse of :func:`_lines` (appends and removes a sentinel in place)."""
+    lines.append(b"")
+    out = _LF.join(lines)
+    lines.pop()
+    return out
+
+
+def _last_key(block: bytes) -> bytes:
+    """The ULID of the last line of a non-empty LF-terminated block."""
+    start = block.rfind(_LF, 0, len(block) - 1) + 1
+    return block[start : start + ULID_LEN]
+
+
+def _pieces(block: bytes, size: int | None = None) -> Iterator[bytes]:
+    """Line-aligned slices of ``block`` of about ``size`` bytes (the block
+    itself when small): line-level work on them stays in the CPU cache."""
+    size = size or PIECE
+    n = len(block)
+    if n <= size:
+        yield block
+        return
+    pos = 0
+    while pos < n:
+        end = block.find(_LF, pos + size) + 1 or n
+        yield block[pos:end]
+        pos = end
+
+
+def is_strictly_sorted(block: bytes) -> bool:
+    """Whether the ULIDs of ``block``'s lines strictly increase.
+
+    Strictly: sorted *and* no ULID twice -- exactly what a store segment must
+    be.  A final line without LF counts as a line.  Runs in C (one split, one
+    ``map`` of slices, one ``map`` of comparisons).
+    """
+    prev: list[bytes] = []  # the last ULID of the previous piece
+    for piece in _pieces(block):
+        lines = piece.split(_LF)
+        if piece.endswith(_LF):
+            lines.pop()
+        keys = prev + list(map(ulid_of, lines))
+        if not all(map(lt, keys, islice(keys, 1, None))):
+            return False
+        prev = keys[-1:]
+    return True
+
+
+def sort_records(block: bytes) -> bytes:
+    """Sort a block of records by ULID, keeping the first of equal ULIDs.
+
+    Returns ``block`` itself when it is already strictly sorted.  ``b""``
+    gives ``b""``; a non-empty block must end with LF, else
+    :class:`~oklog.errors.CorruptSegment`.  Payloads are never looked at: two
+    lines with the same ULID are the same record, and the earlier one wins
+    (the sort is stable).
+    """
+    if not block:
+        return b""
+    if not block.endswith(_LF):
+        raise CorruptSegment("records block does not end with LF")
+    lines = _lines(block)
+    keys = list(map(ulid_of, lines))
+    if all(map(lt, keys, islice(keys, 1, None))):
+        return block
+    lines.sort(key=ulid_of)
+    keys = list(map(ulid_of, lines))
+    return _join(list(compress(lines, map(ne, keys, chain((None,), keys)))))
+
+
+def _dedup_lines(lines: list[bytes], prev: bytes | None) -> tuple[list[bytes], bytes | None]:
+    """Drop lines whose ULID equals the previous line's (``prev`` before the
+    first).  Returns the kept lines (``lines`` itself if none dropped) and the
+    last ULID seen.  ``lines`` must not be empty."""
+    keys = list(map(ulid_of, lines))
+    flags = list(map(ne, keys, chain((prev,), keys)))
+    if not all(flags):
+        lines = list(compress(lines, flags))
+    return lines, keys[-1]
+
+
+def _report(block: bytes, on_short: OnShort) -> None:
+    """Pass every line of ``block`` (with its LF) to ``on_short``."""
+    for line in _lines(block):
+        on_short(line + _LF)
+
+
+# --- merging ---------------------------------------------------------------------
+
+
+class _Source:
+    """One input of a merge: its iterator and the unconsumed current block."""
+
+    __slots__ = ("it", "block", "pos", "end", "last")
+
+    def __init__(self, source: Iterable[bytes]) -> None:
+        self.it = iter(source)
+        self.block = b""
+        self.pos = 0
+        self.end = b""  # ULID of the last line of ``block``
+        self.last: bytes | None = None  # last ULID taken (intra-source dedup)
+
+    def pull(self) -> bool:
+        """Load the next block(s), joined up to MIN_BLOCK; False at the end."""
+        parts: list[bytes] = []
+        size = 0
+        for block in self.it:
+            if not block:
+                continue
+            if not block.endswith(_LF):
+                raise CorruptSegment("merge source block does not end with LF")
+            parts.append(block)
+            size += len(block)
+            if size >= MIN_BLOCK:
+                break
+        if not parts:
+            self.block = b""
+            return False
+        self.block = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos = 0
+        self.end = _last_key(self.block)
+        return True
+
+    @property
+    def head(self) -> bytes:
+        """The ULID of the first unconsumed line."""
+        return self.block[self.pos : self.pos + ULID_LEN]
+
+    def window_key(self) -> bytes:
+        """The ULID of the line containing offset ``pos + WINDOW`` (or the
+        last line): bounds how much of this source one batch takes."""
+        block, at = self.block, self.pos + WINDOW
+        if at >= len(block):
+            return self.end
+        start = block.rfind(_LF, self.pos, at) + 1 or self.pos
+        return block[start : start + ULID_LEN]
+
+    def cut(self, bound: bytes, below: Callable[[bytes, bytes], bool]) -> int:
+        """Offset of the first line at or after ``pos`` whose ULID is not
+        ``below(ulid, bound)`` (``below`` is ``operator.le`` or ``lt``)."""
+        block, lo = self.block, self.pos
+        if below(self.end, bound):
+            return len(block)
+        if not below(block[lo : lo + ULID_LEN], bound):
+            return lo
+        # Binary search over line starts.  Invariant: every line before
+        # ``lo`` is below the bound; the line starting at ``hi`` is not (the
+        # last line is not, see above).
+        hi = block.rfind(_LF, lo, len(block) - 1) + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            start = block.rfind(_LF, lo, mid) + 1 or lo
+            if below(block[start : start + ULID_LEN], bound):
+                lo = block.index(_LF, start) + 1
+            else:
+                hi = start
+        return lo
+
+    def take(self, cut: int) -> bytes:
+        """Remove and return the lines from ``pos`` up to offset ``cut``."""
+        pos, block = self.pos, self.block
+        if cut == pos:
+            return b""
+        if cut == len(block):
+            chunk = block if pos == 0 else block[pos:]
+            self.pull()
+        else:
+            chunk = block[pos:cut]
+            self.pos = cut
+        return chunk
+
+    def dedup(self, chunk: bytes) -> bytes:
+        """``chunk`` without intra-source repeats of a ULID."""
+        lines = _lines(chunk)
+        kept, self.last = _dedup_lines(lines, self.last)
+        return chunk if kept is lines else _join(kept)
+
+
+class _Output:
+    """Coalesces output pieces into blocks of about WINDOW bytes."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, block: bytes) -> bytes:
+        """Queue ``block``; return a block to yield now, or ``b""``."""
+        if not self.parts and len(block) >= WINDOW:
+            return block  # big enough on its own: no copy
+        self.parts.append(block)
+        self.size += len(block)
+        return self.flush() if self.size >= WINDOW else b""
+
+    def flush(self) -> bytes:
+        parts = self.parts
+        if not parts:
+            return b""
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.parts = []
+        self.size = 0
+        return out
+
+
+def merge_records(
+    sources: Iterable[Iterable[bytes]],
+    *,
+    trusted_unique: bool = False,
+    copies_needed: int = 0,
+    on_short: OnShort | None = None,
+) -> Iterator[bytes]:
+    """Merge sorted record sources into sorted, de-duplicated blocks.
+
+    ``sources``: each an iterable of blocks (``bytes`` of whole LF-ended lines,
+    sorted by ULID within and across the source's blocks).  Yields non-empty
+    blocks of whole lines, globally sorted by ULID, each ULID once: of
+    several records with the same ULID the first wins -- earliest source in
+    ``sources``, then earliest within that source.
+
+    ``trusted_unique``: promise that no source repeats a ULID within itself
+    (true of store segments).  Skips the intra-source duplicate checks; a
+    single trusted source is then passed through without touching its lines.
+    It does *not* assume equal ULIDs carry equal bytes.
+
+    ``copies_needed`` / ``on_short`` (read repair): when both are given, every
+    output record present in fewer than ``copies_needed`` distinct sources is
+    passed -- the full line, LF included, in output order -- to ``on_short``.
+    With ``copies_needed == 0`` no counting is done at all.
+
+    The merge is lazy: it pulls source blocks as output is consumed.  With
+    several sources, output blocks are coalesced to at least WINDOW bytes
+    (except the last).
+    """
+    need = copies_needed if on_short is not None else 0
+    srcs = [_Source(s) for s in sources]
+    if len(srcs) == 1:
+        yield from _single(srcs[0], trusted_unique, need, on_short)
+        return
+    live = [s for s in srcs if s.pull()]
+    out = _Output()
+    short_runs = 0
+    while len(live) > 1:
+        # Run check: the source with the smallest head may hold a stretch of
+        # records below every other source's head; those go out as one slice.
+        first = live[0]
+        h1 = first.head
+        h2: bytes | None = None
+        for s in islice(live, 1, None):
+            h = s.head
+            if h < h1:
+                first, h1, h2 = s, h, h1
+            elif h2 is None or h < h2:
+                h2 = h
+        if h2 is not None and h1 < h2:
+            cut = first.cut(h2, lt)
+            if cut - first.pos >= RUN_MIN or short_runs < 2:
+                # Long runs always; short ones while they alternate with long
+                # ones (a sparse source inside a dense one), else batch.
+                short_runs = 0 if cut - first.pos >= RUN_MIN else short_runs + 1
+                run = first.take(cut)
+                if not first.block:
+                    live.remove(first)
+                if not trusted_unique:
+                    run = first.dedup(run)
+                if need > 1:
+                    assert on_short is not None
+                    _report(run, on_short)
+                block = out.add(run)
+                if block:
+                    yield block
+                continue
+        short_runs = 0
+        # Batch: everything up to the horizon, at most ~WINDOW per source.
+        horizon = min([s.window_key() for s in live])
+        chunks: list[bytes] = []
+        for s in live:
+            chunk = s.take(s.cut(horizon, le))
+            if chunk and not trusted_unique:
+                chunk = s.dedup(chunk)
+            if chunk:
+                chunks.append(chunk)
+        live = [s for s in live if s.block]
+        block = out.add(_merge_batch(chunks, need, on_short))
+        if block:
+            yield block
+    if live:
+        s = live[0]
+        rest = s.block[s.pos :] if s.pos else s.block
+        if not trusted_unique:
+            rest = s.dedup(rest)
+        if need > 1:
+            assert on_short is not None
+            _report(rest, on_short)
+        block = out.add(rest)
+        if block:
+            yield block
+    block = out.flush()
+    if block:
+        yield block
+    if live:
+        yield from _single(live[0], trusted_unique, need, on_short)
+
+
+def _single(s: _Source, trusted: bool, need: int, on_short: OnShort | None) -> Iterator[bytes]:
+    """The rest of one source, block by block: every record has one copy."""
+    for block in s.it:
+        if not block:
+            continue
+        if not block.endswith(_LF):
+            raise CorruptSegment("merge source block does not end with LF")
+        if trusted and need <= 1:
+            yield block
+            continue
+        for piece in _pieces(block):
+            if not trusted:
+                piece = s.dedup(piece)
+            if need > 1:
+                assert on_short is not None
+                _report(piece, on_short)
+            if piece:
+                yield piece
+
+
+def _merge_batch(chunks: list[bytes], need: int, on_short: OnShort | None) -> bytes:
+    """Merge non-empty sorted chunks (source order) without intra-chunk dups."""
+    if not chunks:
+        return b""
+    first = chunks[0]
+    if len(chunks) == 1:
+        if need > 1:
+            assert on_short is not None
+            _report(first, on_short)
+        return first
+    # 2. replicas: every chunk holds exactly the same records.
+    if all([c == first for c in chunks]):
+        if need > len(chunks):
+            assert on_short is not None
+            _report(first, on_short)
+        return first
+    # 3. non-overlapping chunks: concatenate in ULID order.
+    ordered = sorted(chunks, key=ulid_of)
+    ends = list(map(_last_key, ordered))
+    if all(map(lt, ends, map(ulid_of, islice(ordered, 1, None)))):
+        out = b"".join(ordered)
+        if need > 1:
+            assert on_short is not None
+            _report(out, on_short)
+        return out
+    # 4. interleaved.  A plain sort compares whole lines in C without
+    # building keys, and orders by ULID; byte-identical copies of a record
+    # end up adjacent and are dropped by comparing neighbours.  Then the
+    # ULIDs of the survivors must strictly increase; if not, some ULID came
+    # with different bytes from different sources, and a stable key sort
+    # redoes the batch so that the earliest source wins.
+    lines: list[bytes] = []
+    for c in chunks:
+        lines += _lines(c)
+    lines.sort()
+    new = list(map(ne, lines, chain((None,), lines)))
+    uniq = lines if all(new) else list(compress(lines, new))
+    keys = list(map(ulid_of, uniq))
+    if not all(map(lt, keys, islice(keys, 1, None))):
+        lines = []
+        for c in chunks:
+            lines += _lines(c)
+        lines.sort(key=ulid_of)  # stable: source order among equal ULIDs
+        keys = list(map(ulid_of, lines))
+        new = list(map(ne, keys, chain((None,), keys)))
+        uniq = list(compress(lines, new))
+    if need > 1:
+        assert on_short is not None
+        n = len(lines)
+        starts = list(compress(range(n), new))
+        counts = map(sub, chain(islice(starts, 1, None), (n,)), starts)
+        for line in compress(uniq, map(lt, counts, repeat(need))):
+            on_short(line + _LF)
+    return _join(uniq)
+
+
+# --- re-chunking arbitrary byte streams into blocks of whole lines --------------------
+
+
+class LineSplitter:
+    """Turns arbitrary byte chunks into blocks of whole lines (sans-IO).
+
+    ``feed(chunk)`` returns the complete lines available so far (``b""`` if
+    none, or if fewer than ``min_size`` bytes are pending); the partial last
+    line is kept for the next chunk.  At end of input call ``flush()`` for
+    the pending complete lines, then ``end()`` for the final partial line,
+    handled by ``final_tail``: ``"error"`` raises ``CorruptSegment``,
+    ``"keep"`` returns it as is (without LF), ``"drop"`` discards it.
+
+    ``max_tail`` bounds the memory of a partial line: a line that grows past
+    it without an LF raises ``CorruptSegment``.  A chunk that ends with LF
+    while nothing is pending is returned as the very same object (no copy).
+    """
+
+    def __init__(
+        self,
+        *,
+        final_tail: TailPolicy = "error",
+        min_size: int = 0,
+        max_tail: int | None = None,
+    ) -> None:
+        if final_tail not in ("error", "keep", "drop"):
+            raise ValueError(f"final_tail must be error, keep or drop: {final_tail!r}")
+        self.final_tail = final_tail
+        self.min_size = min_size
+        self.max_tail = max_tail
+        self._ready: list[bytes] = []
+        self._ready_size = 0
+        self._tail: list[bytes] = []
+        self._tail_size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take a chunk; return the whole lines now ready (maybe ``b""``)."""
+        if not chunk:
+            return b""
+        if type(chunk) is not bytes:  # bytearray, memoryview: copy once, own it
+            chunk = bytes(chunk)
+        i = chunk.rfind(_LF)
+        if i < 0:
+            self._tail.append(chunk)
+            self._tail_size += len(chunk)
+            if self.max_tail is not None and self._tail_size > self.max_tail:
+                raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
+            return b""
+        if self._tail:
+            self._ready += self._tail
+            self._ready_size += self._tail_size
+            self._tail = []
+            self._tail_size = 0
+        i += 1
+        if i == len(chunk):
+            head = chunk
+        else:
+            head = chunk[:i]
+            self._tail.append(chunk[i:])
+            self._tail_size = len(chunk) - i
+            if self.max_tail is not None and self._tail_size > self.max_tail:
+                raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
+        self._ready.append(head)
+        self._ready_size += len(head)
+        if self._ready_size >= self.min_size:
+            return self.flush()
+        return b""
+
+    def flush(self) -> bytes:
+        """All pending complete lines, whatever ``min_size`` says."""
+        ready = self._ready
+        if not ready:
+            return b""
+        out = ready[0] if len(ready) == 1 else b"".join(ready)
+        self._ready = []
+        self._ready_size = 0
+        return out
+
+    @property
+    def pending_tail(self) -> int:
+        """Bytes of the partial line held back."""
+        return self._tail_size
+
+    def end(self) -> bytes:
+        """The final partial line, per ``final_tail`` (``b""`` if none)."""
+        if not self._tail:
+            return b""
+        tail = b"".join(self._tail)
+        self._tail = []
+        self._tail_size = 0
+        if self.final_tail == "error":
+            raise CorruptSegment(f"input ends inside a line ({len(tail)} bytes without LF)")
+        if self.final_tail == "keep":
+            return tail
+        return b""
+
+
+def iter_blocks(
+    chunks: Iterable[bytes],
+    *,
+    final_tail: TailPolicy = "error",
+    min_size: int = 0,
+    max_tail: int | None = None,
+) -> Iterator[bytes]:
+    """Re-chunk a byte stream into non-empty blocks of whole lines.
+
+    See :class:`LineSplitter` for the parameters.  With ``"error"`` the
+    complete lines before a partial final line are still yielded first.
+    """
+    sp = LineSplitter(final_tail=final_tail, min_size=min_size, max_tail=max_tail)
+    for chunk in chunks:
+        out = sp.feed(chunk)
+        if out:
+            yield out
+    out = sp.flush()
+    if out:
+        yield out
+    out = sp.end()
+    if out:
+        yield out
+
+
+async def aiter_blocks(
+    chunks: AsyncIterable[bytes],
+    *,
+    final_tail: TailPolicy = "error",
+    min_size: int = 0,
+    max_tail: int | None = None,
+) -> AsyncIterator[bytes]:
+    """:func:`iter_blocks` for an async iterable (e.g. an HTTP body stream)."""
+    sp = LineSplitter(final_tail=final_tail, min_size=min_size, max_tail=max_tail)
+    async for chunk in chunks:
+        out = sp.feed(chunk)
+        if out:
+            yield out
+    out = sp.flush()
+    if out:
+        yield out
+    out = sp.end()
+    if out:
+        yield out

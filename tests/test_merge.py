@@ -1,0 +1,434 @@
+"""Tests for oklog.store.merge: k-way merge with de-dup, sorting, re-chunking."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oklog.errors import CorruptSegment
+from oklog.store import merge as merge_mod
+from oklog.store.merge import (
+    LineSplitter,
+    aiter_blocks,
+    is_strictly_sorted,
+    iter_blocks,
+    merge_records,
+    sort_records,
+)
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid(n: int) -> bytes:
+    out = []
+    for _ in range(26):
+        out.append(CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(out)).encode()
+
+
+def rec(n: int, payload: bytes = b"p") -> bytes:
+    return ulid(n) + b" default " + payload + b"\n"
+
+
+# --- reference model ------------------------------------------------------------------
+
+
+def ref_merge(sources: list[list[bytes]], need: int = 0) -> tuple[bytes, list[bytes]]:
+    """Concatenate, stable sort by ULID, keep the first; lines short of copies."""
+    tagged = [(line[:26], i, line) for i, src in enumerate(sources) for line in src]
+    tagged.sort(key=lambda t: t[0])  # stable: source order, then position
+    out: list[bytes] = []
+    copies: dict[bytes, set[int]] = {}
+    for key, i, line in tagged:
+        if key not in copies:
+            out.append(line)
+            copies[key] = set()
+        copies[key].add(i)
+    short = [line for line in out if len(copies[line[:26]]) < need]
+    return b"".join(out), short
+
+
+def split_blocks(lines: list[bytes], rng: random.Random, empty: bool = True) -> list[bytes]:
+    """Random split of a source's lines into blocks (maybe with empty ones)."""
+    blocks: list[bytes] = []
+    i = 0
+    while i < len(lines):
+        j = i + rng.randint(1, 6)
+        blocks.append(b"".join(lines[i:j]))
+        if empty and rng.random() < 0.1:
+            blocks.append(b"")
+        i = j
+    return blocks
+
+
+def run_merge(
+    sources: list[list[bytes]], rng: random.Random, *, trusted: bool, need: int
+) -> tuple[bytes, list[bytes]]:
+    short: list[bytes] = []
+    blocks = [split_blocks(s, rng) for s in sources]
+    out = list(
+        merge_records(
+            [iter(b) for b in blocks],
+            trusted_unique=trusted,
+            copies_needed=need,
+            on_short=short.append,
+        )
+    )
+    for block in out:
+        assert block and block.endswith(b"\n"), block
+    return b"".join(out), short
+
+
+# (MIN_BLOCK, WINDOW, RUN_MIN, PIECE): tiny sizes make tiny inputs take every
+# path (batches cut by the window, runs, pieces); the last one is production.
+TUNINGS = [(1, 1, 1, 1), (150, 100, 40, 64), (1, 300, 10**6, 200), (64 * 1024, 64 * 1024, 4096, 256 * 1024)]
+DEFAULT_TUNING = TUNINGS[-1]
+
+
+def set_tuning(t: tuple[int, int, int, int]) -> None:
+    merge_mod.MIN_BLOCK, merge_mod.WINDOW, merge_mod.RUN_MIN, merge_mod.PIECE = t
+
+
+@pytest.fixture(params=TUNINGS, ids=["tiny", "small", "noruns", "production"])
+def min_block(request: pytest.FixtureRequest) -> Iterator[tuple[int, int, int, int]]:
+    """Coalescing and windows change the batch boundaries: test several."""
+    set_tuning(request.param)
+    yield request.param
+    set_tuning(DEFAULT_TUNING)
+
+
+payloads = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"\r"))
+
+
+@st.composite
+def source_lists(draw: st.DrawFn, unique: bool) -> list[list[bytes]]:
+    space = draw(st.sampled_from([8, 40, 400]))
+    nsrc = draw(st.integers(0, 5))
+    sources = []
+    for _ in range(nsrc):
+        keys = draw(st.lists(st.integers(0, space), max_size=30, unique=unique))
+        keys.sort()
+        sources.append([rec(k, draw(payloads)) for k in keys])
+    return sources
+
+
+@settings(max_examples=300, deadline=None)
+@given(source_lists(unique=False), st.integers(0, 4), st.randoms(use_true_random=False))
+def test_merge_matches_reference(sources: list[list[bytes]], need: int, rng: random.Random) -> None:
+    for tuning in TUNINGS:
+        set_tuning(tuning)
+        try:
+            assert run_merge(sources, rng, trusted=False, need=need) == ref_merge(sources, need)
+        finally:
+            set_tuning(DEFAULT_TUNING)
+
+
+@settings(max_examples=300, deadline=None)
+@given(source_lists(unique=True), st.integers(0, 4), st.randoms(use_true_random=False))
+def test_merge_trusted_matches_reference(sources: list[list[bytes]], need: int, rng: random.Random) -> None:
+    for tuning in TUNINGS:
+        set_tuning(tuning)
+        try:
+            assert run_merge(sources, rng, trusted=True, need=need) == ref_merge(sources, need)
+        finally:
+            set_tuning(DEFAULT_TUNING)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_merge_random_larger(seed: int, min_block: object) -> None:
+    """Bigger inputs with realistic shapes: replicas, overlaps, sparse repairs."""
+    rng = random.Random(seed)
+    space = rng.choice([300, 3000, 100000])
+    universe = sorted(rng.sample(range(space), min(space, 600)))
+    sources = []
+    for _ in range(rng.randint(1, 5)):
+        shape = rng.random()
+        if shape < 0.3:  # a replica of a contiguous range
+            a = rng.randrange(len(universe))
+            keys = universe[a : a + rng.randint(0, 400)]
+        elif shape < 0.6:  # a random subset
+            keys = sorted(rng.sample(universe, rng.randint(0, len(universe))))
+        else:  # a few scattered records (a read-repair segment)
+            keys = sorted(rng.sample(universe, rng.randint(0, 5)))
+        sources.append([rec(k, b"x" * (k % 17)) for k in keys])
+    need = rng.randint(0, 4)
+    for trusted in (True, False):
+        assert run_merge(sources, rng, trusted=trusted, need=need) == ref_merge(sources, need)
+
+
+def test_no_sources_and_empty_sources(min_block: object) -> None:
+    assert list(merge_records([])) == []
+    assert list(merge_records([[]])) == []
+    assert list(merge_records([[], [b""], iter([])])) == []
+    assert list(merge_records([[b""], [rec(1)], []])) == [rec(1)]
+
+
+def test_single_trusted_source_is_passed_through(min_block: object) -> None:
+    blocks = [rec(1) + rec(2), rec(3), b"", rec(4) + rec(5) + rec(6)]
+    out = list(merge_records([blocks], trusted_unique=True))
+    assert out == [blocks[0], blocks[1], blocks[3]]
+    assert all(a is b for a, b in zip(out, [blocks[0], blocks[1], blocks[3]]))
+
+
+def test_single_untrusted_source_drops_adjacent_duplicates(min_block: object) -> None:
+    blocks = [rec(1, b"a") + rec(2, b"a"), rec(2, b"b"), rec(2, b"c") + rec(3, b"a") + rec(3, b"b")]
+    assert b"".join(merge_records([blocks])) == rec(1, b"a") + rec(2, b"a") + rec(3, b"a")
+    clean = [rec(1) + rec(2), rec(3)]
+    out = list(merge_records([clean]))
+    assert b"".join(out) == b"".join(clean)
+    if merge_mod.PIECE > len(clean[0]):
+        assert out[0] is clean[0] and out[1] is clean[1]  # nothing dropped: no copy
+
+
+def test_first_occurrence_wins_by_source_order(min_block: object) -> None:
+    a = [rec(1, b"A") + rec(2, b"A") + rec(4, b"A")]
+    b = [rec(2, b"B") + rec(3, b"B") + rec(4, b"B")]
+    c = [rec(0, b"C") + rec(2, b"C")]
+    out = b"".join(merge_records([a, b, c], trusted_unique=True))
+    assert out == rec(0, b"C") + rec(1, b"A") + rec(2, b"A") + rec(3, b"B") + rec(4, b"A")
+    # the payload does not decide: a "smaller" payload in a later source loses
+    a = [rec(5, b"zzz")]
+    b = [rec(5, b"aaa")]
+    assert b"".join(merge_records([a, b])) == rec(5, b"zzz")
+    assert b"".join(merge_records([b, a])) == rec(5, b"aaa")
+
+
+def test_replicas_are_emitted_once_and_counted(min_block: object) -> None:
+    data = b"".join(rec(i) for i in range(1000))
+    blocks = [data[i : i + 700] for i in range(0, len(data), 700)]
+    whole = list(iter_blocks(blocks))
+    short: list[bytes] = []
+    out = b"".join(merge_records([whole, whole], trusted_unique=True, copies_needed=2, on_short=short.append))
+    assert out == data and short == []
+    out = b"".join(merge_records([whole, whole], trusted_unique=True, copies_needed=3, on_short=short.append))
+    assert out == data and b"".join(short) == data
+
+
+def test_copies_counting_across_sources(min_block: object) -> None:
+    # RF 2 over 3 nodes: each record on two nodes, except 3 that lost a copy
+    rng = random.Random(5)
+    nodes: list[list[bytes]] = [[], [], []]
+    lost = {10, 500, 999}
+    for i in range(1000):
+        holders = rng.sample(range(3), 1 if i in lost else 2)
+        for h in holders:
+            nodes[h].append(rec(i))
+    short: list[bytes] = []
+    out = b"".join(
+        merge_records([[b"".join(n)] for n in nodes], trusted_unique=True, copies_needed=2, on_short=short.append)
+    )
+    assert out == b"".join(rec(i) for i in range(1000))
+    assert short == [rec(10), rec(500), rec(999)]
+
+
+def test_copies_ignore_intra_source_duplicates(min_block: object) -> None:
+    short: list[bytes] = []
+    a = [rec(1) + rec(1) + rec(2), rec(2) + rec(3)]
+    b = [rec(2)]
+    out = b"".join(merge_records([a, b], copies_needed=2, on_short=short.append))
+    assert out == rec(1) + rec(2) + rec(3)
+    assert short == [rec(1), rec(3)]
+
+
+def test_on_short_without_copies_needed_does_nothing() -> None:
+    short: list[bytes] = []
+    assert b"".join(merge_records([[rec(1)]], on_short=short.append)) == rec(1)
+    assert b"".join(merge_records([[rec(1)], [rec(2)]], copies_needed=1, on_short=short.append)) == rec(1) + rec(2)
+    assert short == []
+
+
+def test_disjoint_and_touching_sources(min_block: object) -> None:
+    a = [b"".join(rec(i) for i in range(0, 100))]
+    b = [b"".join(rec(i) for i in range(100, 200))]
+    c = [b"".join(rec(i) for i in range(199, 300))]  # touches b at 199
+    out = b"".join(merge_records([c, a, b], trusted_unique=True))
+    assert out == b"".join(rec(i) for i in range(300))
+
+
+def test_sparse_source_inside_dense_one(min_block: object) -> None:
+    dense = b"".join(rec(i) for i in range(0, 5000, 2))
+    sparse = rec(1) + rec(2001) + rec(4999) + rec(6000)
+    out = b"".join(merge_records([list(iter_blocks([dense])), [sparse]], trusted_unique=True))
+    assert out == b"".join(sorted({rec(i) for i in range(0, 5000, 2)} | {rec(1), rec(2001), rec(4999), rec(6000)}))
+
+
+def test_source_block_without_lf_raises(min_block: object) -> None:
+    with pytest.raises(CorruptSegment):
+        list(merge_records([[rec(1) + b"tail"]]))
+    with pytest.raises(CorruptSegment):
+        list(merge_records([[rec(1) + b"tail"]], trusted_unique=True))
+    with pytest.raises(CorruptSegment):
+        list(merge_records([[rec(1)], [rec(2) + b"tail"]]))
+    with pytest.raises(CorruptSegment):
+        list(merge_records([[rec(1)], [rec(0), rec(2) + b"tail"]]))
+
+
+def test_merge_is_lazy() -> None:
+    pulled: list[int] = []
+
+    def source(base: int) -> Iterator[bytes]:
+        for i in range(100):
+            pulled.append(i)
+            yield b"".join(rec(base + 2 * (1000 * i + j)) for j in range(1000))
+
+    for trusted in (True, False):
+        pulled.clear()
+        it = merge_records([source(0), source(1)], trusted_unique=trusted)
+        first = next(it)
+        assert first.startswith(rec(0) + rec(1) + rec(2))
+        assert len(pulled) < 10
+
+
+def test_unsorted_input_does_not_crash(min_block: object) -> None:
+    a = [rec(5) + rec(1) + rec(3), rec(2)]
+    b = [rec(4) + rec(0)]
+    out = b"".join(merge_records([a, b]))
+    assert sorted(out.splitlines()) == sorted(set((rec(0) + rec(1) + rec(2) + rec(3) + rec(4) + rec(5)).splitlines()))
+
+
+# --- sort_records / is_strictly_sorted -----------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), payloads), max_size=60))
+def test_sort_records_matches_reference(items: list[tuple[int, bytes]]) -> None:
+    block = b"".join(rec(k, p) for k, p in items)
+    want, _ = ref_merge([[rec(k, p) for k, p in items]])
+    got = sort_records(block)
+    assert got == want
+    assert is_strictly_sorted(got)
+    keys = [k for k, _ in items]
+    assert is_strictly_sorted(block) == (keys == sorted(set(keys)))
+    if is_strictly_sorted(block):
+        assert sort_records(block) is block
+
+
+def test_sort_records_edges() -> None:
+    assert sort_records(b"") == b""
+    with pytest.raises(CorruptSegment):
+        sort_records(rec(1) + b"no lf")
+    assert sort_records(rec(2) + rec(1) + rec(2, b"x")) == rec(1) + rec(2)
+    assert sort_records(rec(1, b"\r\x00 a b")) == rec(1, b"\r\x00 a b")
+
+
+def test_is_strictly_sorted_edges() -> None:
+    assert is_strictly_sorted(b"")
+    assert is_strictly_sorted(rec(1))
+    assert is_strictly_sorted(rec(1) + rec(2))
+    assert not is_strictly_sorted(rec(1) + rec(1, b"other payload"))
+    assert not is_strictly_sorted(rec(2) + rec(1))
+    assert is_strictly_sorted(rec(1) + ulid(2) + b" t tail")  # last line without LF
+    assert not is_strictly_sorted(rec(2) + ulid(1) + b" t tail")
+
+
+# --- LineSplitter / iter_blocks / aiter_blocks --------------------------------------------
+
+STREAM = rec(1, b"alpha") + rec(2, b"") + b"\n" + rec(3, b"\r\x00\xff") + rec(4, b"z" * 300)
+
+
+def all_splits(data: bytes) -> Iterator[list[bytes]]:
+    yield [data]
+    yield [bytes([c]) for c in data]
+    for i in range(0, len(data) + 1, 7):
+        yield [data[:i], data[i:]]
+    rng = random.Random(3)
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(len(data) + 1), 5))
+        yield [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@pytest.mark.parametrize("min_size", [0, 1, 100, 10**6])
+def test_iter_blocks_whole_lines(min_size: int) -> None:
+    for chunks in all_splits(STREAM):
+        blocks = list(iter_blocks(chunks, min_size=min_size))
+        assert b"".join(blocks) == STREAM
+        for b in blocks:
+            assert b and b.endswith(b"\n")
+        for b in blocks[:-1]:
+            assert len(b) >= min_size
+
+
+@pytest.mark.parametrize("policy", ["error", "keep", "drop"])
+def test_iter_blocks_tail_policies(policy: str) -> None:
+    data = STREAM + b"partial"
+    for chunks in all_splits(data):
+        if policy == "error":
+            got: list[bytes] = []
+            with pytest.raises(CorruptSegment):
+                for b in iter_blocks(chunks, final_tail="error"):
+                    got.append(b)
+            assert b"".join(got) == STREAM  # whole lines came out first
+        elif policy == "keep":
+            assert b"".join(iter_blocks(chunks, final_tail="keep")) == data
+            assert list(iter_blocks(chunks, final_tail="keep"))[-1].endswith(b"partial")
+        else:
+            assert b"".join(iter_blocks(chunks, final_tail="drop")) == STREAM
+
+
+def test_iter_blocks_no_copy_when_aligned() -> None:
+    chunks = [rec(1), rec(2) + rec(3)]
+    out = list(iter_blocks(chunks))
+    assert out[0] is chunks[0] and out[1] is chunks[1]
+
+
+def test_iter_blocks_only_tail_and_empty() -> None:
+    assert list(iter_blocks([])) == []
+    assert list(iter_blocks([b"", b""])) == []
+    assert list(iter_blocks([b"abc", b"def"], final_tail="keep")) == [b"abcdef"]
+    assert list(iter_blocks([b"abc"], final_tail="drop")) == []
+    with pytest.raises(CorruptSegment):
+        list(iter_blocks([b"abc"]))
+
+
+def test_iter_blocks_accepts_bytearray_and_memoryview() -> None:
+    buf = bytearray(rec(1) + b"par")
+    out = list(iter_blocks([buf, memoryview(b"tial\n")]))
+    assert out == [rec(1), b"partial\n"]
+    assert all(type(b) is bytes for b in out)
+
+
+def test_max_tail() -> None:
+    sp = LineSplitter(max_tail=10)
+    assert sp.feed(b"12345") == b""
+    assert sp.pending_tail == 5
+    with pytest.raises(CorruptSegment):
+        sp.feed(b"678901")
+    sp = LineSplitter(max_tail=10)
+    with pytest.raises(CorruptSegment):
+        sp.feed(b"ok\n" + b"x" * 11)
+    sp = LineSplitter(max_tail=10)
+    assert sp.feed(b"x" * 50 + b"\n") == b"x" * 50 + b"\n"  # complete lines are not bounded
+
+
+def test_line_splitter_bad_policy() -> None:
+    with pytest.raises(ValueError):
+        LineSplitter(final_tail="maybe")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["error", "keep", "drop"])
+def test_aiter_blocks(policy: str) -> None:
+    async def agen(chunks: list[bytes]) -> AsyncIterator[bytes]:
+        for c in chunks:
+            await trio.sleep(0)
+            yield c
+
+    async def collect(chunks: list[bytes], **kw: object) -> list[bytes]:
+        return [b async for b in aiter_blocks(agen(chunks), **kw)]  # type: ignore[arg-type]
+
+    for chunks in all_splits(STREAM):
+        assert b"".join(trio.run(collect, chunks)) == STREAM
+        assert trio.run(lambda: collect(chunks, min_size=10**6)) == [STREAM]
+    data = STREAM + b"partial"
+    for chunks in all_splits(data):
+        if policy == "error":
+            with pytest.raises(CorruptSegment):
+                trio.run(lambda: collect(chunks, final_tail="error"))
+        elif policy == "keep":
+            assert b"".join(trio.run(lambda: collect(chunks, final_tail="keep"))) == data
+        else:
+            assert b"".join(trio.run(lambda: collect(chunks, final_tail="drop", min_size=50))) == STREAM
