@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator, Iterator
 
@@ -280,9 +281,9 @@ def test_merge_is_lazy() -> None:
     for trusted in (True, False):
         pulled.clear()
         it = merge_records([source(0), source(1)], trusted_unique=trusted)
-        first = next(it)
-        assert first.startswith(rec(0) + rec(1) + rec(2))
-        assert len(pulled) < 10
+        head = b"".join(itertools.islice(it, 3))
+        assert head.startswith(rec(0) + rec(1) + rec(2))
+        assert len(pulled) < 12
 
 
 def test_unsorted_input_does_not_crash(min_block: object) -> None:

@@ -148,6 +148,15 @@ def test_regex_and_literal_find_the_same_records() -> None:
     assert payloads(grep(SEG, rb"\bdisk\b", True)) == [b"ERROR disk full"]
 
 
+def test_case_insensitive_prefilter_folds_ascii_only() -> None:
+    seg = segment((b"default", b"x DeadBEEF y"), (b"DEADBEEF", b"nope"), (b"default", b"\xc9t\xc9"),
+                  (b"default", b"\xe9t\xe9 deadbee"), (b"default", b"deadbeef"))
+    assert payloads(grep(seg, b"(?i)deadbeef", True)) == [b"x DeadBEEF y", b"deadbeef"]
+    assert payloads(grep(seg, b"(?i)^deadbeef", True)) == [b"deadbeef"]
+    assert payloads(grep(seg, b"(?i)\xc9T\xc9", True)) == [b"\xc9t\xc9"]
+    assert Matcher(b"(?i)\xc9T\xc9", True).strategy == "prefilter"
+
+
 def test_odd_payload_bytes() -> None:
     odd = b"\x00nul\r\tcr\xff\xfe not utf-8"
     for q, regex in [(b"\x00", False), (b"\r", False), (b"\t", False), (b"\xff\xfe", False),
@@ -244,8 +253,12 @@ def test_invalid_regex_is_bad_query() -> None:
         (b"ERROR", False, None, "literal"),
         (b"ERROR", False, b"web", "literal"),
         (b"ERROR.*timeout", True, None, "regex"),
-        (b"(?i)error", True, None, "regex"),
-        (rb"\bERROR\b", True, None, "regex"),
+        (b"(?i)er", True, None, "regex"),
+        (b"(ERR)OR.*x", True, None, "regex"),
+        (b"(?i)error", True, None, "prefilter"),
+        (rb"\bERROR\b", True, None, "prefilter"),
+        (rb"x?deadbeef", True, None, "prefilter"),
+        (rb"\d+ms timeout", True, None, "prefilter"),
         (rb"\d+ms", True, None, "regex"),
         (rb"[^\n]+", True, None, "regex"),
         (rb"(a)(?(1)b|c)\1", True, None, "regex"),
@@ -256,7 +269,9 @@ def test_invalid_regex_is_bad_query() -> None:
         (rb"(ERR)OR[^x]", True, None, "prefilter"),
         (b"^E", True, None, "lines"),
         (rb"\s", True, None, "lines"),
-        (rb"(?i)^error", True, None, "lines"),
+        (rb"(?i)^error", True, None, "prefilter"),
+        (rb"(?i)^e", True, None, "lines"),
+        (rb"(?iL)^error", True, None, "lines"),
         (rb"(?s)a.b", True, None, "lines"),
         (rb"a\nb", True, None, "none"),
     ],
@@ -438,6 +453,16 @@ def regexes(draw: st.DrawFn) -> bytes:
     return flags + body
 
 
+@st.composite
+def literal_regexes(draw: st.DrawFn) -> bytes:
+    """Patterns with a required literal that does not lead them."""
+    around = [b"", b"^", b"\\b", b"\\B", b"(?<= )", b"x?", b"\\s*", b"[^a]", b".", b"\\W?", b"(?!b)"]
+    after = [b"", b"$", b"\\b", b"\\s", b"[^b]*", b".*", b"(?=a)", b"\\Z", b"|b"]
+    lit = draw(st.sampled_from([b"default", b"ERROR", b"web", b"error", b"ab", b"tim", b"a b", b"\\x00a"]))
+    flags = draw(st.sampled_from([b"", b"(?i)", b"(?s)", b"(?m)"]))
+    return flags + draw(st.sampled_from(around)) + lit + draw(st.sampled_from(after))
+
+
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_literal_scan_equals_reference(data: st.DataObject) -> None:
@@ -453,7 +478,7 @@ def test_literal_scan_equals_reference(data: st.DataObject) -> None:
 def test_regex_scan_equals_reference(data: st.DataObject) -> None:
     buf, ids = data.draw(segments())
     lo, hi = data.draw(bounds(ids))
-    q = data.draw(regexes())
+    q = data.draw(st.one_of(regexes(), literal_regexes()))
     try:
         re.compile(q)
     except re.error:

@@ -280,7 +280,7 @@ def test_bare_header_error_keeps_framing() -> None:
         req = await requests.__anext__()  # members: no request body
         await stream.send_all(pack({"Seq": req["Seq"], "Error": "Unsupported command"}))
         req = await requests.__anext__()
-        member = {"Name": "n", "Addr": bytes([10, 0, 0, 1]), "Port": 1, "Tags": {}, "Status": "alive"}
+        member = {"Name": "n", "Addr": bytes([10, 0, 0, 1]), "Port": 1, "Status": "alive"}
         await stream.send_all(pack({"Seq": req["Seq"], "Error": ""}) + pack({"Members": [member]}))
         await trio.sleep_forever()
 
@@ -620,7 +620,9 @@ from oklog.cluster.agent import AgentConfig, run_agent
 
 async def main():
     async with trio.open_nursery() as nursery:
-        cfg = AgentConfig(node_name=sys.argv[1], bind=sys.argv[2], log_path=Path(sys.argv[3]), fast=True)
+        cfg = AgentConfig(
+            node_name=sys.argv[1], bind=sys.argv[2], log_path=Path(sys.argv[3]), fast=True
+        )
         rpc = await nursery.start(run_agent, cfg)
         print(rpc, flush=True)
         await trio.sleep_forever()

@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,21 @@ def agent_argv(serf: str, config: AgentConfig, config_file: Path) -> list[str]:
     return argv
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
-    """Get SIGINT when the parent dies; give up if it already has."""
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
+def _pdeathsig_setup() -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGINT when we die.
+
+    libc is loaded here, in the parent: ``dlopen`` after ``fork`` in a
+    threaded process can deadlock on a lock held by another thread.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def setup() -> None:  # runs in the child between fork and exec
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
+        if os.getppid() != parent:  # we died before prctl took effect
+            os._exit(1)
+
+    return setup
 
 
 class _Child:
@@ -171,6 +180,8 @@ async def run_agent(
 ) -> None:
     """Run an agent until cancelled; ``started`` with its RPC ``host:port``.
 
+    An empty ``config.rpc_addr`` is filled in with a free loopback port.
+
     Raises ``ClusterError`` if serf is missing, does not come up in time, or
     exits while we still need it.
     """
@@ -194,7 +205,7 @@ async def run_agent(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup,
+                preexec_fn=_pdeathsig_setup(),
                 start_new_session=True,  # a terminal ^C is the node's to handle
             )
     except OSError as exc:

@@ -317,7 +317,11 @@ class SerfClient:
         return seq
 
     async def _call(
-        self, command: str, body: dict[str, Any] | None = None, *, stream: _StreamState | None = None
+        self,
+        command: str,
+        body: dict[str, Any] | None = None,
+        *,
+        stream: _StreamState | None = None,
     ) -> tuple[dict[str, Any], Any]:
         """Send one request and wait (bounded) for its reply."""
         call = _Call(command, stream=stream)
@@ -387,18 +391,8 @@ class SerfClient:
         """Subscribe to events; ``stop`` is sent on exit (bounded, shielded)."""
         send, receive = trio.open_memory_channel[dict[str, Any]](STREAM_BUFFER)
         state = _StreamState(send)
-        call = _Call("stream", stream=state)
-        try:
-            with trio.fail_after(self.timeout):
-                seq = await self._send("stream", {"Type": types}, call)
-                await call.done.wait()
-        except trio.TooSlowError:
-            raise self._fail(f"stream timed out after {self.timeout:g}s") from None
-        if call.error is not None:
-            raise call.error
-        assert call.header is not None
-        if call.header.get("Error"):
-            raise ClusterError(f"serf stream: {call.header['Error']}")
+        header, _ = await self._call("stream", {"Type": types}, stream=state)
+        seq: int = header["Seq"]
         try:
             yield EventStream(self, state, receive)
         finally:

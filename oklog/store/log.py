@@ -186,10 +186,10 @@ def _sort_file(path: Path) -> tuple[bytes, bytes]:
 
 
 def _union_into(path: Path, existing: Path) -> None:
-    """Merge ``existing`` into ``path`` (both sorted): no record is dropped."""
+    """Merge ``existing`` into ``path`` (both sorted, the stored copy wins): no record is dropped."""
     merged = path.with_suffix(".union")
     with open(merged, "wb") as out:
-        for block in merge_records([iter_file_blocks(path), iter_file_blocks(existing)]):
+        for block in merge_records([iter_file_blocks(existing), iter_file_blocks(path)]):
             out.write(block)
     os.replace(merged, path)
 

@@ -273,13 +273,15 @@ class _Output:
         self.parts: list[bytes] = []
         self.size = 0
 
-    def add(self, block: bytes) -> bytes:
-        """Queue ``block``; return a block to yield now, or ``b""``."""
-        if not self.parts and len(block) >= WINDOW:
-            return block  # big enough on its own: no copy
+    def add(self, block: bytes) -> list[bytes]:
+        """Queue ``block``; return the blocks to yield now (maybe none)."""
+        if not block:
+            return []
+        if len(block) >= WINDOW:  # big enough on its own: never copied
+            return [self.flush(), block] if self.parts else [block]
         self.parts.append(block)
         self.size += len(block)
-        return self.flush() if self.size >= WINDOW else b""
+        return [self.flush()] if self.size >= WINDOW else []
 
     def flush(self) -> bytes:
         parts = self.parts
@@ -327,25 +329,26 @@ def merge_records(
         return
     live = [s for s in srcs if s.pull()]
     out = _Output()
-    short_runs = 0
+    short_runs = 0  # consecutive short runs taken
+    backoff = 1  # batches to do without run checks after too many short runs
+    skip = 0
     while len(live) > 1:
-        # Run check: the source with the smallest head may hold a stretch of
-        # records below every other source's head; those go out as one slice.
-        first = live[0]
-        h1 = first.head
-        h2: bytes | None = None
-        for s in islice(live, 1, None):
-            h = s.head
-            if h < h1:
-                first, h1, h2 = s, h, h1
-            elif h2 is None or h < h2:
-                h2 = h
-        if h2 is not None and h1 < h2:
-            cut = first.cut(h2, lt)
-            if cut - first.pos >= RUN_MIN or short_runs < 2:
-                # Long runs always; short ones while they alternate with long
-                # ones (a sparse source inside a dense one), else batch.
-                short_runs = 0 if cut - first.pos >= RUN_MIN else short_runs + 1
+        if skip:
+            skip -= 1
+        else:
+            first, cut = _find_run(live)
+            if cut - first.pos >= RUN_MIN:
+                short_runs, backoff = 0, 1
+            elif cut > first.pos and short_runs < 2:
+                # Short runs are taken while they alternate with long ones
+                # (a sparse source inside a dense one).  Two in a row: the
+                # sources interleave finely; batch, and look again later.
+                short_runs += 1
+            else:
+                if cut > first.pos:
+                    skip, backoff = backoff, min(2 * backoff, 64)
+                cut = -1
+            if cut >= 0:
                 run = first.take(cut)
                 if not first.block:
                     live.remove(first)
@@ -354,9 +357,7 @@ def merge_records(
                 if need > 1:
                     assert on_short is not None
                     _report(run, on_short)
-                block = out.add(run)
-                if block:
-                    yield block
+                yield from out.add(run)
                 continue
         short_runs = 0
         # Batch: everything up to the horizon, at most ~WINDOW per source.
@@ -369,9 +370,7 @@ def merge_records(
             if chunk:
                 chunks.append(chunk)
         live = [s for s in live if s.block]
-        block = out.add(_merge_batch(chunks, need, on_short))
-        if block:
-            yield block
+        yield from out.add(_merge_batch(chunks, need, on_short))
     if live:
         s = live[0]
         rest = s.block[s.pos :] if s.pos else s.block
@@ -380,14 +379,31 @@ def merge_records(
         if need > 1:
             assert on_short is not None
             _report(rest, on_short)
-        block = out.add(rest)
-        if block:
-            yield block
+        yield from out.add(rest)
     block = out.flush()
     if block:
         yield block
     if live:
         yield from _single(live[0], trusted_unique, need, on_short)
+
+
+def _find_run(live: list[_Source]) -> tuple[_Source, int]:
+    """The source with the smallest head (the earliest on ties) and the
+    offset up to which its lines are below every other source's head (its
+    ``pos`` when another head is equal)."""
+    first = live[0]
+    h1 = first.head
+    h2: bytes | None = None
+    for s in islice(live, 1, None):
+        h = s.head
+        if h < h1:
+            first, h1, h2 = s, h, h1
+        elif h2 is None or h < h2:
+            h2 = h
+    assert h2 is not None
+    if h1 == h2:
+        return first, first.pos
+    return first, first.cut(h2, lt)
 
 
 def _single(s: _Source, trusted: bool, need: int, on_short: OnShort | None) -> Iterator[bytes]:

@@ -1,0 +1,212 @@
+"""A real single ``ingeststore`` node, driven as an operator would drive it."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.nodeutil import ROOT, Node, forward, oklog_cmd, query, wait_for_records
+
+pytestmark = pytest.mark.slow
+
+ALL = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+RECORD_RE = re.compile(rb"[0-7][0-9A-HJKMNP-TV-Z]{25} default ")
+
+
+def realistic_lines(n: int, tag: str, rng: random.Random) -> list[bytes]:
+    levels = [b"INFO", b"WARN", b"ERROR", b"DEBUG"]
+    odd = [b"\x00nul", b"cr\r", b"tab\there", b"\xff\xfe not utf8", b"%s %d %%", b"caf\xc3\xa9", b"", b" lead"]
+    out = []
+    for i in range(n):
+        line = b"%s %s seq=%d user=%d msg=%s" % (
+            tag.encode(), rng.choice(levels), i, rng.randrange(1000), rng.choice(odd))
+        if i % 997 == 0:
+            line += b" timeout after 30s"
+        out.append(line)
+    return out
+
+
+def payloads(body: bytes) -> list[bytes]:
+    return [line[27:].split(b" ", 1)[1] for line in body.split(b"\n")[:-1]]
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node("ingeststore", tmp_path / "node", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf", "off",
+        "-ingest.max-record-size", "4096", "-ingest.segment-flush-age", "1s",
+        "-store.segment-target-age", "1s"])
+    n.start()
+    yield n
+    n.kill()
+
+
+def test_lines_in_exact_bytes_out(node):
+    rng = random.Random(1)
+    a = realistic_lines(15_000, "svcA", rng)
+    b = realistic_lines(15_000, "svcB", rng)
+    long_line = b"svcA LONG " + b"x" * 10_000
+    threads = [
+        threading.Thread(target=forward, args=(b"\n".join(a[:7000] + [long_line] + a[7000:]) + b"\n",
+                                               f"127.0.0.1:{node.fast_port}")),
+        threading.Thread(target=forward, args=(b"\n".join(b) + b"\n", f"tcp://127.0.0.1:{node.durable_port}")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    body = wait_for_records(node.api, len(a) + len(b))
+    lines = body.split(b"\n")[:-1]
+    assert len(lines) == len(a) + len(b)
+    assert all(RECORD_RE.match(line) for line in lines)
+    ulids = [line[:26] for line in lines]
+    assert ulids == sorted(ulids) and len(set(ulids)) == len(ulids)
+    got = payloads(body)
+    # each connection's lines arrive whole, once each, in sending order
+    assert [p for p in got if p.startswith(b"svcA")] == a
+    assert [p for p in got if p.startswith(b"svcB")] == b
+
+    # the over-long record was rejected alone, and counted
+    metrics = httpx.get(f"{node.api}/metrics").text
+    assert re.search(r'oklog_ingest_rejected_records_total\{reason="too_long"\} 1\.0', metrics)
+
+    # literal, regex and time-bounded queries match a reference computed from what was sent
+    sent = a + b
+    r = query(node.api, **ALL, q="timeout after")
+    assert payloads(r.content) == [p for p in got if b"timeout after" in p]
+    assert len(payloads(r.content)) == sum(1 for p in sent if b"timeout after" in p)
+    r = query(node.api, **ALL, q=r"svcB (WARN|ERROR) seq=1\d\b", regex="true")
+    pat = re.compile(rb"svcB (WARN|ERROR) seq=1\d\b")
+    assert payloads(r.content) == [p for p in got if pat.search(p)]
+    lo, hi = ulids[1000], ulids[2000]
+    r = query(node.api, **{"from": lo.decode(), "to": hi.decode()})
+    assert r.content.split(b"\n")[:-1] == lines[1000:2001]
+
+    # non-UTF-8 query bytes, percent-encoded
+    r = httpx.get(f"{node.api}/store/query?from={ALL['from']}&to={ALL['to']}&q=%FF%FE%20not")
+    assert len(payloads(r.content)) == sum(1 for p in sent if b"\xff\xfe not" in p)
+
+
+def test_headers_head_and_bad_input(node):
+    forward(b"Hello world\nHello again\nbye\n", f"127.0.0.1:{node.fast_port}")
+    wait_for_records(node.api, 3)
+    r = query(node.api, **ALL, q="Hello")
+    assert r.status_code == 200
+    assert r.headers["X-Oklog-Q"] == "Hello" and r.headers["X-Oklog-Regex"] == "false"
+    assert r.headers["X-Oklog-From"] == ALL["from"] and r.headers["X-Oklog-To"] == ALL["to"]
+    assert r.headers["X-Oklog-Nodes-Queried"] == "1" and r.headers["X-Oklog-Error-Count"] == "0"
+    assert int(r.headers["X-Oklog-Segments-Queried"]) >= 1
+    assert int(r.headers["X-Oklog-Max-Data-Set-Size"]) > 0
+    assert "X-Oklog-Duration" in r.headers
+    h = httpx.head(f"{node.api}/store/query", params={**ALL, "q": "Hello"})
+    assert h.status_code == 200 and h.content == b""
+    assert h.headers["X-Oklog-Segments-Queried"] == r.headers["X-Oklog-Segments-Queried"]
+    for bad in ({"to": ALL["to"]}, {"from": ALL["from"]}, {"from": "yesterday", "to": ALL["to"]},
+                {"from": ALL["to"], "to": ALL["from"]}, {**ALL, "q": "(", "regex": "true"},
+                {**ALL, "regex": "maybe"}):
+        for path in ("/store/query", "/store/_query"):
+            r = httpx.get(f"{node.api}{path}", params=bad)
+            assert r.status_code == 400, (bad, r.text)
+            assert r.text.count("\n") == 1 and "Traceback" not in r.text
+    assert httpx.post(f"{node.api}/store/replicate", content=b"not a record\n").status_code == 400
+    assert httpx.get(f"{node.api}/ingest/read", params={"id": "nope"}).status_code == 404
+    assert httpx.post(f"{node.api}/ingest/commit", params={"id": "../../etc"}).status_code == 404
+    assert httpx.get(f"{node.api}/health").status_code == 200
+
+
+def test_ok_log_command_lines_verbatim(node):
+    store = f"localhost:{node.api_port}"
+    forward(b"Hello from the CLI\nmyservice WARN disk\nmyservice INFO fine\n",
+            f"localhost:{node.fast_port}")
+    wait_for_records(node.api, 3)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(oklog_cmd(*args, "-store", store), capture_output=True, timeout=30, cwd=ROOT)
+
+    out = cli("query", "-from", "5m", "-q", "Hello")
+    assert out.returncode == 0 and out.stdout == b"Hello from the CLI\n"
+    out = cli("query", "-from", "2h", "-to", "1h", "-q", "myservice.*(WARN|ERROR)", "-regex")
+    assert out.returncode == 0 and out.stdout == b""
+    out = cli("query", "-from", "1h", "-q", "myservice.*(WARN|ERROR)", "-regex")
+    assert out.stdout == b"myservice WARN disk\n"
+    out = cli("query", "-from", "1h", "-stats")
+    assert out.returncode == 0 and b"segment" in out.stdout + out.stderr
+    out = cli("query", "--from", "1h", "--q", "fine", "--ulid")
+    assert re.fullmatch(rb"[0-9A-Z]{26} myservice INFO fine\n", out.stdout)
+    out = cli("query", "-from", "banana")
+    assert out.returncode != 0 and b"Traceback" not in out.stderr
+
+
+def test_sigterm_flushes_and_lets_consumption_finish(tmp_path):
+    n = Node("ingeststore", tmp_path / "n", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf", "off",
+        "-ingest.segment-flush-age", "30s", "-store.segment-target-age", "1s"])
+    n.start()
+    try:
+        forward(b"".join(b"burst %d\n" % i for i in range(5000)), f"127.0.0.1:{n.fast_port}")
+        assert n.stop() == 0
+        assert not list((tmp_path / "n" / "ingest").glob("*.flushed"))
+        n2 = Node("ingeststore", tmp_path / "n", extra=["-store.segment-replication-factor", "1",
+                                                        "-cluster.serf", "off"])
+        n2.start()
+        try:
+            body = query(n2.api, **ALL).content
+            assert body.count(b"\n") == 5000  # everything was stored before the first exit
+        finally:
+            n2.kill()
+    finally:
+        n.kill()
+
+
+def test_sigkill_loses_nothing_written(tmp_path):
+    n = Node("ingeststore", tmp_path / "n", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf", "off",
+        "-ingest.segment-flush-age", "60s"])
+    n.start()
+    forward(b"".join(b"crash %d\n" % i for i in range(3000)), f"127.0.0.1:{n.durable_port}")
+    n.kill()
+    assert list((tmp_path / "n" / "ingest").glob("*.active"))
+    n2 = Node("ingeststore", tmp_path / "n", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf", "off", "-store.segment-target-age", "1s"])
+    n2.start()
+    try:
+        body = wait_for_records(n2.api, 3000)
+        assert payloads(body) == [b"crash %d" % i for i in range(3000)]
+    finally:
+        n2.kill()
+
+
+def test_second_process_on_same_directory_is_refused(node):
+    other = subprocess.run(
+        oklog_cmd("ingeststore", "-api", "127.0.0.1:0", "-ingest.fast", "127.0.0.1:0",
+                  "-ingest.durable", "127.0.0.1:0", "-cluster.serf", "off",
+                  "-ingest.path", str(node.data / "ingest"), "-store.path", str(node.data / "other")),
+        capture_output=True, timeout=30, cwd=ROOT)
+    assert other.returncode == 1
+    assert b"in use by another oklog process" in other.stderr and b"Traceback" not in other.stderr
+
+
+def test_a_slow_reader_does_not_stall_ingest(node):
+    """A query client that stops reading must not block forwarders."""
+    forward(b"".join(b"volume %d %s\n" % (i, b"y" * 200) for i in range(40_000)), f"127.0.0.1:{node.fast_port}")
+    wait_for_records(node.api, 40_000)
+    s = socket.create_connection(("127.0.0.1", node.api_port))
+    s.sendall(f"GET /store/query?from={ALL['from']}&to={ALL['to']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.recv(100)  # then stop reading
+    t0 = time.monotonic()
+    forward(b"after the stall\n", f"127.0.0.1:{node.fast_port}")
+    body = wait_for_records(node.api, 1, q="after the stall")
+    assert b"after the stall" in body and time.monotonic() - t0 < 20
+    s.close()
+    r = query(node.api, **ALL)
+    assert r.content.count(b"\n") == 40_001
+    node.signal(signal.SIGTERM)
+    assert node.proc.wait(30) == 0
