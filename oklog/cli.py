@@ -94,6 +94,8 @@ NODE_OPTIONS = [
         convert=lambda v: v or None),
     Opt("cluster_serf_rpc", "cluster.serf-rpc", "", "attach to a running Serf agent at host:port",
         convert=lambda v: v or None),
+    Opt("fast_gossip", "cluster.fast-gossip", False,
+        "quick failure detection (Serf's local profile): for loopback clusters and tests", kind=bool),
     Opt("ingest_fast", "ingest.fast", "tcp://0.0.0.0:7651", "listen address for fast (buffered) writes",
         ("ingest",)),
     Opt("ingest_durable", "ingest.durable", "tcp://0.0.0.0:7652", "listen address for durable (fsynced) writes",

@@ -305,7 +305,7 @@ _values = st.one_of(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(st.lists(st.tuples(_names, st.booleans(), _values), max_size=6))
 def test_fuzz_structured(pairs: list[tuple[bytes, bool, bytes]]) -> None:
     raw = b"&".join(name + (b"=" + value if eq else b"") for name, eq, value in pairs)

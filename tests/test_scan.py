@@ -473,7 +473,7 @@ def test_literal_scan_equals_reference(data: st.DataObject) -> None:
     assert grep(buf, q, False, topic, lo, hi) == reference(buf, q, False, topic, lo, hi)
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_regex_scan_equals_reference(data: st.DataObject) -> None:
     buf, ids = data.draw(segments())

@@ -29,7 +29,11 @@ from ..ulid import ULID_LEN
 
 log = logging.getLogger("oklog.query")
 
-HEADER_DEADLINE = 300.0  # a big rare-term scan may take long before its headers
+# A store answers with headers right after planning from its index, before it
+# scans anything, so headers come fast even for a long rare-term scan (OK Log
+# waited for the scan and gave up after 5 s).  Only the gaps between body
+# chunks can be long; the peer client's read timeout covers those.
+HEADER_DEADLINE = 15.0
 
 
 @dataclass

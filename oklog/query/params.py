@@ -129,18 +129,20 @@ class Query:
         for name, value in (("from", self.lo), ("to", self.hi)):
             if not isinstance(value, bytes) or not is_ulid(value):
                 raise BadQuery(f'invalid "{name}": not a ULID: {_show(value)}')
-        if self.lo > self.hi:
-            raise BadQuery(
-                f'"from" is after "to": {self.lo.decode()} > {self.hi.decode()}'
-            )
-        if self.topic is not None and not _TOPIC_RE.fullmatch(self.topic):
-            raise BadQuery(
-                f'invalid "topic": want [a-zA-Z0-9][a-zA-Z0-9_-]*, got {_show(self.topic)}'
-            )
         if not self.from_text:
             object.__setattr__(self, "from_text", self.lo.decode("ascii"))
         if not self.to_text:
             object.__setattr__(self, "to_text", self.hi.decode("ascii"))
+        if self.lo > self.hi:
+            raise BadQuery(
+                f'"from" is after "to": {_show(self.from_text)} > {_show(self.to_text)}'
+            )
+        if self.topic is not None and (
+            not isinstance(self.topic, bytes) or not _TOPIC_RE.fullmatch(self.topic)
+        ):
+            raise BadQuery(
+                f'invalid "topic": want [a-zA-Z0-9][a-zA-Z0-9_-]*, got {_show(self.topic)}'
+            )
         object.__setattr__(self, "matcher", compile_matcher(self))
 
     def encode(self) -> str:

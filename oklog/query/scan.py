@@ -16,39 +16,57 @@ regex is searched (``re.search``) in the payload, so ``^``/``$``/``\\A``/
 topic is exactly that.  Lines without two spaces never match.  Only complete
 lines count: bytes after the buffer's last LF are ignored.
 
-The data path has no per-record Python loop in the common cases.  The matcher
-picks one strategy when it is compiled:
+The data path has no per-record Python loop in the common cases.  The range
+is cut into chunks of about ``CHUNK`` bytes at line ends (one copy each, so
+``bytes.count`` works on an mmap too); each strategy walks *hits* within a
+chunk, expanding a hit to its line only when it needs to; adjacent matching
+lines are kept as one slice, and slices are joined into blocks of about
+``BATCH`` bytes.  The matcher picks its strategy once, when compiled:
 
-``all``       empty ``q`` (or a regex that matches every payload, e.g. ``.*``)
-              and no topic: the range is yielded as is, in slices of at most
-              ``CHUNK`` bytes cut at line ends.  Lines are not re-validated
-              here (store segments are validated when written).
-``topic``     empty ``q`` with a topic: ``find`` the `` TOPIC `` field, then
-              one regex ``match`` swallows the run of following records of the
-              same topic.
-``literal``   plain ``q``: a ``find`` loop; each hit is expanded to its line
-              and accepted if it lies in the payload (otherwise the payload
-              alone is searched again: ``q`` may also occur in the header).
-``regex``     a *local* regex: one ``pattern.search`` over the whole range;
-              the line holding the match *start* is checked (the match may have
-              started in the header), and the search goes on at the next line.
-``prefilter`` any other regex with a required literal (≥ 2 bytes, e.g. the
-              ``ERROR`` of ``^ERROR``): a ``find`` loop on that literal picks
-              candidate lines, each payload is then searched with the regex.
-``lines``     anything else: the range is split into lines once and every
-              payload is searched (correct, about 3x slower).
-``none``      ``q`` (or a required literal of the regex) contains LF: payloads
-              never do.
+``all``       empty ``q``, or a regex that matches every payload (``.*``),
+              and no topic: the chunks themselves are the blocks.  Lines are
+              not re-validated here (store segments are validated when
+              written); every other strategy skips lines without a header.
+``topic``     empty ``q`` with a topic: ``find`` `` TOPIC ``; if it is the
+              line's topic field, one regex ``match`` swallows the run of
+              following records of that topic.
+``literal``   plain ``q``: ``find`` loop; a hit with two spaces before it on
+              its line is in the payload (one ``count``); otherwise the payload
+              alone is searched again (``q`` may also occur in the header).
+``regex``     a *local* regex (below) that starts with a literal, or has no
+              literal of 3+ bytes to look for: ``pattern.search`` over the
+              chunk (``re`` scans fast for a leading literal); the line holding
+              the match *start* is checked — the match may have started in the
+              header, then its payload is searched in place — and the search
+              goes on at the next line.
+``prefilter`` a regex with a required literal (2+ bytes if not local, 3+ if
+              local; ``ERROR`` in ``^ERROR``, ``(?i)error``, ``\\bERROR``):
+              ``find`` loop on the literal (on an ASCII-lowercased copy of the
+              chunk under ``(?i)``) picks candidate lines, then the regex is
+              searched in a copy of each candidate's payload, so anchors and
+              lookarounds see exactly the payload.
+``lines``     anything else (``^E``, ``\\s``, ``(?s)a.b``): split the chunk into
+              lines once, search every payload.  Correct, and 2-4x slower.
+``none``      ``q``, or a literal every match of the regex needs, contains LF:
+              payloads never do.
 
 A regex is *local* — safe to search across the whole buffer — when no part of
 it can match LF (no ``\\n``, ``[^x]``, ``\\s``, ``\\D``, ``\\W``, ``(?s).``…)
 and nothing in it looks outside the match (no ``^ $ \\A \\Z``, no lookahead
 or lookbehind; ``\\b``/``\\B`` are fine because the payload is framed by a
-space and LF, both non-word bytes).  Then a match inside a payload is a match
-at the same offset of the buffer, so the leftmost-match search cannot skip a
-matching record, and a match cannot run from one record into the next.  The
-rule is decided on the parsed pattern (``re._parser``); any construct the walk
-does not know makes the pattern non-local, which is only slower, never wrong.
+space and LF, both non-word bytes; an empty payload is the one place they
+differ, so it is checked against ``b""`` itself).  Then a match inside a
+payload is a match at the same offset of the chunk, so the leftmost-match
+search cannot skip a matching record, and no match runs from one record into
+the next.  The rule is decided on the parsed pattern (``re._parser``); a
+construct the walk does not know makes the pattern non-local and fall back to
+``lines``: slower, never wrong.  The property tests compare every strategy
+with a plain per-line ``re.search`` over payloads.
+
+Performance is that of ``bytes.find`` and ``re`` in C: rare terms and
+literal-led regexes run at grep speed; a term on most lines costs ~1 µs per
+matching line; regexes that backtrack a lot (``\\d+ms``) are slow in ``re``
+itself whatever the strategy.
 """
 
 from __future__ import annotations
@@ -78,7 +96,7 @@ __all__ = [
 
 Buffer = Union[bytes, bytearray, mmap]
 
-CHUNK = 1 << 20  # largest slice the match-all path yields (unless one line is longer)
+CHUNK = 1 << 20  # work unit: ranges are scanned in chunks of about this size, cut at LFs
 BATCH = 256 << 10  # matched bytes gathered before a block is yielded
 
 _NL = b"\n"

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from itertools import chain, compress, islice, repeat
-from operator import itemgetter, le, lt, ne, sub
+from operator import eq, itemgetter, le, lt, ne, not_, sub
 from typing import Literal
 
 from oklog.errors import CorruptSegment
@@ -452,26 +452,33 @@ def _merge_batch(chunks: list[bytes], need: int, on_short: OnShort | None) -> by
             _report(out, on_short)
         return out
     # 4. interleaved.  A plain sort compares whole lines in C without
-    # building keys, and orders by ULID; byte-identical copies of a record
-    # end up adjacent and are dropped by comparing neighbours.  Then the
-    # ULIDs of the survivors must strictly increase; if not, some ULID came
-    # with different bytes from different sources, and a stable key sort
-    # redoes the batch so that the earliest source wins.
+    # building keys, and orders by ULID; all copies of a ULID end up
+    # adjacent.  If no neighbours share a ULID (checked on 26-byte keys) the
+    # sorted lines are the answer.  Otherwise the copies are dropped -- after
+    # checking they are byte-identical to the line kept; if one is not, the
+    # payload decided the order, so a stable key sort redoes the batch to let
+    # the earliest source win.
     lines: list[bytes] = []
     for c in chunks:
         lines += _lines(c)
     lines.sort()
-    new = list(map(ne, lines, chain((None,), lines)))
-    uniq = lines if all(new) else list(compress(lines, new))
-    keys = list(map(ulid_of, uniq))
-    if not all(map(lt, keys, islice(keys, 1, None))):
+    keys = list(map(ulid_of, lines))
+    if all(map(ne, keys, islice(keys, 1, None))):
+        if need > 1:
+            assert on_short is not None
+            for line in lines:
+                on_short(line + _LF)
+        return _join(lines)
+    new = list(map(ne, keys, chain((None,), keys)))
+    dup = list(map(not_, new))
+    if not all(map(eq, compress(lines, dup), compress(chain((None,), lines), dup))):
         lines = []
         for c in chunks:
             lines += _lines(c)
         lines.sort(key=ulid_of)  # stable: source order among equal ULIDs
         keys = list(map(ulid_of, lines))
         new = list(map(ne, keys, chain((None,), keys)))
-        uniq = list(compress(lines, new))
+    uniq = list(compress(lines, new))
     if need > 1:
         assert on_short is not None
         n = len(lines)

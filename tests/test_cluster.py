@@ -1,0 +1,125 @@
+"""A real cluster on loopback: 2 ingesters and 3 stores joined by Serf, RF 2."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.nodeutil import Node, forward, query, wait_for_records
+
+pytestmark = [pytest.mark.slow, pytest.mark.serf,
+              pytest.mark.skipif(shutil.which("serf") is None, reason="serf is not installed")]
+
+ALL = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+FAST_INGEST = ["-cluster.fast-gossip", "-ingest.segment-flush-age", "1s"]
+FAST_STORE = ["-cluster.fast-gossip", "-store.segment-target-age", "1s"]
+
+
+def wait_members(node: Node, alive: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            path = "/store/_clusterstate" if node.mode != "ingest" else "/ingest/_clusterstate"
+            state = httpx.get(node.api + path, timeout=2).json()
+            if sum(m["status"] == "alive" for m in state.get("members", [])) == alive:
+                return state
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{node.api} never saw {alive} alive members: {state}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes: list[Node] = []
+    first = Node("ingest", tmp_path / "ingest1", extra=FAST_INGEST)
+    first.start()
+    nodes.append(first)
+    seed = f"127.0.0.1:{first.cluster_port}"
+    try:
+        nodes.append(Node("ingest", tmp_path / "ingest2", extra=FAST_INGEST + ["-peer", seed]).start(wait=False))
+        for i in range(3):
+            nodes.append(Node("store", tmp_path / f"store{i}", extra=FAST_STORE + [
+                "-peer", seed, "-store.segment-replication-factor", "2"]).start(wait=False))
+        for n in nodes:
+            n.wait_ready()
+        for n in nodes:
+            wait_members(n, 5)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def records(n: int, tag: str) -> bytes:
+    return b"".join(b"%s record %d payload\n" % (tag.encode(), i) for i in range(n))
+
+
+def test_cluster_replicates_and_survives_a_store_loss(cluster):
+    ing1, ing2, *stores = cluster
+    per = 15_000
+    threads = [threading.Thread(target=forward, args=(records(per, "alpha"), f"127.0.0.1:{ing1.fast_port}")),
+               threading.Thread(target=forward, args=(records(per, "beta"), f"127.0.0.1:{ing2.fast_port}"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = sorted(records(per, "alpha").splitlines() + records(per, "beta").splitlines())
+    for s in stores:
+        body = wait_for_records(s.api, 2 * per, timeout=60)
+        got = sorted(line[27:].split(b" ", 1)[1] for line in body.splitlines())
+        assert got == expected  # exactly what was sent, once each
+
+    # every record lives on at least 2 distinct stores
+    copies: collections.Counter[bytes] = collections.Counter()
+    for s in stores:
+        body = httpx.get(f"{s.api}/store/_query", params=ALL, timeout=60).content
+        lines = body.splitlines()
+        assert len(set(lines)) == len(lines)
+        copies.update(line[:26] for line in lines)
+    assert len(copies) == 2 * per and min(copies.values()) >= 2
+
+    # a store dies; the others still return everything
+    stores[0].kill()
+    for s in stores[1:]:
+        r = query(s.api, **ALL)
+        assert r.status_code in (200, 206)
+        assert r.content.count(b"\n") == 2 * per
+    # once membership notices, answers are complete (200) again
+    deadline = time.monotonic() + 30
+    while query(stores[1].api, **ALL).status_code != 200:
+        assert time.monotonic() < deadline, "dead store never left the membership"
+        time.sleep(0.5)
+
+
+def test_partial_results_are_flagged_206(cluster):
+    ing1, _, *stores = cluster
+    forward(records(100, "x"), f"127.0.0.1:{ing1.fast_port}")
+    wait_for_records(stores[0].api, 100, timeout=30)
+    stores[2].signal(signal.SIGSTOP)  # frozen: alive to gossip for a while, silent to HTTP
+    try:
+        t0 = time.monotonic()
+        r = httpx.get(f"{stores[0].api}/store/query", params=ALL, timeout=120)
+        assert r.status_code == 206 and r.headers["X-Oklog-Error-Count"] == "1"
+        assert r.content.count(b"\n") == 100  # RF 2: the two live stores hold everything
+        assert time.monotonic() - t0 < 30
+    finally:
+        stores[2].signal(signal.SIGCONT)
+
+
+def test_ingester_drains_on_sigterm(cluster):
+    ing1, ing2, *stores = cluster
+    burst = records(20_000, "drain")
+    forward(burst, f"127.0.0.1:{ing2.fast_port}")
+    assert ing2.stop(timeout=60) == 0  # right after the burst
+    body = wait_for_records(stores[0].api, 20_000, timeout=60, q="drain record")
+    assert body.count(b"\n") == 20_000
+    assert not list((ing2.data / "ingest").glob("*.flushed"))
+    assert not list((ing2.data / "ingest").glob("*.pending"))
