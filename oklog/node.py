@@ -151,7 +151,8 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
             # The API must be up before we advertise it to the cluster.
             binds = await nursery.start(serve_api, router, api_host, api_port, api_stop)
             bound_port = int(binds[0].rsplit(":", 1)[1])
-            data_dir = Path(cfg.store_path if store is not None else cfg.ingest_path).parent
+            # The node's own directory: sibling nodes may share a parent.
+            data_dir = Path(cfg.store_path if store is not None else cfg.ingest_path)
             cluster_scope = trio.CancelScope()
             cluster_cfg = ClusterConfig(
                 bind=_hostport(cfg.cluster, 7659),

@@ -155,6 +155,9 @@ def test_case_insensitive_prefilter_folds_ascii_only() -> None:
     assert payloads(grep(seg, b"(?i)^deadbeef", True)) == [b"deadbeef"]
     assert payloads(grep(seg, b"(?i)\xc9T\xc9", True)) == [b"\xc9t\xc9"]
     assert Matcher(b"(?i)\xc9T\xc9", True).strategy == "prefilter"
+    # locale folding is not ASCII folding: such groups give no literal
+    assert Matcher(b"(?i)a(?L:\xc9\xc9\xc9)b", True).strategy == "regex"
+    assert Matcher(b"(?i)(?L:x)abc", True)._needle == b"abc"
 
 
 def test_odd_payload_bytes() -> None:

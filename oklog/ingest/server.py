@@ -11,7 +11,7 @@ has had accepted by TCP flow control beyond that point is not yet promised.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -33,7 +33,7 @@ class LineIngester:
         self.max_record_size = max_record_size
         self.stamper = stamper
 
-    def handler(self, durable: bool) -> Callable[[trio.SocketStream], object]:
+    def handler(self, durable: bool) -> Callable[[trio.SocketStream], Awaitable[None]]:
         mode = "durable" if durable else "fast"
 
         async def handle(stream: trio.SocketStream) -> None:

@@ -234,10 +234,10 @@ def _walk(items: Any, shape: _Shape, dotall: bool) -> None:
 
 
 def _flatten(items: Any, fold: bool) -> Iterator[tuple[Any, Any]]:
-    """Top-level ops, with groups opened up (only case-sensitive ones unless
-    ``fold``: then every literal is compared case-folded anyway)."""
+    """Top-level ops, with groups opened up where literals compare as the
+    prefilter will: exactly, or (``fold``) ASCII case-insensitively."""
     for op, av in items:
-        if op is _sre.SUBPATTERN and (fold or not av[1] & re.IGNORECASE):
+        if op is _sre.SUBPATTERN and not av[1] & (re.LOCALE if fold else re.IGNORECASE):
             yield from _flatten(av[3], fold)
         else:
             yield op, av

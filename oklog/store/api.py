@@ -62,7 +62,8 @@ def store_router(
     async def cluster_query(request: Request) -> Response:
         started = time.monotonic()
         query = parse_query(request.raw_query)  # 400 here, before bothering peers
-        gathered = await gather.scatter(peers, membership.stores(), request.raw_query, request.method)
+        # Absolute bounds: a relative "from" must mean the same instant on every store.
+        gathered = await gather.scatter(peers, membership.stores(), query.encode().encode(), request.method)
         headers = query_headers(query) | gather.stats_headers(gathered, started)
         status = 206 if gathered.errors else 200
         metrics.queries.labels("cluster").inc()

@@ -49,7 +49,7 @@ class StoreLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.tmp = self.path / "tmp"
-        self.index = IntervalIndex()
+        self.index: IntervalIndex[Segment] = IntervalIndex()
         self._ids = Stamper()
         self._finalize = trio.Lock()
         self._lock_fd: int | None = None

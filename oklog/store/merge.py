@@ -63,7 +63,7 @@ MIN_BLOCK = 64 * 1024
 #: A merge batch takes about this many bytes per source; output blocks of a
 #: multi-source merge are coalesced to at least this size.  Batches of a few
 #: hundred lines keep the split/sort/join working set in the CPU cache.
-WINDOW = 64 * 1024
+WINDOW = 128 * 1024
 #: A run of one source below all other heads is sliced out whole (no split)
 #: when it is at least this long, or when short runs alternate with long ones.
 RUN_MIN = 4 * 1024
@@ -309,9 +309,10 @@ def merge_records(
     ``sources``, then earliest within that source.
 
     ``trusted_unique``: promise that no source repeats a ULID within itself
-    (true of store segments).  Skips the intra-source duplicate checks; a
-    single trusted source is then passed through without touching its lines.
-    It does *not* assume equal ULIDs carry equal bytes.
+    (true of store segments and of this function's own output).  Skips the
+    intra-source duplicate checks; a single trusted source is then passed
+    through without touching its lines.  It does *not* assume that equal
+    ULIDs in different sources carry equal bytes.
 
     ``copies_needed`` / ``on_short`` (read repair): when both are given, every
     output record present in fewer than ``copies_needed`` distinct sources is
@@ -322,10 +323,10 @@ def merge_records(
     several sources, output blocks are coalesced to at least WINDOW bytes
     (except the last).
     """
-    need = copies_needed if on_short is not None else 0
     srcs = [_Source(s) for s in sources]
+    m = _Merger(trusted_unique, copies_needed if on_short is not None else 0, on_short)
     if len(srcs) == 1:
-        yield from _single(srcs[0], trusted_unique, need, on_short)
+        yield from m.single(srcs[0])
         return
     live = [s for s in srcs if s.pull()]
     out = _Output()
@@ -352,39 +353,28 @@ def merge_records(
                 run = first.take(cut)
                 if not first.block:
                     live.remove(first)
-                if not trusted_unique:
-                    run = first.dedup(run)
-                if need > 1:
-                    assert on_short is not None
-                    _report(run, on_short)
-                yield from out.add(run)
+                yield from out.add(m.alone(first, run))
                 continue
         short_runs = 0
         # Batch: everything up to the horizon, at most ~WINDOW per source.
         horizon = min([s.window_key() for s in live])
         chunks: list[bytes] = []
+        owners: list[_Source] = []
         for s in live:
             chunk = s.take(s.cut(horizon, le))
-            if chunk and not trusted_unique:
-                chunk = s.dedup(chunk)
             if chunk:
                 chunks.append(chunk)
+                owners.append(s)
         live = [s for s in live if s.block]
-        yield from out.add(_merge_batch(chunks, need, on_short))
+        yield from out.add(m.batch(chunks, owners))
     if live:
         s = live[0]
-        rest = s.block[s.pos :] if s.pos else s.block
-        if not trusted_unique:
-            rest = s.dedup(rest)
-        if need > 1:
-            assert on_short is not None
-            _report(rest, on_short)
-        yield from out.add(rest)
+        yield from out.add(m.alone(s, s.block[s.pos :] if s.pos else s.block))
     block = out.flush()
     if block:
         yield block
     if live:
-        yield from _single(live[0], trusted_unique, need, on_short)
+        yield from m.single(live[0])
 
 
 def _find_run(live: list[_Source]) -> tuple[_Source, int]:
@@ -406,87 +396,137 @@ def _find_run(live: list[_Source]) -> tuple[_Source, int]:
     return first, first.cut(h2, lt)
 
 
-def _single(s: _Source, trusted: bool, need: int, on_short: OnShort | None) -> Iterator[bytes]:
-    """The rest of one source, block by block: every record has one copy."""
-    for block in s.it:
-        if not block:
-            continue
-        if not block.endswith(_LF):
-            raise CorruptSegment("merge source block does not end with LF")
-        if trusted and need <= 1:
-            yield block
-            continue
-        for piece in _pieces(block):
-            if not trusted:
-                piece = s.dedup(piece)
-            if need > 1:
-                assert on_short is not None
-                _report(piece, on_short)
-            if piece:
-                yield piece
+class _Merger:
+    """Merges one batch of chunks at a time (see the module docstring)."""
 
+    __slots__ = ("trusted", "need", "on_short", "dups_seen")
 
-def _merge_batch(chunks: list[bytes], need: int, on_short: OnShort | None) -> bytes:
-    """Merge non-empty sorted chunks (source order) without intra-chunk dups."""
-    if not chunks:
-        return b""
-    first = chunks[0]
-    if len(chunks) == 1:
-        if need > 1:
-            assert on_short is not None
-            _report(first, on_short)
-        return first
-    # 2. replicas: every chunk holds exactly the same records.
-    if all([c == first for c in chunks]):
-        if need > len(chunks):
-            assert on_short is not None
-            _report(first, on_short)
-        return first
-    # 3. non-overlapping chunks: concatenate in ULID order.
-    ordered = sorted(chunks, key=ulid_of)
-    ends = list(map(_last_key, ordered))
-    if all(map(lt, ends, map(ulid_of, islice(ordered, 1, None)))):
-        out = b"".join(ordered)
-        if need > 1:
-            assert on_short is not None
-            _report(out, on_short)
-        return out
-    # 4. interleaved.  A plain sort compares whole lines in C without
-    # building keys, and orders by ULID; all copies of a ULID end up
-    # adjacent.  If no neighbours share a ULID (checked on 26-byte keys) the
-    # sorted lines are the answer.  Otherwise the copies are dropped -- after
-    # checking they are byte-identical to the line kept; if one is not, the
-    # payload decided the order, so a stable key sort redoes the batch to let
-    # the earliest source win.
-    lines: list[bytes] = []
-    for c in chunks:
-        lines += _lines(c)
-    lines.sort()
-    keys = list(map(ulid_of, lines))
-    if all(map(ne, keys, islice(keys, 1, None))):
-        if need > 1:
-            assert on_short is not None
-            for line in lines:
-                on_short(line + _LF)
-        return _join(lines)
-    new = list(map(ne, keys, chain((None,), keys)))
-    dup = list(map(not_, new))
-    if not all(map(eq, compress(lines, dup), compress(chain((None,), lines), dup))):
-        lines = []
+    def __init__(self, trusted: bool, need: int, on_short: OnShort | None) -> None:
+        self.trusted = trusted
+        self.need = need  # 0 or 1: no counting
+        self.on_short = on_short
+        self.dups_seen = False  # did the last interleaved batch hold copies?
+
+    def report(self, block: bytes, copies: int = 1) -> None:
+        """Report every record of ``block`` if ``copies`` is too few."""
+        if copies < self.need:
+            assert self.on_short is not None
+            _report(block, self.on_short)
+
+    def alone(self, s: _Source, chunk: bytes) -> bytes:
+        """Lines of one source that no other source has."""
+        if not self.trusted:
+            chunk = s.dedup(chunk)
+        self.report(chunk)
+        return chunk
+
+    def single(self, s: _Source) -> Iterator[bytes]:
+        """The rest of a source that is the only one left."""
+        for block in s.it:
+            if not block:
+                continue
+            if not block.endswith(_LF):
+                raise CorruptSegment("merge source block does not end with LF")
+            if self.trusted and self.need <= 1:
+                yield block
+                continue
+            for piece in _pieces(block):
+                piece = self.alone(s, piece)
+                if piece:
+                    yield piece
+
+    def batch(self, chunks: list[bytes], owners: list[_Source]) -> bytes:
+        """Merge the non-empty chunks of one batch (in source order)."""
+        if len(chunks) <= 1:
+            return self.alone(owners[0], chunks[0]) if chunks else b""
+        first = chunks[0]
+        # 2. replicas: every chunk holds exactly the same records.
+        if all([c == first for c in chunks]):
+            if not self.trusted:
+                first = owners[0].dedup(first)
+                for s in owners:
+                    s.last = owners[0].last
+            self.report(first, len(chunks))
+            return first
+        untrusted = not self.trusted
+        if untrusted and self.need > 1:  # counting needs each source once
+            chunks = [s.dedup(c) for s, c in zip(owners, chunks)]
+            chunks = [c for c in chunks if c]
+            untrusted = False
+        # 3. non-overlapping chunks: concatenate in ULID order.
+        ordered = sorted(chunks, key=ulid_of)
+        ends = list(map(_last_key, ordered))
+        if all(map(lt, ends, map(ulid_of, islice(ordered, 1, None)))):
+            if untrusted:
+                ordered = [owners[chunks.index(c)].dedup(c) for c in ordered]
+            out = b"".join(ordered)
+            self.report(out)
+            return out
+        if untrusted:
+            # The ULID de-duplication below also removes a source's repeats
+            # within this batch; only a repeat of its previous batch's last
+            # ULID needs looking for.
+            for i, (s, c) in enumerate(zip(owners, chunks)):
+                if c.startswith(s.last or b"\n"):
+                    chunks[i] = s.dedup(c)
+                else:
+                    s.last = _last_key(c)
+        return self.interleaved(chunks)
+
+    def interleaved(self, chunks: list[bytes]) -> bytes:
+        """4. Overlapping chunks: split, sort, drop copies, join.
+
+        A plain sort compares whole lines in C without building keys and
+        orders by ULID; all copies of a ULID end up adjacent.  Where copies
+        are byte-identical, dropping all but the first is all there is to do.
+        If two lines share a ULID but not their bytes, the payload decided
+        their order, so a stable key sort redoes the batch and the earliest
+        source wins.  Two equivalent ways to check, picked by whether the
+        previous batch had copies: keys of all lines (cheapest when there
+        are none), or whole-line comparison first and keys of the survivors
+        (cheapest when half the lines are copies, as with replicas).
+        """
+        lines: list[bytes] = []
         for c in chunks:
             lines += _lines(c)
-        lines.sort(key=ulid_of)  # stable: source order among equal ULIDs
-        keys = list(map(ulid_of, lines))
-        new = list(map(ne, keys, chain((None,), keys)))
-    uniq = list(compress(lines, new))
-    if need > 1:
-        assert on_short is not None
-        n = len(lines)
-        starts = list(compress(range(n), new))
-        counts = map(sub, chain(islice(starts, 1, None), (n,)), starts)
-        for line in compress(uniq, map(lt, counts, repeat(need))):
-            on_short(line + _LF)
-    return _join(uniq)
+        lines.sort()
+        new: list[bool] | None = None
+        if self.dups_seen:
+            new = list(map(ne, lines, chain((None,), lines)))
+            uniq = list(compress(lines, new))
+            keys = list(map(ulid_of, uniq))
+            ok = all(map(lt, keys, islice(keys, 1, None)))
+            self.dups_seen = len(uniq) < len(lines)
+        else:
+            keys = list(map(ulid_of, lines))
+            if all(map(ne, keys, islice(keys, 1, None))):
+                uniq, ok = lines, True
+            else:
+                new = list(map(ne, keys, chain((None,), keys)))
+                dup = list(map(not_, new))
+                uniq = list(compress(lines, new))
+                ok = all(map(eq, compress(lines, dup), compress(chain((None,), lines), dup)))
+                self.dups_seen = True
+        if not ok:
+            lines = []
+            for c in chunks:
+                lines += _lines(c)
+            lines.sort(key=ulid_of)  # stable: source order among equal ULIDs
+            keys = list(map(ulid_of, lines))
+            new = list(map(ne, keys, chain((None,), keys)))
+            uniq = list(compress(lines, new))
+        if self.need > 1:
+            assert self.on_short is not None
+            if new is None:
+                short: Iterable[bytes] = lines
+            else:
+                n = len(lines)
+                starts = list(compress(range(n), new))
+                counts = map(sub, chain(islice(starts, 1, None), (n,)), starts)
+                short = compress(uniq, map(lt, counts, repeat(self.need)))
+            for line in short:
+                self.on_short(line + _LF)
+        return _join(uniq)
 
 
 # --- re-chunking arbitrary byte streams into blocks of whole lines --------------------
