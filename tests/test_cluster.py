@@ -123,3 +123,26 @@ def test_ingester_drains_on_sigterm(cluster):
     assert body.count(b"\n") == 20_000
     assert not list((ing2.data / "ingest").glob("*.flushed"))
     assert not list((ing2.data / "ingest").glob("*.pending"))
+
+
+def test_store_killed_mid_ingest_loses_nothing(cluster):
+    ing1, ing2, *stores = cluster
+    per = 30_000
+    threads = [threading.Thread(target=forward, args=(records(per, "left"), f"127.0.0.1:{ing1.fast_port}")),
+               threading.Thread(target=forward, args=(records(per, "right"), f"127.0.0.1:{ing2.fast_port}"))]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # consumption is under way
+    stores[1].kill()
+    for t in threads:
+        t.join()
+    for s in (stores[0], stores[2]):
+        body = wait_for_records(s.api, 2 * per, timeout=90)
+        lines = body.splitlines()
+        assert len(lines) == 2 * per and len({line[:26] for line in lines}) == 2 * per
+    # batches that were headed for the dead store went to the other survivor instead
+    on_both = None
+    for s in (stores[0], stores[2]):
+        ids = {line[:26] for line in httpx.get(f"{s.api}/store/_query", params=ALL, timeout=60).content.splitlines()}
+        on_both = ids if on_both is None else on_both & ids
+    assert on_both  # RF 2 with two live stores: everything consumed after the loss is on both

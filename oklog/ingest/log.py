@@ -15,7 +15,6 @@ a worker thread so the event loop keeps serving other connections.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Callable
 import trio
 
 from .. import metrics
-from ..errors import DirectoryLocked, UnknownSegment
+from ..errors import UnknownSegment
+from ..fsutil import fsync_path, lock_directory
 from ..ulid import Stamper
 from .segment import IngestBook, State
 
@@ -77,14 +77,7 @@ class IngestLog:
     # -- open / close -----------------------------------------------------------
 
     def open(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DirectoryLocked(f"{self.path} is in use by another oklog process") from None
-        self._lock_file = fd
+        self._lock_file = lock_directory(self.path)
         self._recover()
 
     def _recover(self) -> None:
@@ -149,14 +142,7 @@ class IngestLog:
         os.fsync(active.file.fileno())
         active.file.close()
         os.rename(active.path, self.path / f"{active.id}.flushed")
-        self._sync_dir()
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.path)
 
     async def run_flusher(self, *, tick: float = 0.1, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Flush by age and return timed-out pending segments, forever."""

@@ -12,7 +12,6 @@ from file names at start; there is no other metadata to lose.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import mmap
 import os
@@ -23,7 +22,8 @@ from typing import AsyncIterator, Iterator
 import trio
 
 from .. import metrics
-from ..errors import CorruptSegment, DirectoryLocked
+from ..errors import CorruptSegment
+from ..fsutil import fsync_path, lock_directory
 from ..record import validate_block
 from ..ulid import ULID_LEN, Stamper
 from .index import IntervalIndex, SegmentName
@@ -55,14 +55,7 @@ class StoreLog:
         self._lock_fd: int | None = None
 
     def open(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DirectoryLocked(f"{self.path} is in use by another oklog process") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_directory(self.path)
         self.tmp.mkdir(exist_ok=True)
         for leftover in self.tmp.iterdir():
             leftover.unlink()
@@ -195,14 +188,6 @@ def _union_into(path: Path, existing: Path) -> None:
 
 
 def _sync_and_rename(path: Path, target: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
     os.replace(path, target)
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_path(target.parent)

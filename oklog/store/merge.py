@@ -47,8 +47,8 @@ crash.  A source block that does not end in LF raises ``CorruptSegment``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from itertools import chain, compress, islice, repeat
-from operator import eq, itemgetter, le, lt, ne, not_, sub
+from itertools import chain, compress, islice
+from operator import and_, eq, itemgetter, le, lt, ne, not_, or_
 from typing import Literal
 
 from oklog.errors import CorruptSegment
@@ -520,10 +520,13 @@ class _Merger:
             if new is None:
                 short: Iterable[bytes] = lines
             else:
-                n = len(lines)
-                starts = list(compress(range(n), new))
-                counts = map(sub, chain(islice(starts, 1, None), (n,)), starts)
-                short = compress(uniq, map(lt, counts, repeat(self.need)))
+                # The first copy at i has fewer than ``need`` copies iff one
+                # of the next need-1 lines starts a new ULID (bools only).
+                ext = new + [True] * self.need
+                nxt: Iterable[bool] = islice(ext, 1, None)
+                for j in range(2, self.need):
+                    nxt = map(or_, nxt, islice(ext, j, None))
+                short = compress(lines, map(and_, new, nxt))
             for line in short:
                 self.on_short(line + _LF)
         return _join(uniq)
