@@ -210,3 +210,20 @@ def test_a_slow_reader_does_not_stall_ingest(node):
     assert r.content.count(b"\n") == 40_001
     node.signal(signal.SIGTERM)
     assert node.proc.wait(30) == 0
+
+
+def test_hostile_input_never_kills_the_node(node):
+    base = f"{node.api}/store/query?from={ALL['from']}&to={ALL['to']}"
+    for q in ("q=%00", "q=%0D%0AX-Evil:%201", "q=%FF%FE", "q=" + "a" * 20000, "q=(a%2B)%2B$&regex=true"):
+        r = httpx.get(f"{base}&{q}", timeout=30)
+        assert r.status_code == 200, q
+        assert "x-evil" not in r.headers
+    assert httpx.get(f"{base}&q=%00").headers["X-Oklog-Q"] == "%00"
+    with socket.create_connection(("127.0.0.1", node.fast_port)) as s:
+        s.sendall(random.Random(5).randbytes(3_000_000))  # garbage, with long "lines"
+    forward(b"still alive\n", f"127.0.0.1:{node.fast_port}")
+    assert b"still alive" in wait_for_records(node.api, 1, q="still alive")
+    for path in ("/store/replicate", "/ingest/commit?id=", "/ingest/failed?id=x"):
+        assert httpx.post(node.api + path, content=random.Random(6).randbytes(1000)).status_code in (400, 404)
+    assert httpx.get(f"{node.api}/readyz").status_code == 200
+    assert "Traceback" not in node.log()

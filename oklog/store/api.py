@@ -9,6 +9,7 @@ record data.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -22,11 +23,19 @@ from ..query.params import Query, parse_query
 from .log import StoreLog
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_safe(value: str) -> str:
+    """Echo user input in a header without control bytes (percent-escaped)."""
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", value)
+
+
 def query_headers(query: Query) -> dict[str, str]:
     return {
-        "X-Oklog-From": query.from_text,
-        "X-Oklog-To": query.to_text,
-        "X-Oklog-Q": query.q.decode("latin-1"),
+        "X-Oklog-From": header_safe(query.from_text),
+        "X-Oklog-To": header_safe(query.to_text),
+        "X-Oklog-Q": header_safe(query.q.decode("latin-1")),
         "X-Oklog-Regex": "true" if query.regex else "false",
     }
 
