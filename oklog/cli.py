@@ -127,13 +127,16 @@ NODE_OPTIONS = [
 ]
 
 
-def _node_command(mode: str) -> Callable[..., None]:
-    from .node import ROLES, NodeConfig, run_node
+ROLES = {"ingest": ("ingest",), "store": ("store",), "ingeststore": ("ingest", "store")}
 
+
+def _node_command(mode: str) -> Callable[..., None]:
     roles = ROLES[mode]
     opts = [o for o in NODE_OPTIONS if set(o.roles) & set(roles)]
 
     def command(**kwargs: Any) -> None:
+        from .node import NodeConfig, run_node  # heavy (hypercorn, httpx): only for node modes
+
         setup_logging(kwargs.pop("debug"))
         peers = kwargs.pop("peer") or []
         serf = kwargs.pop("serf")

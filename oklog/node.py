@@ -31,6 +31,7 @@ from .http import Response, Router, json_response, text
 from .ingest.api import ingest_router
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
+from .listen import tcp_sockets
 from .peer import open_peers
 from .record import DEFAULT_MAX_RECORD_SIZE
 from .store.api import store_router
@@ -108,8 +109,9 @@ def ops_router(ready: dict[str, bool]) -> Router:
 
 
 async def serve_api(app: Router, host: str, port: int, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    # hypercorn adopts (and later closes) these file descriptors: detach them.
     config = hypercorn.config.Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [f"fd://{s.detach()}" for s in tcp_sockets(host, port)]
     config.accesslog = None
     config.errorlog = logging.getLogger("oklog.http.server")
     config.graceful_timeout = 3.0

@@ -146,3 +146,25 @@ def test_store_killed_mid_ingest_loses_nothing(cluster):
         ids = {line[:26] for line in httpx.get(f"{s.api}/store/_query", params=ALL, timeout=60).content.splitlines()}
         on_both = ids if on_both is None else on_both & ids
     assert on_both  # RF 2 with two live stores: everything consumed after the loss is on both
+
+
+def test_wildcard_binds_with_serf_reach_themselves(tmp_path):
+    """The quickstart's shape: everything on 0.0.0.0 and a Serf agent that may
+    advertise any of the machine's addresses (an IPv6 one, here)."""
+    n = Node("ingeststore", tmp_path / "n", extra=["-store.segment-replication-factor", "1",
+                                                   "-store.segment-target-age", "1s"])
+    n.args = lambda: [  # type: ignore[method-assign]
+        "ingeststore", "-api", f"0.0.0.0:{n.api_port}", "-ingest.fast", f"0.0.0.0:{n.fast_port}",
+        "-ingest.durable", f"0.0.0.0:{n.durable_port}", "-cluster", f"0.0.0.0:{n.cluster_port}",
+        "-ingest.path", str(n.data / "ingest"), "-store.path", str(n.data / "store"), *n.extra]
+    n.start()
+    try:
+        forward(records(500, "wild"), f"localhost:{n.fast_port}")
+        body = wait_for_records(n.api, 500)
+        assert body.count(b"\n") == 500
+        r = query(n.api, **ALL)
+        assert r.status_code == 200 and r.headers["X-Oklog-Error-Count"] == "0"
+        state = httpx.get(f"{n.api}/store/_clusterstate").json()
+        assert state["source"] == "serf" and not state["self"]["api"].startswith("0.0.0.0")
+    finally:
+        n.kill()

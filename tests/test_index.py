@@ -195,6 +195,27 @@ def test_iter_is_a_snapshot() -> None:
     idx._check()
 
 
+def test_bulk_build_matches_adds() -> None:
+    rng = random.Random(11)
+    entries = []
+    for i in range(3000):
+        lo = rng.randrange(100000)
+        entries.append((name(lo, lo + rng.choice([0, 5, 50, 5000])), i))
+    bulk = IntervalIndex(entries)
+    one_by_one: IntervalIndex[int] = IntervalIndex()
+    for n, v in entries:
+        one_by_one.add(n, v)
+    bulk._check()
+    assert list(bulk) == list(one_by_one)
+    for _ in range(200):
+        a = rng.randrange(110000)
+        b = a + rng.randrange(2000)
+        assert bulk.query(ulid(a), ulid(b)) == one_by_one.query(ulid(a), ulid(b))
+    bulk.update(entries[:10])  # non-empty: one add each
+    bulk._check()
+    assert len(bulk) == 3010
+
+
 def test_constructor_and_clear() -> None:
     idx = IntervalIndex([(name(3, 4), "x"), (name(1, 2), "y")])
     assert [v for _, v in idx] == ["y", "x"]
@@ -222,13 +243,21 @@ def test_query_does_not_scan_disjoint_segments() -> None:
     class Counting(bytes):
         compares = 0
 
-        def __lt__(self, other: bytes) -> bool:  # type: ignore[override]
+        def __lt__(self, other: bytes) -> bool:
             Counting.compares += 1
             return bytes.__lt__(self, other)
 
-        __le__ = lambda self, o: (Counting.__lt__(self, o) or bytes.__eq__(self, o))  # noqa: E731
-        __gt__ = lambda self, o: not Counting.__le__(self, o)  # noqa: E731
-        __ge__ = lambda self, o: not Counting.__lt__(self, o)  # noqa: E731
+        def __le__(self, other: bytes) -> bool:
+            Counting.compares += 1
+            return bytes.__le__(self, other)
+
+        def __gt__(self, other: bytes) -> bool:
+            Counting.compares += 1
+            return bytes.__gt__(self, other)
+
+        def __ge__(self, other: bytes) -> bool:
+            Counting.compares += 1
+            return bytes.__ge__(self, other)
 
     idx: IntervalIndex[int] = IntervalIndex()
     n = 20000
@@ -340,7 +369,11 @@ def test_random_stress_against_model(seed: int) -> None:
 intervals = st.tuples(st.integers(0, 60), st.integers(0, 15)).map(lambda t: name(t[0], t[0] + t[1]))
 
 
-@given(st.lists(st.tuples(intervals, st.sampled_from("xyz")), max_size=40), st.integers(0, 80), st.integers(0, 80))
+@given(
+    st.lists(st.tuples(intervals, st.sampled_from("xyz")), max_size=40),
+    st.integers(0, 80),
+    st.integers(0, 80),
+)
 def test_hypothesis_query(entries: list[tuple[SegmentName, str]], a: int, b: int) -> None:
     idx = IntervalIndex(entries)
     idx._check()

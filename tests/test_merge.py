@@ -222,7 +222,9 @@ def test_copies_counting_across_sources(min_block: object) -> None:
             nodes[h].append(rec(i))
     short: list[bytes] = []
     out = b"".join(
-        merge_records([[b"".join(n)] for n in nodes], trusted_unique=True, copies_needed=2, on_short=short.append)
+        merge_records(
+            [[b"".join(n)] for n in nodes], trusted_unique=True, copies_needed=2, on_short=short.append
+        )
     )
     assert out == b"".join(rec(i) for i in range(1000))
     assert short == [rec(10), rec(500), rec(999)]
@@ -240,8 +242,40 @@ def test_copies_ignore_intra_source_duplicates(min_block: object) -> None:
 def test_on_short_without_copies_needed_does_nothing() -> None:
     short: list[bytes] = []
     assert b"".join(merge_records([[rec(1)]], on_short=short.append)) == rec(1)
-    assert b"".join(merge_records([[rec(1)], [rec(2)]], copies_needed=1, on_short=short.append)) == rec(1) + rec(2)
+    out = b"".join(merge_records([[rec(1)], [rec(2)]], copies_needed=1, on_short=short.append))
+    assert out == rec(1) + rec(2)
     assert short == []
+
+
+def test_conflicting_copies_after_duplicates(min_block: object) -> None:
+    """Same ULID, different bytes, in a stretch that follows identical copies:
+    the earliest source wins in every batch, whichever check runs first."""
+    a: list[bytes] = []
+    b: list[bytes] = []
+    for i in range(3000):
+        if i % 3 == 0:  # only in a
+            a.append(rec(i, b"a-only"))
+        elif i < 1500:  # identical copies
+            a.append(rec(i, b"same"))
+            b.append(rec(i, b"same"))
+        else:  # conflicting copies
+            a.append(rec(i, b"from-a"))
+            b.append(rec(i, b"from-b" * (i % 3)))
+    for order in ([a, b], [b, a]):
+        short: list[bytes] = []
+        datas = [b"".join(s) for s in order]
+        blocks = [list(iter_blocks([d[k : k + 4000] for k in range(0, len(d), 4000)])) for d in datas]
+        got = b"".join(merge_records(blocks, trusted_unique=True, copies_needed=2, on_short=short.append))
+        assert (got, short) == ref_merge(order, 2)
+
+
+def test_output_blocks_are_coalesced() -> None:
+    # two finely interleaved sources: runs of one line, yet few big blocks
+    a = b"".join(rec(i) for i in range(0, 20000, 2))
+    b = b"".join(rec(i) for i in range(1, 20000, 2))
+    out = list(merge_records([list(iter_blocks([a])), list(iter_blocks([b]))], trusted_unique=True))
+    assert b"".join(out) == b"".join(rec(i) for i in range(20000))
+    assert len(out) <= len(b"".join(out)) // merge_mod.WINDOW + 2
 
 
 def test_disjoint_and_touching_sources(min_block: object) -> None:
@@ -256,7 +290,8 @@ def test_sparse_source_inside_dense_one(min_block: object) -> None:
     dense = b"".join(rec(i) for i in range(0, 5000, 2))
     sparse = rec(1) + rec(2001) + rec(4999) + rec(6000)
     out = b"".join(merge_records([list(iter_blocks([dense])), [sparse]], trusted_unique=True))
-    assert out == b"".join(sorted({rec(i) for i in range(0, 5000, 2)} | {rec(1), rec(2001), rec(4999), rec(6000)}))
+    want = {rec(i) for i in range(0, 5000, 2)} | {rec(1), rec(2001), rec(4999), rec(6000)}
+    assert out == b"".join(sorted(want))
 
 
 def test_source_block_without_lf_raises(min_block: object) -> None:
@@ -290,7 +325,7 @@ def test_unsorted_input_does_not_crash(min_block: object) -> None:
     a = [rec(5) + rec(1) + rec(3), rec(2)]
     b = [rec(4) + rec(0)]
     out = b"".join(merge_records([a, b]))
-    assert sorted(out.splitlines()) == sorted(set((rec(0) + rec(1) + rec(2) + rec(3) + rec(4) + rec(5)).splitlines()))
+    assert sorted(out.splitlines()) == [rec(i).rstrip(b"\n") for i in range(6)]
 
 
 # --- sort_records / is_strictly_sorted -----------------------------------------------------

@@ -95,6 +95,10 @@ class Membership(Protocol):
         """JSON-able view for ``/ingest/_clusterstate`` and ``/store/_clusterstate``."""
         ...
 
+    def self_url(self) -> str:
+        """This node's own base URL as the others see it in ``stores()``."""
+        ...
+
     async def publish(self, tags: dict[str, str]) -> None:
         """Advertise extra tags (e.g. load) to the other nodes, best effort."""
         ...
@@ -118,6 +122,9 @@ class StaticMembership:
 
     def stores(self) -> list[str]:
         return [self.url] if serves_store(self.role) else []
+
+    def self_url(self) -> str:
+        return self.url
 
     def state(self) -> dict[str, Any]:
         me = {"name": self.name, "role": self.role, "api": self.api}
@@ -179,6 +186,9 @@ class SerfMembership:
 
     def members(self) -> list[Member]:
         return list(self._members)
+
+    def self_url(self) -> str:
+        return f"http://{self.api}"
 
     def state(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 import trio
 
 from .. import metrics
+from ..listen import is_wildcard
 from ..record import LineReader, stamp
 from ..ulid import Stamper
 from .log import IngestLog
@@ -83,7 +84,8 @@ async def serve_lines(
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept forwarder connections until cancelled (which closes them all)."""
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    # A wildcard host listens on every address family (see oklog.listen).
+    listeners = await trio.open_tcp_listeners(port, host=None if is_wildcard(host) else host)
     bound = listeners[0].socket.getsockname()
     log.info("event=listening mode=%s addr=%s:%d", "durable" if durable else "fast", bound[0], bound[1])
     task_status.started(bound[1])

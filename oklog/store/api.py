@@ -72,7 +72,9 @@ def store_router(
         started = time.monotonic()
         query = parse_query(request.raw_query)  # 400 here, before bothering peers
         # Absolute bounds: a relative "from" must mean the same instant on every store.
-        gathered = await gather.scatter(peers, membership.stores(), query.encode().encode(), request.method)
+        gathered = await gather.scatter(
+            peers, membership.stores(), query.encode().encode(), request.method,
+            self_url=membership.self_url(), local_plan=lambda: local.plan(store, query))
         headers = query_headers(query) | gather.stats_headers(gathered, started)
         status = 206 if gathered.errors else 200
         metrics.queries.labels("cluster").inc()

@@ -36,7 +36,9 @@ Complexity, with ``n`` entries, ``L`` layers and ``k`` results:
   segments; layers whose span misses ``[A, B]`` are skipped in ``O(1)``;
 - ``add``: ``O(L log n)``;  ``remove``: ``O(log n + d)`` (``d`` = entries with
   the same name), ``+ O(L)`` when a layer becomes empty;
-- ``overlapping_groups``, ``__iter__``: ``O(n)``.
+- ``overlapping_groups``, ``__iter__``: ``O(n)``;
+- building from ``n`` entries (constructor, ``update`` of an empty index --
+  start-up from the file names): ``O(n log n + n L)``, one sort.
 
 First-fit colouring of intervals uses at most a small constant times the
 maximum overlap depth, so ``L`` stays small unless the store is left
@@ -189,8 +191,7 @@ class IntervalIndex(Generic[V]):
         self._layers: list[SortedList] = []
         self._layer_of: dict[int, SortedList] = {}
         self._seq = itertools.count()
-        for name, value in entries:
-            self.add(name, value)
+        self.update(entries)
 
     # --- mutation ------------------------------------------------------------
 
@@ -208,6 +209,34 @@ class IntervalIndex(Generic[V]):
         layer.add(item)
         self._layer_of[item[2]] = layer
 
+    def update(self, entries: Iterable[Entry[V]]) -> None:
+        """Add many entries; into an empty index (start-up, from the file
+        names) in one ``O(n log n + n L)`` pass instead of one ``add`` each."""
+        if self._all:
+            for name, value in entries:
+                self.add(name, value)
+            return
+        items = [(n.lo, n.hi, next(self._seq), n, v) for n, v in entries]
+        items.sort()  # seq is unique: never compares names or values
+        layers: list[list[_Item[V]]] = []
+        ends: list[bytes] = []  # hi of the last item of each layer
+        for item in items:  # by lo: an item fits after a layer's last one
+            for i, end in enumerate(ends):
+                if end < item[0]:
+                    break
+            else:
+                i = len(layers)
+                layers.append([])
+                ends.append(b"")
+            layers[i].append(item)
+            ends[i] = item[1]
+        self._all.update(items)
+        for members in layers:
+            layer = SortedList(members)
+            self._layers.append(layer)
+            for item in members:
+                self._layer_of[item[2]] = layer
+
     def remove(self, name: SegmentName, value: V) -> None:
         """Remove one entry with this name and an equal value.
 
@@ -223,8 +252,8 @@ class IntervalIndex(Generic[V]):
         self._all.remove(item)
         layer = self._layer_of.pop(item[2])
         layer.remove(item)
-        if not layer:
-            self._layers.remove(layer)
+        if not layer:  # by identity: SortedList's == compares contents
+            self._layers = [other for other in self._layers if other is not layer]
 
     def discard(self, name: SegmentName, value: V) -> bool:
         """Like :meth:`remove` but returns whether something was removed."""

@@ -9,34 +9,45 @@ Per-record Python code is avoided: a block is split once, compared with
 Theory of operation of :func:`merge_records`
 ---------------------------------------------
 
-Each source is a sequence of sorted blocks.  The merge proceeds in *batches*.
-For the current block of every live source we know its last ULID; the
-smallest of those is the *horizon* ``M``.  Every record ``<= M`` of every
-source is already in hand: a source's later blocks only hold larger ULIDs
-(or, for the source whose block ends at ``M``, repeats of ``M`` -- dropped as
-intra-source duplicates).  So each source's current block is cut (by a
-binary search over line starts) at ``M``, the pieces ("chunks") are merged
-into one output block, and the rest waits for the next batch.  All copies of
-a given ULID land in the same batch, which is what makes per-batch copy
-counting (read repair) exact.
+Each source is a sequence of sorted blocks; a ``_Source`` holds the current
+block and an offset into it.  Finding a line boundary by ULID is a binary
+search over the block (``rfind``/``index`` of LF around a midpoint), so the
+merge can move whole slices of a block without splitting it.  It alternates
+between two moves:
 
-A batch is merged by the cheapest method that is correct:
+*Runs.*  Take the source with the smallest head (the earliest one on ties)
+and the smallest head among the others; every line of the first source
+below that second head belongs to it alone and goes out as one slice of its
+block -- no split, no join.  Segments that merely touch, a dense segment
+with a sparse one inside (a read-repair segment), streams that alternate in
+long bursts: all of these are almost only runs.  When runs come out short
+twice in a row the sources interleave finely, and the merge switches to
+batches for a while (exponential back-off before it looks for runs again).
 
-1. one non-empty chunk: emitted as is (a slice, or the very block when it is
-   taken whole) -- the common case when segments only touch at the edges;
-2. all chunks byte-identical (replicas of the same records, the common case
-   when the same data comes from several store nodes): emitted once;
+*Batches.*  The *horizon* ``M`` is the smallest, over the live sources, of
+the ULID found ``WINDOW`` bytes into the source's block (or its last line).
+Every record ``<= M`` of every source is already in hand -- later blocks only
+hold larger ULIDs, or repeats of ``M`` by the source whose block ends at
+``M``, which are intra-source duplicates.  Each source's block is cut at
+``M`` and the chunks are merged into one output block, by the cheapest
+method that is correct:
+
+1. one non-empty chunk: emitted as is;
+2. all chunks byte-identical (replicas, the usual case when the same data
+   comes from several store nodes): emitted once -- one ``memcmp``;
 3. chunks whose ranges do not overlap: concatenated in ULID order;
-4. otherwise the chunks' lines are concatenated in source order and sorted
-   with a *stable* C sort keyed on the ULID (``itemgetter(slice(0, 26))``):
-   timsort finds each chunk as a run and merges runs with galloping, so long
-   stretches from one source are moved wholesale; the first line of each
-   equal-ULID run -- the earliest source -- is kept.
+4. otherwise (:meth:`_Merger.interleaved`): the chunks are split into lines,
+   sorted by a plain C sort (whole-line compare = ULID order; timsort finds
+   the chunks as runs and gallops), and copies of a ULID -- adjacent now --
+   dropped with ``map``/``compress``; if two copies differ in their bytes,
+   a stable key sort redoes the batch so that the earliest source wins.
 
-Sources yielding very small blocks are coalesced to about
-:data:`MIN_BLOCK` bytes so the per-batch overhead stays small; a single
-source is passed through block by block, unchanged (apart from duplicate
-removal when it is not ``trusted_unique``).
+Batches of about ``WINDOW`` bytes per source keep the working set of the
+line-level passes in the CPU cache.  All copies of a ULID are in the same
+batch (or a run has the only one), which makes per-batch copy counting for
+read repair exact.  Output pieces are coalesced into blocks of at least
+``WINDOW`` bytes; a single source is passed through block by block,
+unchanged (apart from duplicate removal when it is not ``trusted_unique``).
 
 Records must be valid (at least a 26-byte ULID per line) and each source
 sorted by ULID; neither is re-checked here (the replicate handler and the
@@ -72,6 +83,8 @@ PIECE = 256 * 1024
 
 TailPolicy = Literal["error", "keep", "drop"]
 OnShort = Callable[[bytes], None]
+#: What the re-chunkers accept (HTTP libraries hand out any of these).
+Chunk = bytes | bytearray | memoryview
 
 _LF = b"\n"
 
@@ -147,13 +160,9 @@ def sort_records(block: bytes) -> bytes:
         return b""
     if not block.endswith(_LF):
         raise CorruptSegment("records block does not end with LF")
-    lines = _lines(block)
-    keys = list(map(ulid_of, lines))
-    if all(map(lt, keys, islice(keys, 1, None))):
+    if is_strictly_sorted(block):
         return block
-    lines.sort(key=ulid_of)
-    keys = list(map(ulid_of, lines))
-    return _join(list(compress(lines, map(ne, keys, chain((None,), keys)))))
+    return _Merger(True, 0, None).interleaved([block])
 
 
 def _dedup_lines(lines: list[bytes], prev: bytes | None) -> tuple[list[bytes], bytes | None]:
@@ -320,8 +329,8 @@ def merge_records(
     With ``copies_needed == 0`` no counting is done at all.
 
     The merge is lazy: it pulls source blocks as output is consumed.  With
-    several sources, output blocks are coalesced to at least WINDOW bytes
-    (except the last).
+    several sources, small output pieces are coalesced into blocks of about
+    WINDOW bytes, so a consumer sees few, large blocks.
     """
     srcs = [_Source(s) for s in sources]
     m = _Merger(trusted_unique, copies_needed if on_short is not None else 0, on_short)
@@ -567,16 +576,16 @@ class LineSplitter:
         self._tail: list[bytes] = []
         self._tail_size = 0
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: Chunk) -> bytes:
         """Take a chunk; return the whole lines now ready (maybe ``b""``)."""
         if not chunk:
             return b""
-        if type(chunk) is not bytes:  # bytearray, memoryview: copy once, own it
-            chunk = bytes(chunk)
-        i = chunk.rfind(_LF)
+        # bytearray, memoryview: copy once, so we own what we keep
+        data = chunk if type(chunk) is bytes else bytes(chunk)
+        i = data.rfind(_LF)
         if i < 0:
-            self._tail.append(chunk)
-            self._tail_size += len(chunk)
+            self._tail.append(data)
+            self._tail_size += len(data)
             if self.max_tail is not None and self._tail_size > self.max_tail:
                 raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
             return b""
@@ -586,12 +595,12 @@ class LineSplitter:
             self._tail = []
             self._tail_size = 0
         i += 1
-        if i == len(chunk):
-            head = chunk
+        if i == len(data):
+            head = data
         else:
-            head = chunk[:i]
-            self._tail.append(chunk[i:])
-            self._tail_size = len(chunk) - i
+            head = data[:i]
+            self._tail.append(data[i:])
+            self._tail_size = len(data) - i
             if self.max_tail is not None and self._tail_size > self.max_tail:
                 raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
         self._ready.append(head)
@@ -630,7 +639,7 @@ class LineSplitter:
 
 
 def iter_blocks(
-    chunks: Iterable[bytes],
+    chunks: Iterable[Chunk],
     *,
     final_tail: TailPolicy = "error",
     min_size: int = 0,
@@ -655,7 +664,7 @@ def iter_blocks(
 
 
 async def aiter_blocks(
-    chunks: AsyncIterable[bytes],
+    chunks: AsyncIterable[Chunk],
     *,
     final_tail: TailPolicy = "error",
     min_size: int = 0,
