@@ -168,3 +168,34 @@ def test_wildcard_binds_with_serf_reach_themselves(tmp_path):
         assert state["source"] == "serf" and not state["self"]["api"].startswith("0.0.0.0")
     finally:
         n.kill()
+
+
+def test_node_attaches_to_an_agent_it_did_not_start(tmp_path):
+    """-cluster.serf-rpc: the operator runs Serf; the node only talks RPC to it."""
+    import socket
+    import subprocess
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    rpc, gossip = port(), port()
+    agent = subprocess.Popen(["serf", "agent", "-node", f"ext-{rpc}", "-bind", f"127.0.0.1:{gossip}",
+                              "-rpc-addr", f"127.0.0.1:{rpc}", "-profile", "local"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    n = Node("ingeststore", tmp_path / "n", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf-rpc", f"127.0.0.1:{rpc}"])
+    try:
+        time.sleep(0.5)
+        n.start()
+        state = wait_members(n, 1)
+        assert state["source"] == "serf" and state["members"][0]["role"] == "ingeststore"
+        forward(records(100, "attached"), f"127.0.0.1:{n.fast_port}")
+        assert wait_for_records(n.api, 100).count(b"\n") == 100
+        assert n.stop() == 0
+        assert agent.poll() is None  # not ours to stop
+    finally:
+        n.kill()
+        agent.kill()
+        agent.wait()
