@@ -24,7 +24,8 @@ import trio
 from .. import metrics
 from ..errors import PeerError
 from ..peer import Peers, QueryResponse
-from ..store.merge import aiter_blocks, merge_records
+from ..blocks import aiter_blocks
+from ..store.merge import merge_records
 from ..ulid import ULID_LEN
 from . import local
 

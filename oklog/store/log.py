@@ -27,7 +27,8 @@ from ..fsutil import fsync_path, lock_directory
 from ..record import validate_block
 from ..ulid import ULID_LEN, Stamper
 from .index import IntervalIndex, SegmentName
-from .merge import aiter_blocks, is_strictly_sorted, merge_records, sort_records
+from ..blocks import aiter_blocks
+from .merge import is_strictly_sorted, merge_records, sort_records
 
 log = logging.getLogger("oklog.store")
 

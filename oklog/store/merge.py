@@ -81,10 +81,8 @@ RUN_MIN = 4 * 1024
 #: Large blocks are split into pieces of about this size for line-level work.
 PIECE = 256 * 1024
 
-TailPolicy = Literal["error", "keep", "drop"]
 OnShort = Callable[[bytes], None]
 #: What the re-chunkers accept (HTTP libraries hand out any of these).
-Chunk = bytes | bytearray | memoryview
 
 _LF = b"\n"
 
@@ -541,144 +539,8 @@ class _Merger:
         return _join(uniq)
 
 
-# --- re-chunking arbitrary byte streams into blocks of whole lines --------------------
+# Re-chunking lives in oklog.blocks; re-exported for existing callers.
+from oklog.blocks import Chunk, LineSplitter, TailPolicy, aiter_blocks, iter_blocks  # noqa: E402
 
-
-class LineSplitter:
-    """Turns arbitrary byte chunks into blocks of whole lines (sans-IO).
-
-    ``feed(chunk)`` returns the complete lines available so far (``b""`` if
-    none, or if fewer than ``min_size`` bytes are pending); the partial last
-    line is kept for the next chunk.  At end of input call ``flush()`` for
-    the pending complete lines, then ``end()`` for the final partial line,
-    handled by ``final_tail``: ``"error"`` raises ``CorruptSegment``,
-    ``"keep"`` returns it as is (without LF), ``"drop"`` discards it.
-
-    ``max_tail`` bounds the memory of a partial line: a line that grows past
-    it without an LF raises ``CorruptSegment``.  A chunk that ends with LF
-    while nothing is pending is returned as the very same object (no copy).
-    """
-
-    def __init__(
-        self,
-        *,
-        final_tail: TailPolicy = "error",
-        min_size: int = 0,
-        max_tail: int | None = None,
-    ) -> None:
-        if final_tail not in ("error", "keep", "drop"):
-            raise ValueError(f"final_tail must be error, keep or drop: {final_tail!r}")
-        self.final_tail = final_tail
-        self.min_size = min_size
-        self.max_tail = max_tail
-        self._ready: list[bytes] = []
-        self._ready_size = 0
-        self._tail: list[bytes] = []
-        self._tail_size = 0
-
-    def feed(self, chunk: Chunk) -> bytes:
-        """Take a chunk; return the whole lines now ready (maybe ``b""``)."""
-        if not chunk:
-            return b""
-        # bytearray, memoryview: copy once, so we own what we keep
-        data = chunk if type(chunk) is bytes else bytes(chunk)
-        i = data.rfind(_LF)
-        if i < 0:
-            self._tail.append(data)
-            self._tail_size += len(data)
-            if self.max_tail is not None and self._tail_size > self.max_tail:
-                raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
-            return b""
-        if self._tail:
-            self._ready += self._tail
-            self._ready_size += self._tail_size
-            self._tail = []
-            self._tail_size = 0
-        i += 1
-        if i == len(data):
-            head = data
-        else:
-            head = data[:i]
-            self._tail.append(data[i:])
-            self._tail_size = len(data) - i
-            if self.max_tail is not None and self._tail_size > self.max_tail:
-                raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
-        self._ready.append(head)
-        self._ready_size += len(head)
-        if self._ready_size >= self.min_size:
-            return self.flush()
-        return b""
-
-    def flush(self) -> bytes:
-        """All pending complete lines, whatever ``min_size`` says."""
-        ready = self._ready
-        if not ready:
-            return b""
-        out = ready[0] if len(ready) == 1 else b"".join(ready)
-        self._ready = []
-        self._ready_size = 0
-        return out
-
-    @property
-    def pending_tail(self) -> int:
-        """Bytes of the partial line held back."""
-        return self._tail_size
-
-    def end(self) -> bytes:
-        """The final partial line, per ``final_tail`` (``b""`` if none)."""
-        if not self._tail:
-            return b""
-        tail = b"".join(self._tail)
-        self._tail = []
-        self._tail_size = 0
-        if self.final_tail == "error":
-            raise CorruptSegment(f"input ends inside a line ({len(tail)} bytes without LF)")
-        if self.final_tail == "keep":
-            return tail
-        return b""
-
-
-def iter_blocks(
-    chunks: Iterable[Chunk],
-    *,
-    final_tail: TailPolicy = "error",
-    min_size: int = 0,
-    max_tail: int | None = None,
-) -> Iterator[bytes]:
-    """Re-chunk a byte stream into non-empty blocks of whole lines.
-
-    See :class:`LineSplitter` for the parameters.  With ``"error"`` the
-    complete lines before a partial final line are still yielded first.
-    """
-    sp = LineSplitter(final_tail=final_tail, min_size=min_size, max_tail=max_tail)
-    for chunk in chunks:
-        out = sp.feed(chunk)
-        if out:
-            yield out
-    out = sp.flush()
-    if out:
-        yield out
-    out = sp.end()
-    if out:
-        yield out
-
-
-async def aiter_blocks(
-    chunks: AsyncIterable[Chunk],
-    *,
-    final_tail: TailPolicy = "error",
-    min_size: int = 0,
-    max_tail: int | None = None,
-) -> AsyncIterator[bytes]:
-    """:func:`iter_blocks` for an async iterable (e.g. an HTTP body stream)."""
-    sp = LineSplitter(final_tail=final_tail, min_size=min_size, max_tail=max_tail)
-    async for chunk in chunks:
-        out = sp.feed(chunk)
-        if out:
-            yield out
-    out = sp.flush()
-    if out:
-        yield out
-    out = sp.end()
-    if out:
-        yield out
+__all__ = ["LineSplitter", "TailPolicy", "aiter_blocks", "iter_blocks", "is_strictly_sorted",
+           "merge_records", "sort_records"]
