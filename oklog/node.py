@@ -135,7 +135,8 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
     if "store" in roles:
         store = StoreLog(cfg.store_path)
         store.open()
-    stop = stop or trio.Event()
+    if stop is None:
+        stop = trio.Event()
     ready = {"ready": False}
     api_host, api_port = parse_addr(cfg.api, 7650)
     try:
