@@ -112,6 +112,16 @@ class LineSplitter:
             return tail
         return b""
 
+    def finish(self) -> Iterator[bytes]:
+        """End of input: the pending complete lines, then the final tail
+        (whose ``"error"`` policy raises only after those lines are out)."""
+        out = self.flush()
+        if out:
+            yield out
+        out = self.end()
+        if out:
+            yield out
+
 
 def iter_blocks(
     chunks: Iterable[Chunk],
@@ -130,11 +140,7 @@ def iter_blocks(
         out = sp.feed(chunk)
         if out:
             yield out
-    out = sp.flush()
-    if out:
-        yield out
-    out = sp.end()
-    if out:
+    for out in sp.finish():
         yield out
 
 
@@ -151,9 +157,5 @@ async def aiter_blocks(
         out = sp.feed(chunk)
         if out:
             yield out
-    out = sp.flush()
-    if out:
-        yield out
-    out = sp.end()
-    if out:
+    for out in sp.finish():
         yield out
