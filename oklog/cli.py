@@ -28,6 +28,7 @@ from .errors import OklogError
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich panels truncate long OK Log flag names
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
     help="oklog: a coordination-free, grep-style log cluster (OK Log compatible).",
