@@ -140,6 +140,19 @@ def validate_block(block: bytes) -> None:
         )
 
 
+def salvage(block: bytes) -> tuple[bytes, int]:
+    """The well-formed records of a possibly torn block, and how many lines
+    were dropped (a partial last line, garbage after a crash)."""
+    m = _BLOCK_RE.match(block)
+    if m is not None and m.end() == len(block):
+        return block, 0
+    lines = block.split(b"\n")
+    tail = lines.pop()  # bytes after the last LF: a partial record at best
+    good = [line + b"\n" for line in lines if _ONE_RE.fullmatch(line + b"\n")]
+    dropped = len(lines) - len(good) + (1 if tail else 0)
+    return b"".join(good), dropped
+
+
 def parse_record(line: bytes) -> tuple[bytes, bytes, bytes]:
     """Split one record line (with or without LF) into ULID, topic, payload."""
     if not line.endswith(b"\n"):

@@ -69,8 +69,8 @@ def test_age_flush_and_pending_timeout_on_a_mock_clock(tmp_path):
 
 
 def test_ingest_recovery_and_lock(tmp_path):
-    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAA.active").write_bytes(b"x\n")
-    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAB.pending").write_bytes(b"y\n")
+    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAA.active").write_bytes(stamp([b"x"], Stamper()))
+    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAB.pending").write_bytes(stamp([b"y"], Stamper()))
     (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAC.active").write_bytes(b"")
     log = IngestLog(tmp_path)
     log.open()
@@ -110,3 +110,18 @@ def test_store_replicate_sorts_validates_and_names(tmp_path):
         assert len(reopened.index) == 1
 
     trio.run(main)
+
+
+def test_recovery_salvages_a_segment_torn_by_a_crash(tmp_path):
+    good = stamp([b"one", b"two", b"three"], Stamper())
+    torn = good + b"01M7Z1NWKZ4AAAAAAAAAAAAA00 default half-writ"  # the write never finished
+    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAA.active").write_bytes(torn)
+    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAB.active").write_bytes(good + b"\x00" * 4096)  # zero-filled
+    (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAC.active").write_bytes(b"\x00" * 100)  # nothing usable
+    log = IngestLog(tmp_path)
+    log.open()
+    assert (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAA.flushed").read_bytes() == good
+    assert (tmp_path / "01AAAAAAAAAAAAAAAAAAAAAAAB.flushed").read_bytes() == good
+    assert not list(tmp_path.glob("01AAAAAAAAAAAAAAAAAAAAAAAC.*"))
+    assert log.book.counts()["flushed"] == {"segments": 2, "bytes": 2 * len(good)}
+    log.close()

@@ -5,7 +5,7 @@ import ulid as pyulid
 from hypothesis import given, settings, strategies as st
 
 from oklog.errors import CorruptSegment
-from oklog.record import LineReader, parse_record, split_topics, stamp, validate_block
+from oklog.record import LineReader, parse_record, salvage, split_topics, stamp, validate_block
 from oklog.ulid import Stamper, decode_int, encode_int, is_valid, ms_of, ulid_for_ms
 
 
@@ -106,3 +106,11 @@ def test_split_topics():
     groups, rejected = split_topics([b"web hello", b"db x y", b"web again", b"-bad z", b"solo"])
     assert groups == {b"web": [b"hello", b"again"], b"db": [b"x y"], b"solo": [b""]}
     assert rejected == 1
+
+
+def test_salvage_keeps_only_whole_records():
+    good = stamp([b"a", b"b\x00c"], Stamper())
+    assert salvage(good) == (good, 0)
+    assert salvage(good + b"partial") == (good, 1)
+    assert salvage(b"junk\n" + good + b"\x00\x00") == (good, 2)
+    assert salvage(b"") == (b"", 0)

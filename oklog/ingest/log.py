@@ -25,6 +25,7 @@ import trio
 from .. import metrics
 from ..errors import UnknownSegment
 from ..fsutil import fsync_path, lock_directory
+from ..record import salvage
 from ..ulid import Stamper
 from .segment import IngestBook, State
 
@@ -89,6 +90,11 @@ class IngestLog:
             if size == 0:
                 entry.unlink()
                 continue
+            if ext == ".active":
+                size = _repair(entry)  # the only state a crash can leave torn
+                if size == 0:
+                    entry.unlink()
+                    continue
             if ext != ".flushed":
                 os.rename(entry, self.path / f"{stem}.flushed")
                 log.info("event=recovered segment=%s from=%s", stem, ext)
@@ -198,6 +204,23 @@ class IngestLog:
     def drained(self) -> bool:
         """Nothing written is left for the store tier."""
         return self._active is None and not self._flushing and self.book.unconsumed() == 0
+
+
+def _repair(path: Path) -> int:
+    """Keep only whole, well-formed records of a segment a crash interrupted.
+
+    A torn last write would otherwise make every composite segment built from
+    this file fail validation at the stores, and be retried forever.
+    """
+    data = path.read_bytes()
+    good, dropped = salvage(data)
+    if dropped:
+        metrics.ingest_rejected.labels("torn_by_crash").inc(dropped)
+        log.warning("event=repaired_segment segment=%s dropped_lines=%d", path.name, dropped)
+        with open(path, "wb") as f:
+            f.write(good)
+            os.fsync(f.fileno())
+    return len(good)
 
 
 def _checked_id(seg_id: str) -> str:
