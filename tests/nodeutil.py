@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,19 @@ def forward(lines: bytes, *targets: str, extra: tuple[str, ...] = (), timeout: f
     """Pipe bytes through a real `oklog forward` process."""
     subprocess.run(oklog_cmd("forward", *extra, *targets), input=lines, check=True, timeout=timeout,
                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def start_forwarders(*feeds: tuple[bytes, str]) -> list[threading.Thread]:
+    """One real `oklog forward` per (lines, target), all sending at once."""
+    threads = [threading.Thread(target=forward, args=feed) for feed in feeds]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join()
 
 
 def query(api: str, **params: str) -> httpx.Response:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import collections
 import shutil
 import signal
-import threading
 import time
 
 import httpx
 import pytest
 
-from tests.nodeutil import Node, forward, query, wait_for_records
+from tests.nodeutil import Node, forward, join, query, start_forwarders, wait_for_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.serf,
               pytest.mark.skipif(shutil.which("serf") is None, reason="serf is not installed")]
@@ -65,12 +64,8 @@ def records(n: int, tag: str) -> bytes:
 def test_cluster_replicates_and_survives_a_store_loss(cluster):
     ing1, ing2, *stores = cluster
     per = 15_000
-    threads = [threading.Thread(target=forward, args=(records(per, "alpha"), f"127.0.0.1:{ing1.fast_port}")),
-               threading.Thread(target=forward, args=(records(per, "beta"), f"127.0.0.1:{ing2.fast_port}"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    join(start_forwarders((records(per, "alpha"), f"127.0.0.1:{ing1.fast_port}"),
+                          (records(per, "beta"), f"127.0.0.1:{ing2.fast_port}")))
     expected = sorted(records(per, "alpha").splitlines() + records(per, "beta").splitlines())
     for s in stores:
         body = wait_for_records(s.api, 2 * per, timeout=60)
@@ -128,14 +123,11 @@ def test_ingester_drains_on_sigterm(cluster):
 def test_store_killed_mid_ingest_loses_nothing(cluster):
     ing1, ing2, *stores = cluster
     per = 30_000
-    threads = [threading.Thread(target=forward, args=(records(per, "left"), f"127.0.0.1:{ing1.fast_port}")),
-               threading.Thread(target=forward, args=(records(per, "right"), f"127.0.0.1:{ing2.fast_port}"))]
-    for t in threads:
-        t.start()
+    threads = start_forwarders((records(per, "left"), f"127.0.0.1:{ing1.fast_port}"),
+                               (records(per, "right"), f"127.0.0.1:{ing2.fast_port}"))
     time.sleep(1.5)  # consumption is under way
     stores[1].kill()
-    for t in threads:
-        t.join()
+    join(threads)
     for s in (stores[0], stores[2]):
         body = wait_for_records(s.api, 2 * per, timeout=90)
         lines = body.splitlines()

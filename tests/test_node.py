@@ -7,13 +7,12 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import httpx
 import pytest
 
-from tests.nodeutil import ROOT, Node, forward, oklog_cmd, query, wait_for_records
+from tests.nodeutil import ROOT, Node, forward, join, oklog_cmd, query, start_forwarders, wait_for_records
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +53,9 @@ def test_lines_in_exact_bytes_out(node):
     a = realistic_lines(15_000, "svcA", rng)
     b = realistic_lines(15_000, "svcB", rng)
     long_line = b"svcA LONG " + b"x" * 10_000
-    threads = [
-        threading.Thread(target=forward, args=(b"\n".join(a[:7000] + [long_line] + a[7000:]) + b"\n",
-                                               f"127.0.0.1:{node.fast_port}")),
-        threading.Thread(target=forward, args=(b"\n".join(b) + b"\n", f"tcp://127.0.0.1:{node.durable_port}")),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    join(start_forwarders(
+        (b"\n".join(a[:7000] + [long_line] + a[7000:]) + b"\n", f"127.0.0.1:{node.fast_port}"),
+        (b"\n".join(b) + b"\n", f"tcp://127.0.0.1:{node.durable_port}")))
     body = wait_for_records(node.api, len(a) + len(b))
     lines = body.split(b"\n")[:-1]
     assert len(lines) == len(a) + len(b)
@@ -240,12 +233,7 @@ def test_overlapping_segments_from_concurrent_consumers(tmp_path):
     try:
         rng = random.Random(3)
         streams = [realistic_lines(8000, f"c{i}", rng) for i in range(3)]
-        threads = [threading.Thread(target=forward, args=(b"\n".join(s) + b"\n", f"127.0.0.1:{n.fast_port}"))
-                   for s in streams]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        join(start_forwarders(*[(b"\n".join(s) + b"\n", f"127.0.0.1:{n.fast_port}") for s in streams]))
         body = wait_for_records(n.api, 24_000)
         lines = body.split(b"\n")[:-1]
         ulids = [line[:26] for line in lines]
