@@ -283,6 +283,99 @@ def test_strategy_choice(q: bytes, regex: bool, topic: bytes | None, strategy: s
     assert Matcher(q, regex, topic).strategy == strategy
 
 
+@pytest.mark.parametrize(
+    "q, topic, payload_only",
+    [
+        (b"HTTP/1.1", None, True),  # "/" before any space: cannot begin in a header
+        (b"/", None, True),
+        (b".x", None, True),
+        (b"\xff", None, True),
+        (b"\r", None, True),
+        (b"\x00", None, True),
+        (b"a.b c", None, True),
+        (b"HTTP/1.1", b"web", False),  # the topic path checks the topic field anyway
+        (b"GET /", None, False),  # "x GET /" could be "... TOPIC SP /..."
+        (b" /", None, False),
+        (b"t /", None, False),
+        (b"Mozilla", None, False),  # header bytes only: could be a ULID or topic part
+        (b"a-b_c", None, False),
+        (b"7 ", None, False),
+        (b" ", None, False),
+    ],
+)
+def test_payload_only_literals(q: bytes, topic: bytes | None, payload_only: bool) -> None:
+    m = Matcher(q, False, topic)
+    assert m.strategy == "literal"
+    assert m._payload_only is payload_only
+
+
+def test_hits_across_the_header_end_do_not_count() -> None:
+    # q starting in the topic and ending in the payload: the header check stays
+    seg = segment((b"default", b"/x"), (b"web", b"/x"), (b"default", b"default /x"))
+    for q in [b"default /", b"t /x", b" /x", b"web /"]:
+        assert not Matcher(q)._payload_only
+        assert grep(seg, q) == reference(seg, q, False, None), q
+    assert payloads(grep(seg, b"default /")) == [b"default /x"]
+    assert payloads(grep(seg, b"/x")) == [b"/x", b"/x", b"default /x"]
+
+
+def test_alnum_literals_also_in_ulids_and_topics() -> None:
+    # q made of header bytes: hits in ULIDs/topics of adjacent lines must not
+    # extend a run of matches; the payload of the same line is searched instead
+    recs = [(b"web", b"x web"), (b"web", b"y"), (b"default", b"web"), (b"web", b"web web"),
+            (b"web", b""), (b"a", b"web"), (b"web", b"w e b")]
+    seg = segment(*recs)
+    first = seg[:10]  # every ULID starts with these
+    for q in [b"web", b"we", b"eb", first, first[:3], b"7", b"0", b"default", b"a"]:
+        assert not Matcher(q)._payload_only
+        assert grep(seg, q) == reference(seg, q, False, None), q
+    assert payloads(grep(seg, b"web")) == [b"x web", b"web", b"web web", b"web"]
+    assert grep(seg, first) == b""
+    seg2 = segment((b"default", b"01" + first), (b"default", b"none"), (b"x", first))
+    assert payloads(grep(seg2, first)) == [b"01" + first, first]
+
+
+@pytest.mark.parametrize("chunk", [1, 40, 60, 97, 200, 1 << 20])
+@pytest.mark.parametrize("q", [b"/", b"HTTP/1.1", b"\r", b"\x00", b"1", b"web", b"ab", b"a/"])
+def test_runs_of_adjacent_matches(monkeypatch: pytest.MonkeyPatch, chunk: int, q: bytes) -> None:
+    # patterns of matching lines: all, none, first/last only, alternating,
+    # runs of 2-3; payloads with CR and NUL; chunks cut inside runs
+    monkeypatch.setattr(scan_mod, "CHUNK", chunk)
+    monkeypatch.setattr(scan_mod, "BATCH", 50)
+    hit = b"a\r GET /x HTTP/1.1 \x00 1 web"
+    miss = [b"", b"a", b"\rb\x00", b"w e b", b"HTTP 2", b"ab-1"]
+    patterns = ["1111111", "0000000", "1000000", "0000001", "1000001", "0101010", "1010101",
+                "1100110", "0111011", "1", "0", "11", "10", "01"]
+    for pat in patterns:
+        recs = [(b"web" if k % 3 else b"default",
+                 (b"%d " % k + hit) if c == "1" else miss[k % len(miss)])
+                for k, c in enumerate(pat)]
+        seg = segment(*recs)
+        want = reference(seg, q, False, None)
+        assert grep(seg, q) == want, (pat, q)
+        for block in scan(seg, Query(LO, HI, q)):
+            assert block.endswith(b"\n")
+        # a partial last line and sub-ranges that start or end inside a run
+        assert grep(seg + b"01ABC web x/1", q) == want
+        lines = seg.split(b"\n")[:-1]
+        for a in range(len(lines) + 1):
+            start = sum(len(x) + 1 for x in lines[:a])
+            assert grep(seg, q, start=start) == reference(seg[start:], q, False, None)
+            assert grep(seg, q, end=start) == reference(seg[:start], q, False, None)
+
+
+def test_payload_only_literal_trusts_store_validation() -> None:
+    # Like the match-all path, the payload-only literal path relies on store
+    # segments being validated when written (ULID SP TOPIC SP): it does not
+    # re-check headers, so a malformed line (never stored) with q in its
+    # first fields is kept.  Valid lines are exact (the property tests).
+    bad = ulid(BASE_MS + 5, 1) + b"/x\n" + ulid(BASE_MS + 6, 1) + b" a/x b\n"
+    seg = segment((b"default", b"x")) + bad
+    assert Matcher(b"/x")._payload_only
+    assert grep(seg, b"/x") == bad
+    assert reference(seg, b"/x", False, None) == b""
+
+
 # --- bounds ----------------------------------------------------------------------
 
 
@@ -474,6 +567,25 @@ def test_literal_scan_equals_reference(data: st.DataObject) -> None:
     q = data.draw(literal_st)
     topic = data.draw(st.one_of(st.none(), st.sampled_from(TOPICS)))
     assert grep(buf, q, False, topic, lo, hi) == reference(buf, q, False, topic, lo, hi)
+
+
+DENSE_TOKENS = [b"/", b"a/b", b".", b" ", b"\r", b"\x00", b"web", b"x", b"7", b"-", b"HTTP/1.1"]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_dense_literal_scan_equals_reference(data: st.DataObject) -> None:
+    # many adjacent hits, chunks and blocks cut anywhere
+    recs = data.draw(st.lists(st.tuples(st.sampled_from(TOPICS),
+                                        st.lists(st.sampled_from(DENSE_TOKENS), max_size=4).map(b"".join)),
+                              max_size=30))
+    buf = segment(*recs)
+    q = data.draw(st.one_of(st.sampled_from(DENSE_TOKENS[:-1] + [b"/b", b"a/", b". ", b"b.", b"\r\x00"]),
+                            st.binary(min_size=1, max_size=2)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_mod, "CHUNK", data.draw(st.integers(1, 300)))
+        mp.setattr(scan_mod, "BATCH", data.draw(st.integers(1, 300)))
+        assert grep(buf, q) == reference(buf, q, False, None), Matcher(q)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
