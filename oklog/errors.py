@@ -33,12 +33,8 @@ class ClientError(OklogError):
     status_hint = 400
 
 
-class BadRecord(ClientError):
-    """A line is not a well-formed ``ULID SP TOPIC SP PAYLOAD`` record."""
-
-
 class CorruptSegment(ClientError):
-    """A segment body (replicate upload or file) does not parse."""
+    """A segment body (replicate upload or file) or a record in it does not parse."""
 
 
 class BadQuery(ClientError):

@@ -54,16 +54,6 @@ class Request:
             if chunk:
                 yield chunk
 
-    async def body(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in self.stream():
-            size += len(chunk)
-            if size > limit:
-                raise OklogError(f"request body over {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
 
 @dataclass
 class Response:

@@ -114,15 +114,6 @@ class Peers:
         if resp.status_code != 200:
             raise PeerRejected(store, resp.status_code, resp.text[:200])
 
-    async def replicate_bytes(self, store: str, body: bytes) -> None:
-        url = f"{store}/store/replicate"
-        try:
-            resp = await self.client.post(url, content=body, timeout=STREAM)
-        except httpx.HTTPError as exc:
-            raise PeerUnavailable(url, _describe(exc)) from exc
-        if resp.status_code != 200:
-            raise PeerRejected(store, resp.status_code, resp.text[:200])
-
     async def open_query(
         self, store: str, raw_query: bytes, *, method: str = "GET", path: str = "/store/_query"
     ) -> QueryResponse:

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .errors import BadRecord, CorruptSegment
-from .ulid import _COUNTERS, ULID_LEN, Stamper
+from .errors import CorruptSegment
+from .ulid import _COUNTERS, Stamper
 
 DEFAULT_TOPIC = b"default"
 DEFAULT_MAX_RECORD_SIZE = 1 << 20
@@ -111,23 +111,6 @@ def stamp(lines: list[bytes], stamper: Stamper, topic: bytes = DEFAULT_TOPIC) ->
     return b"\n".join(map(bytes.__add__, heads, lines)) + b"\n"
 
 
-def split_topics(lines: list[bytes]) -> tuple[dict[bytes, list[bytes]], int]:
-    """Dynamic topic mode: the first space-delimited field is the topic.
-
-    Returns lines grouped by topic (payloads without the topic field) and the
-    number of lines rejected for an invalid topic.
-    """
-    groups: dict[bytes, list[bytes]] = {}
-    rejected = 0
-    for line in lines:
-        topic, _, payload = line.partition(b" ")
-        if TOPIC_RE.fullmatch(topic) is None:
-            rejected += 1
-            continue
-        groups.setdefault(topic, []).append(payload)
-    return groups, rejected
-
-
 def validate_block(block: bytes) -> None:
     """Raise ``CorruptSegment`` unless ``block`` is whole, well-formed records."""
     m = _BLOCK_RE.match(block)
@@ -151,14 +134,3 @@ def salvage(block: bytes) -> tuple[bytes, int]:
     good = [line + b"\n" for line in lines if _ONE_RE.fullmatch(line + b"\n")]
     dropped = len(lines) - len(good) + (1 if tail else 0)
     return b"".join(good), dropped
-
-
-def parse_record(line: bytes) -> tuple[bytes, bytes, bytes]:
-    """Split one record line (with or without LF) into ULID, topic, payload."""
-    if not line.endswith(b"\n"):
-        line += b"\n"
-    if _ONE_RE.fullmatch(line) is None:
-        raise BadRecord(f"not a record: {line[:60]!r}")
-    ulid = line[:ULID_LEN]
-    topic, _, payload = line[ULID_LEN + 1 : -1].partition(b" ")
-    return ulid, topic, payload

@@ -75,11 +75,6 @@ def is_valid(text: bytes) -> bool:
     return True
 
 
-def new_ulid() -> bytes:
-    """One ULID from python-ulid, for ids that are not on the hot path."""
-    return str(_pyulid.ULID()).encode("ascii")
-
-
 class Stamper:
     """Hands out strictly increasing ULIDs in batches.
 

@@ -36,21 +36,7 @@ class LocalPlan:
 
 
 def plan(store: StoreLog, query: Query) -> LocalPlan:
-    return LocalPlan(query, group_overlapping(store.overlapping(query.lo, query.hi)))
-
-
-def group_overlapping(segments: list[Segment]) -> list[list[Segment]]:
-    """Connected runs of overlapping segments (input sorted by lower bound)."""
-    groups: list[list[Segment]] = []
-    reach = b""
-    for seg in sorted(segments, key=lambda s: (s.name.lo, s.name.hi)):
-        if groups and seg.name.lo <= reach:
-            groups[-1].append(seg)
-            reach = max(reach, seg.name.hi)
-        else:
-            groups.append([seg])
-            reach = seg.name.hi
-    return groups
+    return LocalPlan(query, store.overlapping_groups(query.lo, query.hi))
 
 
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:

@@ -146,6 +146,11 @@ class StoreLog:
     def overlapping(self, lo: bytes, hi: bytes) -> list[Segment]:
         return [segment for _, segment in self.index.query(lo, hi)]
 
+    def overlapping_groups(self, lo: bytes, hi: bytes) -> list[list[Segment]]:
+        """Segments overlapping ``[lo, hi]``, grouped where they overlap each
+        other within that range (those need a k-way merge when read)."""
+        return [[segment for _, segment in group] for group in self.index.overlapping_groups(lo, hi)]
+
     def stats(self) -> dict[str, int]:
         segments = [s for _, s in self.index]
         return {"segments": len(segments), "bytes": sum(s.size for s in segments)}
