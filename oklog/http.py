@@ -15,6 +15,7 @@ its traceback and answered with a bare 500.
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -129,6 +130,16 @@ class Router:
             return text(500, "internal error (see the node's log)")
 
 
+_UNSAFE_IN_HEADER = re.compile(r"[\x00-\x1f\x7f]|[^\x00-\xff]")
+
+
+def header_value(value: str) -> bytes:
+    """A header value that is always legal HTTP: control bytes and characters
+    beyond latin-1 are percent-escaped (headers echo user input such as q)."""
+    escaped = _UNSAFE_IN_HEADER.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+    return escaped.encode("latin-1")
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split()) or "error"
 
@@ -145,7 +156,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 async def _send(response: Response, request: Request, receive: Any, send: Any) -> None:
     headers = [(b"content-type", response.content_type.encode())]
-    headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in response.headers.items()]
+    headers += [(k.lower().encode(), header_value(v)) for k, v in response.headers.items()]
     body = response.body
     if isinstance(body, bytes):
         headers.append((b"content-length", str(len(body)).encode()))

@@ -99,3 +99,12 @@ def test_errors_are_one_line_statuses():
     assert call("/bad", "POST").status == 405
     head = call("/bad", "HEAD")
     assert head.status == 400 and head.body == b""
+
+
+def test_header_values_are_always_legal():
+    from oklog.http import header_value
+
+    assert header_value("plain text") == b"plain text"
+    assert header_value("a\r\nX-Evil: 1\x00") == b"a%0D%0AX-Evil: 1%00"
+    assert header_value("caf\xe9") == b"caf\xe9"  # latin-1 is legal obs-text
+    assert header_value("snow\u2603") == b"snow%E2%98%83"

@@ -64,10 +64,7 @@ class LocalAnswer:
     def __init__(self, peer: str, plan: local.LocalPlan) -> None:
         self.peer = peer
         self.plan = plan
-        self.headers = {
-            "X-Oklog-Segments-Queried": str(plan.segments),
-            "X-Oklog-Max-Data-Set-Size": str(plan.max_data_set_size),
-        }
+        self.headers = plan.stats_headers()
 
     def chunks(self) -> AsyncIterator[bytes]:
         return local.run(self.plan)

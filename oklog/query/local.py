@@ -34,6 +34,13 @@ class LocalPlan:
     def max_data_set_size(self) -> int:
         return sum(s.size for g in self.groups for s in g)
 
+    def stats_headers(self) -> dict[str, str]:
+        """This node's share of the ``X-Oklog-*`` statistics."""
+        return {
+            "X-Oklog-Segments-Queried": str(self.segments),
+            "X-Oklog-Max-Data-Set-Size": str(self.max_data_set_size),
+        }
+
 
 def plan(store: StoreLog, query: Query) -> LocalPlan:
     return LocalPlan(query, store.overlapping_groups(query.lo, query.hi))

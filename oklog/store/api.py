@@ -9,7 +9,6 @@ record data.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Callable
 
@@ -23,19 +22,11 @@ from ..query.params import Query, parse_query
 from .log import StoreLog
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def header_safe(value: str) -> str:
-    """Echo user input in a header without control bytes (percent-escaped)."""
-    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", value)
-
-
 def query_headers(query: Query) -> dict[str, str]:
     return {
-        "X-Oklog-From": header_safe(query.from_text),
-        "X-Oklog-To": header_safe(query.to_text),
-        "X-Oklog-Q": header_safe(query.q.decode("latin-1")),
+        "X-Oklog-From": query.from_text,
+        "X-Oklog-To": query.to_text,
+        "X-Oklog-Q": query.q.decode("latin-1"),  # control bytes are escaped by oklog.http
         "X-Oklog-Regex": "true" if query.regex else "false",
     }
 
@@ -57,10 +48,8 @@ def store_router(
         started = time.monotonic()
         query = parse_query(request.raw_query)
         p = local.plan(store, query)
-        headers = query_headers(query) | {
+        headers = query_headers(query) | p.stats_headers() | {
             "X-Oklog-Nodes-Queried": "1",
-            "X-Oklog-Segments-Queried": str(p.segments),
-            "X-Oklog-Max-Data-Set-Size": str(p.max_data_set_size),
             "X-Oklog-Error-Count": "0",
             "X-Oklog-Duration": f"{time.monotonic() - started:.6f}s",
         }
