@@ -23,6 +23,7 @@ import typer
 
 from . import __version__
 from .addr import parse_duration, parse_size
+from .cluster.membership import tiers
 from .errors import OklogError
 
 app = typer.Typer(
@@ -128,11 +129,8 @@ NODE_OPTIONS = [
 ]
 
 
-ROLES = {"ingest": ("ingest",), "store": ("store",), "ingeststore": ("ingest", "store")}
-
-
 def _node_command(mode: str) -> Callable[..., None]:
-    roles = ROLES[mode]
+    roles = tiers(mode)
     opts = [o for o in NODE_OPTIONS if set(o.roles) & set(roles)]
 
     def command(**kwargs: Any) -> None:

@@ -26,7 +26,7 @@ import hypercorn.trio
 import trio
 
 from .addr import parse_addr
-from .cluster.membership import ClusterConfig, run_cluster
+from .cluster.membership import ClusterConfig, run_cluster, tiers
 from .http import Response, Router, json_response, text
 from .ingest.api import ingest_router
 from .ingest.log import IngestLog
@@ -41,7 +41,6 @@ from .ulid import Stamper
 
 log = logging.getLogger("oklog.node")
 
-ROLES = {"ingest": ("ingest",), "store": ("store",), "ingeststore": ("ingest", "store")}
 
 
 @dataclass
@@ -71,7 +70,7 @@ class NodeConfig:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return ROLES[self.mode]
+        return tiers(self.mode)
 
 
 def advertised_api(cfg: NodeConfig, port: int) -> str:

@@ -53,6 +53,11 @@ def serves_store(role: str) -> bool:
     return role in ("store", "ingeststore")
 
 
+def tiers(role: str) -> tuple[str, ...]:
+    """The tiers a node of this role runs: ``("ingest",)``, ``("store",)`` or both."""
+    return tuple(t for t, on in (("ingest", serves_ingest(role)), ("store", serves_store(role))) if on)
+
+
 def _check_role(role: str) -> str:
     if role not in ROLES:
         raise ConfigError(f"cluster role {role!r} is not one of {', '.join(ROLES)}")
