@@ -168,3 +168,17 @@ def test_duplicates_across_sources_are_merged_away(tmp_path):
     consumer = make(tmp_path, cluster, rf=1)
     assert trio.run(consumer.one_batch)
     assert cluster.received["http://s1"][0] == seg
+
+
+def test_a_failed_commit_call_is_logged_and_left_to_the_pending_timeout(tmp_path, caplog):
+    cluster = FakeCluster({"http://i1": segments(2, 10, Stamper())}, ["http://s1"])
+
+    async def unreachable(ingester: str, seg_id: str) -> None:
+        raise PeerUnavailable(ingester, "connection reset")
+
+    cluster.commit = unreachable  # type: ignore[method-assign]
+    consumer = make(tmp_path, cluster, rf=1)
+    assert trio.run(consumer.one_batch)  # the data is replicated: the batch succeeded
+    assert cluster.received["http://s1"]
+    assert sum("commit_failed" in r.message for r in caplog.records) == 2
+    assert not cluster.failed_back  # never failed back: that would only duplicate

@@ -264,3 +264,36 @@ def test_overlapping_and_duplicate_store_segments_merge_on_read(node):
                                    b"rec 02995", b"rec 02996", b"rec 02997", b"rec 02998", b"rec 02999"]
     lo, hi = lines[100][:26].decode(), lines[199][:26].decode()
     assert query(node.api, **{"from": lo, "to": hi}).content == b"".join(lines[100:200])
+
+
+def test_drain_gives_up_after_the_shutdown_timeout_and_keeps_the_data(tmp_path):
+    """No store ever comes: the ingester waits -ingest.shutdown-timeout, exits 0,
+    and its segments wait on disk for the next start."""
+    n = Node("ingest", tmp_path / "n", extra=["-cluster.serf", "off", "-ingest.shutdown-timeout", "2s"])
+    n.start()
+    try:
+        forward(b"kept 1\nkept 2\n", f"127.0.0.1:{n.fast_port}")
+        t0 = time.monotonic()
+        assert n.stop() == 0
+        assert 1.5 < time.monotonic() - t0 < 15
+        assert "drain_timeout" in n.log()
+        flushed = list((tmp_path / "n" / "ingest").glob("*.flushed"))
+        assert len(flushed) == 1 and flushed[0].read_bytes().endswith(b" default kept 2\n")
+    finally:
+        n.kill()
+
+
+def test_a_second_signal_skips_the_drain(tmp_path):
+    n = Node("ingest", tmp_path / "n", extra=["-cluster.serf", "off", "-ingest.shutdown-timeout", "5m"])
+    n.start()
+    try:
+        forward(b"waiting\n", f"127.0.0.1:{n.fast_port}")
+        n.signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert n.proc.poll() is None  # draining: nobody has consumed the segment
+        n.signal(signal.SIGINT)
+        assert n.proc.wait(15) == 0
+        assert "second_signal" in n.log()
+        assert list((tmp_path / "n" / "ingest").glob("*.flushed"))
+    finally:
+        n.kill()
