@@ -19,6 +19,43 @@ TailPolicy = Literal["error", "keep", "drop"]
 Chunk = bytes | bytearray | memoryview
 
 
+class Pieces:
+    """Byte pieces collected to be joined once, with their total size.
+
+    The one way oklog accumulates bytes: append pieces as they come, ``take``
+    them as one ``bytes`` (a lone piece is returned as is, never copied).
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def add(self, piece: bytes) -> None:
+        self.parts.append(piece)
+        self.size += len(piece)
+
+    def move_to(self, other: "Pieces") -> None:
+        """Append all of these pieces to ``other`` and empty this one."""
+        other.parts += self.parts
+        other.size += self.size
+        self.clear()
+
+    def take(self) -> bytes:
+        parts = self.parts
+        out = b"" if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
+        self.clear()
+        return out
+
+    def clear(self) -> None:
+        self.parts = []
+        self.size = 0
+
+
 class LineSplitter:
     """Turns arbitrary byte chunks into blocks of whole lines (sans-IO).
 
@@ -46,10 +83,8 @@ class LineSplitter:
         self.final_tail = final_tail
         self.min_size = min_size
         self.max_tail = max_tail
-        self._ready: list[bytes] = []
-        self._ready_size = 0
-        self._tail: list[bytes] = []
-        self._tail_size = 0
+        self._ready = Pieces()  # complete lines not handed out yet
+        self._tail = Pieces()  # the partial last line
 
     def feed(self, chunk: Chunk) -> bytes:
         """Take a chunk; return the whole lines now ready (maybe ``b""``)."""
@@ -59,53 +94,38 @@ class LineSplitter:
         data = chunk if type(chunk) is bytes else bytes(chunk)
         i = data.rfind(_LF)
         if i < 0:
-            self._tail.append(data)
-            self._tail_size += len(data)
-            if self.max_tail is not None and self._tail_size > self.max_tail:
-                raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
+            self._keep_tail(data)
             return b""
-        if self._tail:
-            self._ready += self._tail
-            self._ready_size += self._tail_size
-            self._tail = []
-            self._tail_size = 0
+        self._tail.move_to(self._ready)
         i += 1
         if i == len(data):
-            head = data
+            self._ready.add(data)
         else:
-            head = data[:i]
-            self._tail.append(data[i:])
-            self._tail_size = len(data) - i
-            if self.max_tail is not None and self._tail_size > self.max_tail:
-                raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
-        self._ready.append(head)
-        self._ready_size += len(head)
-        if self._ready_size >= self.min_size:
+            self._ready.add(data[:i])
+            self._keep_tail(data[i:])
+        if self._ready.size >= self.min_size:
             return self.flush()
         return b""
 
+    def _keep_tail(self, piece: bytes) -> None:
+        self._tail.add(piece)
+        if self.max_tail is not None and self._tail.size > self.max_tail:
+            raise CorruptSegment(f"line longer than {self.max_tail} bytes without LF")
+
     def flush(self) -> bytes:
         """All pending complete lines, whatever ``min_size`` says."""
-        ready = self._ready
-        if not ready:
-            return b""
-        out = ready[0] if len(ready) == 1 else b"".join(ready)
-        self._ready = []
-        self._ready_size = 0
-        return out
+        return self._ready.take()
 
     @property
     def pending_tail(self) -> int:
         """Bytes of the partial line held back."""
-        return self._tail_size
+        return self._tail.size
 
     def end(self) -> bytes:
         """The final partial line, per ``final_tail`` (``b""`` if none)."""
         if not self._tail:
             return b""
-        tail = b"".join(self._tail)
-        self._tail = []
-        self._tail_size = 0
+        tail = self._tail.take()
         if self.final_tail == "error":
             raise CorruptSegment(f"input ends inside a line ({len(tail)} bytes without LF)")
         if self.final_tail == "keep":

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from .blocks import Pieces
 from .errors import CorruptSegment
 from .ulid import _COUNTERS, Stamper
 
@@ -45,8 +46,7 @@ class LineReader:
 
     max_size: int = DEFAULT_MAX_RECORD_SIZE
     rejected: int = 0
-    _tail: list[bytes] = field(default_factory=list)
-    _tail_len: int = 0
+    _tail: Pieces = field(default_factory=Pieces)  # the partial last line
     _discarding: bool = False
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -61,11 +61,8 @@ class LineReader:
             self._keep_tail(data)
             return []
         if self._tail:
-            self._tail.append(data[: last + 1])
-            head = b"".join(self._tail)
-            self._tail.clear()
-            self._tail_len = 0
-            lines = head[:-1].split(b"\n")
+            self._tail.add(data[: last + 1])
+            lines = self._tail.take()[:-1].split(b"\n")
         else:
             lines = data[:last].split(b"\n")
         self._keep_tail(data[last + 1 :])
@@ -78,22 +75,17 @@ class LineReader:
     def _keep_tail(self, piece: bytes) -> None:
         if not piece:
             return
-        self._tail.append(piece)
-        self._tail_len += len(piece)
-        if self._tail_len > self.max_size:
+        self._tail.add(piece)
+        if self._tail.size > self.max_size:
             self.rejected += 1
             self._tail.clear()
-            self._tail_len = 0
             self._discarding = True
 
     def close(self) -> list[bytes]:
         """End of stream: a final line without LF still counts as a record."""
         if self._discarding or not self._tail:
             return []
-        line = b"".join(self._tail)
-        self._tail.clear()
-        self._tail_len = 0
-        return [line]
+        return [self._tail.take()]
 
 
 @lru_cache(maxsize=1024)

@@ -62,6 +62,8 @@ from itertools import chain, compress, islice
 from operator import and_, eq, itemgetter, le, lt, ne, not_, or_
 from typing import Literal
 
+# Re-chunking lives in oklog.blocks; its names are re-exported for callers.
+from oklog.blocks import Chunk, LineSplitter, Pieces, TailPolicy, aiter_blocks, iter_blocks
 from oklog.errors import CorruptSegment
 
 ULID_LEN = 26
@@ -274,30 +276,22 @@ class _Source:
 class _Output:
     """Coalesces output pieces into blocks of about WINDOW bytes."""
 
-    __slots__ = ("parts", "size")
+    __slots__ = ("pending",)
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
+        self.pending = Pieces()
 
     def add(self, block: bytes) -> list[bytes]:
         """Queue ``block``; return the blocks to yield now (maybe none)."""
         if not block:
             return []
         if len(block) >= WINDOW:  # big enough on its own: never copied
-            return [self.flush(), block] if self.parts else [block]
-        self.parts.append(block)
-        self.size += len(block)
-        return [self.flush()] if self.size >= WINDOW else []
+            return [self.flush(), block] if self.pending else [block]
+        self.pending.add(block)
+        return [self.flush()] if self.pending.size >= WINDOW else []
 
     def flush(self) -> bytes:
-        parts = self.parts
-        if not parts:
-            return b""
-        out = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.parts = []
-        self.size = 0
-        return out
+        return self.pending.take()
 
 
 def merge_records(
@@ -538,9 +532,6 @@ class _Merger:
                 self.on_short(line + _LF)
         return _join(uniq)
 
-
-# Re-chunking lives in oklog.blocks; re-exported for existing callers.
-from oklog.blocks import Chunk, LineSplitter, TailPolicy, aiter_blocks, iter_blocks  # noqa: E402
 
 __all__ = ["LineSplitter", "TailPolicy", "aiter_blocks", "iter_blocks", "is_strictly_sorted",
            "merge_records", "sort_records"]
