@@ -207,7 +207,7 @@ def _print_stats(resp: httpx.Response, elapsed: float, err: TextIO) -> None:
 def run_query(
     store: str = "localhost:7650",
     *,
-    from_: str = "5m",
+    from_: str = "1h",  # the CLI's -from default, as in OK Log
     to: str = "now",
     q: str = "",
     regex: bool = False,

@@ -106,6 +106,7 @@ def query(store: Canned, **kw):
     out = io.BytesIO()
     err = io.StringIO()
     kw.setdefault("now", NOW)
+    kw.setdefault("from_", "5m")
     code = run_query(store.addr, out=out, err=err, **kw)
     return code, out.getvalue(), err.getvalue()
 
@@ -369,3 +370,9 @@ def test_human_bytes():
     assert human_bytes(1536) == "1.5KiB"
     assert human_bytes(128 * 1024 * 1024) == "128.0MiB"
     assert human_bytes(3 * 1024**5) == "3072.0TiB"
+
+
+def test_from_defaults_to_an_hour_like_the_cli(store):
+    out, err = io.BytesIO(), io.StringIO()
+    assert run_query(store.addr, out=out, err=err, now=NOW) == 0
+    assert params(store)["from"] == [format_time(NOW - 3600)]
