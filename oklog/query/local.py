@@ -4,8 +4,10 @@ Planning only looks at the interval index (HEAD needs nothing more);
 running maps the overlapping files and greps them with ``scan``.  Segments
 that overlap each other (not yet compacted) are k-way merged with
 de-duplication; a segment that overlaps no other streams straight through.
-Files are opened at plan time, so a segment compacted away mid-query is
-still read whole.
+Each group's files are mapped when the scan reaches that group; a file
+removed in between (no code path removes one today; compaction will) is
+skipped, so compaction must only delete a segment once its records live in
+another file.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ async def run(local: LocalPlan) -> AsyncIterator[bytes]:
             try:
                 buffers.append(map_file(seg.path))
             except FileNotFoundError:
-                continue  # compacted away between plan and run; its records live on
+                continue  # removed since planning (see the module docstring)
         if len(buffers) == 1:
             blocks = scan(buffers[0], query, matcher)
         else:
