@@ -17,10 +17,27 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free a moment ago (all bound at once).
+
+    Another process may still take one before a node binds it: ``Node``
+    notices ("address already in use") and starts again on fresh ports.
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+PORT_RETRIES = 5
 
 
 def oklog_cmd(*args: str) -> list[str]:
@@ -32,12 +49,21 @@ class Node:
     mode: str
     data: Path
     extra: list[str] = field(default_factory=list)
-    api_port: int = field(default_factory=free_port)
-    fast_port: int = field(default_factory=free_port)
-    durable_port: int = field(default_factory=free_port)
-    bulk_port: int = field(default_factory=free_port)
-    cluster_port: int = field(default_factory=free_port)
+    api_port: int = 0
+    fast_port: int = 0
+    durable_port: int = 0
+    bulk_port: int = 0
+    cluster_port: int = 0
     proc: subprocess.Popen | None = None
+    port_retries: int = PORT_RETRIES
+
+    def __post_init__(self) -> None:
+        if not self.api_port:
+            self.new_ports()
+
+    def new_ports(self) -> None:
+        (self.api_port, self.fast_port, self.durable_port, self.bulk_port,
+         self.cluster_port) = free_ports(5)
 
     @property
     def api(self) -> str:
@@ -61,17 +87,26 @@ class Node:
 
     def start(self, wait: bool = True) -> "Node":
         self.data.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(oklog_cmd(*self.args()), stdout=log, stderr=log, cwd=ROOT,
-                                     stdin=subprocess.DEVNULL)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(oklog_cmd(*self.args()), stdout=log, stderr=log, cwd=ROOT,
+                                         stdin=subprocess.DEVNULL)
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait for ``/readyz``; a node that lost a race for one of its
+        ports is started again on fresh ones (ports of its own only: other
+        nodes' addresses in ``extra`` stay as they are)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
+                if "address already in use" in self.log() and self.port_retries > 0:
+                    self.port_retries -= 1
+                    self.new_ports()
+                    self.start(wait=False)
+                    deadline = time.monotonic() + timeout
+                    continue
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.api}/readyz", timeout=1).status_code == 200:
@@ -115,17 +150,36 @@ def forward(lines: bytes, *targets: str, extra: tuple[str, ...] = (), timeout: f
                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def start_forwarders(*feeds: tuple[bytes, str]) -> list[threading.Thread]:
+class Forwarder(threading.Thread):
+    """A thread running one real `oklog forward`; ``join`` re-raises its failure."""
+
+    def __init__(self, lines: bytes, target: str) -> None:
+        super().__init__(daemon=True)
+        self.feed = (lines, target)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            forward(*self.feed)
+        except BaseException as exc:  # re-raised in the test's thread
+            self.error = exc
+
+
+def start_forwarders(*feeds: tuple[bytes, str]) -> list[Forwarder]:
     """One real `oklog forward` per (lines, target), all sending at once."""
-    threads = [threading.Thread(target=forward, args=feed) for feed in feeds]
+    threads = [Forwarder(*feed) for feed in feeds]
     for t in threads:
         t.start()
     return threads
 
 
-def join(threads: list[threading.Thread]) -> None:
+def join(threads: list[Forwarder]) -> None:
+    """Wait for every forwarder; raise the first one's failure, if any."""
     for t in threads:
         t.join()
+    for t in threads:
+        if t.error is not None:
+            raise AssertionError(f"oklog forward to {t.feed[1]} failed: {t.error!r}") from t.error
 
 
 def query(api: str, **params: str) -> httpx.Response:
@@ -133,13 +187,19 @@ def query(api: str, **params: str) -> httpx.Response:
 
 
 def wait_for_records(api: str, count: int, timeout: float = 30.0, **params: str) -> bytes:
-    """Poll a full-range query until it returns ``count`` records."""
+    """Poll a full-range query until it returns exactly ``count`` records,
+    each ULID once; more than ``count`` (duplicates, strays) fails at once."""
     params = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z", **params}
     deadline = time.monotonic() + timeout
     body = b""
     while time.monotonic() < deadline:
         body = query(api, **params).content
-        if body.count(b"\n") >= count:
+        have = body.count(b"\n")
+        if have > count:
+            raise AssertionError(f"expected {count} records, have {have}: duplicates or strays")
+        if have == count:
+            distinct = len({line[:26] for line in body.split(b"\n")[:-1]})
+            assert distinct == count, f"{count - distinct} duplicate ULIDs in the result"
             return body
         time.sleep(0.2)
     have = body.count(b"\n")
