@@ -3,37 +3,116 @@
 OK Log's single-dash long flags (``-from 5m``,
 ``-store.segment-replication-factor 1``) work verbatim, and so do the
 double-dash forms.  The node modes (``ingest``, ``store``, ``ingeststore``)
-share one table of options; each mode gets the rows for its roles.
+get their options from ``oklog.config.NodeConfig``, the one table of node
+settings; each mode gets the rows for its roles.  An unknown flag is named
+whole (click would blame its first letter as a short option).
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import trio
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .addr import parse_duration, parse_size
-from .cluster.membership import tiers
+from .config import Flag, NodeConfig, flags
 from .errors import OklogError
 
+try:  # typer >= 0.28 carries its own copy of click
+    from typer._click.exceptions import NoSuchOption
+except ImportError:  # pragma: no cover - older typer, on click itself
+    from click import NoSuchOption  # type: ignore[no-redef]
+
+CONTEXT = {"help_option_names": ["-h", "-help", "--help"], "max_content_width": 100}
+
+
+# --- unknown flags, named whole ------------------------------------------------------------
+
+
+def unknown_option(args: list[str], params: list[Any]) -> str | None:
+    """The first argument that looks like an unknown long option
+    (``-store.bogus-flag``), skipping the values of known options."""
+    known: dict[str, bool] = {}  # option -> takes a value
+    for p in params:
+        takes = (p.param_type_name == "option" and not getattr(p, "is_flag", False)
+                 and not getattr(p, "count", False))
+        for opt in [*p.opts, *p.secondary_opts]:
+            known[opt] = takes
+    value_next = False
+    for arg in args:
+        if value_next:
+            value_next = False
+            continue
+        if arg == "--":
+            return None
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name = arg.split("=", 1)[0]
+        if name in known:
+            value_next = known[name] and "=" not in arg
+        elif len(name) > 2:
+            return name
+    return None
+
+
+def _named_whole(parse: Callable[[], Any], ctx: Any, args: list[str], params: list[Any]) -> Any:
+    try:
+        return parse()
+    except NoSuchOption as exc:
+        whole = unknown_option(args, params)
+        if whole is None or whole == exc.option_name:
+            raise
+        options = [o for p in params for o in p.opts if not o.startswith("--")]
+        near = difflib.get_close_matches(whole, options, n=3)
+        raise NoSuchOption(whole, possibilities=near, ctx=ctx) from None
+
+
+class Command(TyperCommand):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        original = list(args)  # the parser consumes its list
+        return _named_whole(lambda: super(Command, self).parse_args(ctx, args), ctx, original,
+                            self.get_params(ctx))
+
+    def get_help(self, ctx: Any) -> str:
+        # typer labels a repeatable argument with its Python type; the
+        # metavar (ADDR) already says what to give
+        return super().get_help(ctx).replace(" <list[str]>", " " * len(" <list[str]>"))
+
+
+class Group(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        original = list(args)
+        return _named_whole(lambda: super(Group, self).parse_args(ctx, args), ctx, original,
+                            self.get_params(ctx))
+
+
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich panels truncate long OK Log flag names
     no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "-help", "--help"]},
+    context_settings=CONTEXT,
     help="oklog: a coordination-free, grep-style log cluster (OK Log compatible).",
 )
+
+
+def command(name: str, summary: str, help: str = "") -> Callable[[Callable[..., Any]], Any]:
+    """Register a command; ``summary`` is its line in ``oklog -h`` (never cut)."""
+    return app.command(name, cls=Command, short_help=summary, help=help or summary,
+                       context_settings=CONTEXT)
+
+
+# --- shared helpers --------------------------------------------------------------------------
 
 
 def setup_logging(debug: bool) -> None:
@@ -75,116 +154,79 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-# --- node modes -------------------------------------------------------------------
+DEBUG = typer.Option(False, "-debug", "--debug", help="log debug messages too")
 
 
-@dataclass(frozen=True)
-class Opt:
-    field: str  # NodeConfig attribute
-    flag: str  # OK Log flag name, without dashes
-    default: Any
-    help: str
-    roles: tuple[str, ...] = ("ingest", "store")
-    convert: Callable[[Any], Any] = lambda v: v
-    kind: type = str
+# --- node modes -------------------------------------------------------------------------------
 
 
-NODE_OPTIONS = [
-    Opt("api", "api", "tcp://0.0.0.0:7650", "listen address for the HTTP API"),
-    Opt("cluster", "cluster", "tcp://0.0.0.0:7659", "listen address for cluster gossip (Serf)"),
-    Opt("cluster_advertise", "cluster.advertise-addr", "", "address other nodes use to reach this one",
-        convert=lambda v: v or None),
-    Opt("cluster_serf_rpc", "cluster.serf-rpc", "", "attach to a running Serf agent at host:port",
-        convert=lambda v: v or None),
-    Opt("fast_gossip", "cluster.fast-gossip", False,
-        "quick failure detection (Serf's local profile): for loopback clusters and tests", kind=bool),
-    Opt("ingest_fast", "ingest.fast", "tcp://0.0.0.0:7651", "listen address for fast (buffered) writes",
-        ("ingest",)),
-    Opt("ingest_durable", "ingest.durable", "tcp://0.0.0.0:7652", "listen address for durable (fsynced) writes",
-        ("ingest",)),
-    Opt("ingest_bulk", "ingest.bulk", "tcp://0.0.0.0:7653", "listen address for bulk segment writes",
-        ("ingest",)),
-    Opt("ingest_path", "ingest.path", "data/ingest", "directory for ingest segments", ("ingest",),
-        convert=Path),
-    Opt("ingest_flush_size", "ingest.segment-flush-size", "16MiB", "flush active segments after this many bytes",
-        ("ingest",), convert=parse_size),
-    Opt("ingest_flush_age", "ingest.segment-flush-age", "3s", "flush active segments after this long",
-        ("ingest",), convert=parse_duration),
-    Opt("ingest_pending_timeout", "ingest.segment-pending-timeout", "1m",
-        "claimed but uncommitted segments return to the queue after this long", ("ingest",),
-        convert=parse_duration),
-    Opt("ingest_shutdown_timeout", "ingest.shutdown-timeout", "1m",
-        "on shutdown, wait this long for the store tier to take flushed segments", ("ingest",),
-        convert=parse_duration),
-    Opt("ingest_max_record_size", "ingest.max-record-size", "1MiB", "longer records are rejected and counted",
-        ("ingest",), convert=parse_size),
-    Opt("store_path", "store.path", "data/store", "directory for store segments", ("store",), convert=Path),
-    Opt("store_consumers", "store.segment-consumers", 1, "concurrent segment consumers", ("store",), kind=int),
-    Opt("store_target_size", "store.segment-target-size", "128MiB", "try to make store segments this big",
-        ("store",), convert=parse_size),
-    Opt("store_target_age", "store.segment-target-age", "3s", "gather segments for at most this long",
-        ("store",), convert=parse_duration),
-    Opt("store_replication_factor", "store.segment-replication-factor", 2,
-        "copies of each record across distinct store nodes", ("store",), kind=int),
-]
+def _option(field: str, flag: Flag) -> inspect.Parameter:
+    names = (f"-{flag.name}", f"--{flag.name}")
+    if flag.repeatable:
+        annotation: Any = Optional[List[str]]
+        default = typer.Option(None, *names, help=flag.help, metavar=flag.metavar)
+    else:
+        annotation = flag.kind
+        default = typer.Option(flag.default, *names, help=flag.help, metavar=flag.metavar)
+    return inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
 
-def _node_command(mode: str) -> Callable[..., None]:
-    roles = tiers(mode)
-    opts = [o for o in NODE_OPTIONS if set(o.roles) & set(roles)]
+def node_command(mode: str) -> Callable[..., None]:
+    """The command function for a node mode, its options from ``NodeConfig``."""
+    table = dict(flags(mode))
 
-    def command(**kwargs: Any) -> None:
-        from .node import NodeConfig, run_node  # heavy (hypercorn, httpx): only for node modes
+    def run(**values: Any) -> None:
+        from .node import run_node  # heavy (hypercorn, httpx): only for node modes
 
-        setup_logging(kwargs.pop("debug"))
-        peers = kwargs.pop("peer") or []
-        serf = kwargs.pop("serf")
-        cfg = NodeConfig(mode=mode, peers=list(peers), use_serf={"auto": None, "on": True, "off": False}[serf])
-        for o in opts:
+        setup_logging(values.pop("debug"))
+        cfg = NodeConfig(mode=mode)
+        for field, flag in table.items():
+            value = values[field]
             try:
-                setattr(cfg, o.field, o.convert(kwargs[o.field]))
+                setattr(cfg, field, list(value or []) if flag.repeatable else flag.parse(value))
             except OklogError as exc:
-                fail(f"-{o.flag}: {exc}")
+                fail(f"-{flag.name}: {exc}")
         run_or_fail(lambda: trio.run(run_node, cfg))
 
-    params = [
-        inspect.Parameter(o.field, inspect.Parameter.KEYWORD_ONLY, annotation=o.kind,
-                          default=typer.Option(o.default, f"-{o.flag}", f"--{o.flag}", help=o.help))
-        for o in opts
-    ]
-    params.append(inspect.Parameter("peer", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]],
-                                    default=typer.Option(None, "-peer", "--peer",
-                                                         help="cluster peer host:port to join (repeatable)")))
-    params.append(inspect.Parameter("serf", inspect.Parameter.KEYWORD_ONLY, annotation=str,
-                                    default=typer.Option("auto", "-cluster.serf", "--cluster.serf",
-                                                         help="auto | on | off: run a Serf agent for membership")))
-    params.append(inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                    default=typer.Option(False, "-debug", "--debug", help="debug logging")))
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__name__ = mode
-    return command
+    # typer reads options from the signature (PEP 362 lets a function state its own).
+    params = [_option(field, flag) for field, flag in table.items()]
+    params.append(inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=DEBUG))
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__name__ = mode
+    return run
 
 
-app.command("ingeststore", help="Run a node that both ingests and stores (single-node setups).")(
-    _node_command("ingeststore"))
-app.command("ingest", help="Run an ingest node: accepts forwarders, serves segments to stores.")(
-    _node_command("ingest"))
-app.command("store", help="Run a store node: consumes, replicates and answers queries.")(
-    _node_command("store"))
+command("ingeststore", "Run a node that both ingests and stores (single-node setups).")(
+    node_command("ingeststore"))
+command("ingest", "Run an ingest node: accepts forwarders, serves segments to store nodes.")(
+    node_command("ingest"))
+command("store", "Run a store node: consumes, replicates and answers queries.")(
+    node_command("store"))
 
 
-# --- clients -------------------------------------------------------------------------
+# --- clients ------------------------------------------------------------------------------------
 
 
-@app.command(help="Forward stdin lines to ingest nodes (e.g. ./myservice | oklog forward localhost).")
+@command("forward", "Forward stdin lines to ingest nodes: ./myservice | oklog forward localhost",
+         "Forward stdin lines to ingest nodes, e.g. ./myservice | oklog forward localhost.\n\n"
+         "The fast (default) and durable modes have no acknowledgements: lines written to a "
+         "connection that then breaks may be lost, and are reported as lines_unconfirmed. "
+         "The durable port fsyncs what it read before reading more.")
 def forward(
-    ingesters: List[str] = typer.Argument(..., help="ingester addresses: host, host:port, tcp://, tcp+dns://, tcp+dnssrv://"),
-    prefix: Optional[List[str]] = typer.Option(None, "-prefix", "--prefix", help="prefix every line (repeatable)"),
-    durable: bool = typer.Option(False, "-durable", "--durable", help="send to the durable port (7652 by default)"),
-    bulk: bool = typer.Option(False, "-bulk", "--bulk", help="bulk mode"),
-    buffer: int = typer.Option(1024, "-buffer", "--buffer", help="blocks buffered between stdin and the network"),
-    drop: bool = typer.Option(False, "-drop", "--drop", help="drop the oldest buffered lines when full instead of blocking"),
-    debug: bool = typer.Option(False, "-debug", "--debug"),
+    ingesters: List[str] = typer.Argument(
+        ..., metavar="ADDR",
+        help="ingester addresses: host, host:port, tcp://, tcp+dns://, tcp+dnssrv://"),
+    prefix: Optional[List[str]] = typer.Option(None, "-prefix", "--prefix", metavar="TEXT",
+                                               help="prefix every line with TEXT (repeatable)"),
+    durable: bool = typer.Option(False, "-durable", "--durable",
+                                 help="send to the durable port (7652 by default)"),
+    bulk: bool = typer.Option(False, "-bulk", "--bulk",
+                              help="bulk mode: not implemented yet (exits with an error)"),
+    buffer: int = typer.Option(1024, "-buffer", "--buffer", metavar="LINES",
+                               help="lines buffered between stdin and the network"),
+    drop: bool = typer.Option(False, "-drop", "--drop",
+                              help="drop the oldest buffered lines when full instead of blocking"),
+    debug: bool = DEBUG,
 ) -> None:
     from .forward import forward as run_forward
 
@@ -194,22 +236,30 @@ def forward(
         buffer_size=buffer, drop=drop)))
 
 
-@app.command(help="Query the store tier (e.g. oklog query -from 5m -q Hello).")
+@command("query", "Query the store tier: oklog query -from 5m -q Hello")
 def query(
-    store: str = typer.Option("localhost:7650", "-store", "--store", help="address of any store node"),
-    from_: str = typer.Option("1h", "-from", "--from", help="how far back: a duration (5m, 2h), RFC3339 time or ULID"),
-    to: str = typer.Option("now", "-to", "--to", help="up to: now, a duration ago, RFC3339 time or ULID"),
-    q: str = typer.Option("", "-q", "--q", help="text to find in records (empty matches all)"),
+    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                              help="address of any store node"),
+    from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
+                              help="from: a duration ago (5m, 1h30m, 7d, 1w), an RFC3339 time or a ULID"),
+    to: str = typer.Option("now", "-to", "--to", metavar="TIME",
+                           help="to: now, a duration ago, an RFC3339 time or a ULID"),
+    q: str = typer.Option("", "-q", "--q", metavar="TEXT",
+                          help="what to find in records (any bytes; empty matches all)"),
     regex: bool = typer.Option(False, "-regex", "--regex", help="q is a regular expression"),
-    topic: Optional[str] = typer.Option(None, "-topic", "--topic", help="only records of this topic"),
+    topic: Optional[str] = typer.Option(None, "-topic", "--topic", metavar="TOPIC",
+                                        help="only records of this topic"),
     stats: bool = typer.Option(False, "-stats", "--stats", help="print statistics only"),
     ulid: bool = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID"),
-    verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose", help="print the request and headers"),
+    verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
+                                 help="print the request and response headers"),
+    timeout: str = typer.Option("20s", "-timeout", "--timeout", metavar="DURATION",
+                                help="give up if the store has not started answering after this long"),
 ) -> None:
     from .querycli import run_query
 
-    code = run_query(store, from_=from_, to=to, q=q, regex=regex, stats=stats, with_ulid=ulid,
-                     verbose=verbose, topic=topic)
+    code = run_query(store, from_=from_, to=to, q=os.fsencode(q), regex=regex, stats=stats,
+                     with_ulid=ulid, verbose=verbose, topic=topic, timeout=timeout)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `oklog query ... | head`
@@ -217,12 +267,12 @@ def query(
     raise typer.Exit(code)
 
 
-@app.command(help="Emit test log lines to stdout (for demos and the Procfile).")
+@command("testsvc", "Emit test log lines to stdout (for demos and the Procfile).")
 def testsvc(
-    id: str = typer.Option("", "-id", "--id", help="identifier in every line (default: random)"),
-    rate: float = typer.Option(5.0, "-rate", "--rate", help="lines per second"),
-    size: int = typer.Option(128, "-size", "--size", help="approximate bytes per line"),
-    count: int = typer.Option(0, "-count", "--count", help="stop after this many lines (0: never)"),
+    id: str = typer.Option("", "-id", "--id", metavar="TEXT", help="identifier in every line (default: random)"),
+    rate: float = typer.Option(5.0, "-rate", "--rate", metavar="N", help="lines per second"),
+    size: int = typer.Option(128, "-size", "--size", metavar="BYTES", help="approximate bytes per line"),
+    count: int = typer.Option(0, "-count", "--count", metavar="N", help="stop after this many lines (0: never)"),
 ) -> None:
     name = id or f"{random.getrandbits(32):08x}"
     words = ["GET", "POST", "INFO", "WARN", "ERROR", "timeout", "ok", "user", "cache", "miss", "hit", "db"]
@@ -241,7 +291,7 @@ def testsvc(
         os._exit(0)
 
 
-@app.command(help="Print the version.")
+@command("version", "Print the version.")
 def version() -> None:
     typer.echo(f"oklog {__version__}")
 

@@ -41,6 +41,10 @@ class BadQuery(ClientError):
     """Query parameters are missing, unparsable or contradictory."""
 
 
+class ClientGone(ClientError):
+    """The client disconnected before its request was read whole."""
+
+
 class UnknownSegment(ClientError):
     """No segment with that id is in a state that allows the operation."""
 
@@ -106,6 +110,10 @@ class LocalError(OklogError):
 
 class DirectoryLocked(LocalError):
     """Another process holds the data directory's LOCK file."""
+
+
+class ListenError(LocalError):
+    """A listening socket cannot be bound (the message names the address)."""
 
 
 class ConfigError(LocalError):

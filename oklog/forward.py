@@ -35,9 +35,14 @@ At EOF of the source the sender sends everything buffered, half-closes the
 connection (``send_eof``), waits up to ``close_timeout`` for the ingester to
 close its side (it does so once it has read everything), closes, returns.
 
-The line protocol has no acknowledgements: data written into a connection
-the ingester breaks afterwards can be lost.  That is the fast/durable
-protocol's contract (OK Log's too); bulk mode is the acknowledged one.
+The line protocol has no acknowledgements (OK Log's neither): only a clean
+close -- our EOF, then the ingester closing once it has read everything --
+confirms that the ingester got what was written.  Lines written to a
+connection that breaks or does not close cleanly may be lost; they are
+counted as ``lines_unconfirmed`` (and logged at the failover) rather than
+passed off as delivered, and the batch in flight when a write fails is
+sent again to the next ingester.  Bulk mode (not built yet) is the
+acknowledged, lossless one.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import trio
 
 from oklog.addr import join_host_port, split_addr
 from oklog.errors import ConfigError
+from oklog.lines import LineSplitter
 
 __all__ = [
     "DEFAULT_FAST_PORT",
@@ -90,6 +96,9 @@ class ForwardStats:
     lines_sent: int = 0  #: lines written to an ingester connection
     bytes_sent: int = 0  #: bytes written, prefixes included
     lines_dropped: int = 0  #: lines dropped: buffer full with drop=True, or longer than max_line_size
+    #: lines written to a connection that then broke or did not close cleanly:
+    #: possibly lost (the line protocol has no acknowledgements)
+    lines_unconfirmed: int = 0
     reconnects: int = 0  #: failed connects + broken connections (each moves on to the next target)
 
 
@@ -267,7 +276,6 @@ class _Reader:
         self.buf = buf
         self.prefix = prefix
         self.max_line = max_line_size
-        self.read_size = min(_READ_SIZE, max_line_size)
         self.stats = stats
         self._dropped_unlogged = 0
         self._last_drop_log = float("-inf")
@@ -282,50 +290,22 @@ class _Reader:
             self._log_drops(force=True)
 
     async def _pump(self, stream: trio.lowlevel.FdStream) -> None:
-        # A line that does not fit in one read always spans reads, because
-        # read_size <= max_line: checking the carry is enough to catch every
-        # over-long line.
-        carry: list[bytes] = []
-        carry_len = 0
-        skipping = False  # inside an over-long line: discard up to the next LF
+        lines = LineSplitter(final_tail="keep", max_line=self.max_line, too_long="drop")
         while True:
             try:
-                data = await stream.receive_some(self.read_size)
+                data = await stream.receive_some(_READ_SIZE)
             except (OSError, trio.BrokenResourceError) as e:
                 log.error(_kv(event="read_error", err=e))
                 break
             if not data:
                 break
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                if not skipping:
-                    carry.append(data)
-                    carry_len += len(data)
-                    if carry_len > self.max_line:
-                        self._too_long(carry_len)
-                        carry, carry_len, skipping = [], 0, True
-                continue
-            head = data[: cut + 1] if cut + 1 < len(data) else data
-            if skipping or carry:
-                first = head.find(b"\n")
-                if skipping or carry_len + first > self.max_line:
-                    if not skipping:
-                        self._too_long(carry_len + first)
-                    head = head[first + 1 :]
-                else:
-                    carry.append(head)
-                    head = b"".join(carry)
-                carry, carry_len, skipping = [], 0, False
-            if cut + 1 < len(data):
-                carry, carry_len = [data[cut + 1 :]], len(data) - cut - 1
-                if carry_len > self.max_line:
-                    self._too_long(carry_len)
-                    carry, carry_len, skipping = [], 0, True
-            if head:
-                await self._emit(head)
-        if carry and not skipping:
-            carry.append(b"\n")
-            await self._emit(b"".join(carry))
+            block = lines.feed(data)
+            self._count_too_long(lines)
+            if block:
+                await self._emit(block)
+        for block in lines.finish():  # an unterminated last line gets an LF
+            await self._emit(block)
+        self._count_too_long(lines)
 
     async def _emit(self, block: bytes) -> None:
         """Queue a block of whole lines (ends with LF)."""
@@ -339,9 +319,12 @@ class _Reader:
             self._dropped_unlogged += dropped
             self._log_drops()
 
-    def _too_long(self, length: int) -> None:
-        self.stats.lines_dropped += 1
-        log.warning(_kv(event="drop", reason="line_too_long", min_bytes=length, max_line_size=self.max_line))
+    def _count_too_long(self, lines: LineSplitter) -> None:
+        if lines.rejected:
+            self.stats.lines_dropped += lines.rejected
+            log.warning(_kv(event="drop", reason="line_too_long", lines=lines.rejected,
+                            max_line_size=self.max_line))
+            lines.rejected = 0
 
     def _log_drops(self, force: bool = False) -> None:
         if not self._dropped_unlogged:
@@ -372,6 +355,7 @@ class _Conn:
         self.stream = stream
         self.dead: str | None = None  # why the ingester side is gone, if it is
         self.closed = trio.Event()  # the watcher saw EOF or an error
+        self.lines = 0  # written to this connection, not confirmed by a clean close
         self.scope = trio.CancelScope()
 
     async def watch(self) -> None:
@@ -441,6 +425,7 @@ class _Sender:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 await self._fail("send", conn.endpoint, conn.dead or e)
                 continue
+            conn.lines += nlines
             self.stats.lines_sent += nlines
             self.stats.bytes_sent += len(data)
             self.backoff = self.backoff_initial
@@ -454,26 +439,36 @@ class _Sender:
         try:
             await conn.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.warning(_kv(event="close", target=conn.endpoint.label, err=e))
+            self._unconfirmed(conn, "close", e)
             return
         with trio.move_on_after(self.close_timeout) as scope:
             await conn.closed.wait()
         if scope.cancelled_caught:
-            log.info(_kv(event="close", target=conn.endpoint.label, err="ingester did not close in time"))
+            self._unconfirmed(conn, "close", "ingester did not close in time")
         elif conn.dead and conn.dead != "closed by ingester":
-            log.warning(_kv(event="close", target=conn.endpoint.label, err=conn.dead,
-                            note="the last lines sent may be lost"))
-        else:
-            log.info(_kv(event="close", target=conn.endpoint.label))
+            self._unconfirmed(conn, "close", conn.dead)
+        else:  # the ingester read everything up to our EOF, then closed
+            log.info(_kv(event="close", target=conn.endpoint.label, lines=conn.lines))
+
+    def _unconfirmed(self, conn: _Conn, event: str, err: object) -> None:
+        """``conn`` ended without a clean close: what it carried may be lost."""
+        self.stats.lines_unconfirmed += conn.lines
+        log.warning(_kv(event=event, target=conn.endpoint.label, err=err,
+                        lines_unconfirmed=conn.lines,
+                        note="lines written to this connection may be lost"))
+        conn.lines = 0
 
     async def _fail(self, op: str, endpoint: _Endpoint, err: object) -> None:
         self.stats.reconnects += 1
+        unconfirmed = 0
         if self.conn is not None:
+            unconfirmed = self.conn.lines
+            self.stats.lines_unconfirmed += unconfirmed
             await self.conn.aclose()
             self.conn = None
         self.index += 1
         log.warning(_kv(event="failover", op=op, target=endpoint.label, err=err,
-                        backoff=f"{self.backoff:g}s"))
+                        lines_unconfirmed=unconfirmed, backoff=f"{self.backoff:g}s"))
         await trio.sleep(self.backoff)
         self.backoff = min(self.backoff * 2, self.backoff_max)
 
@@ -611,8 +606,10 @@ async def forward(
         nursery.start_soon(reader.run, source)
         await sender.run(buf)
         nursery.cancel_scope.cancel()  # connection watchers
-    log.info(_kv(event="done", lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
-                 lines_dropped=stats.lines_dropped, reconnects=stats.reconnects))
+    done = log.warning if stats.lines_unconfirmed else log.info
+    done(_kv(event="done", lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
+             lines_dropped=stats.lines_dropped, lines_unconfirmed=stats.lines_unconfirmed,
+             reconnects=stats.reconnects))
 
 
 def _prefix_bytes(prefixes: Sequence[str | bytes]) -> bytes:

@@ -10,12 +10,19 @@ cancel scope.
 This is the API edge: ``OklogError`` subclasses become their
 ``status_hint`` with a one-line text reason; anything else is logged with
 its traceback and answered with a bare 500.
+
+Middleware is the seam for what every request goes through (metrics and
+timing today; auth and request ids later): a ``Middleware`` takes the next
+``Handler`` and returns a handler, and ``Router.use`` stacks them around
+routing and error mapping, so a middleware sees every request -- unknown
+paths included -- and every final status.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -23,7 +30,8 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from .errors import OklogError
+from . import metrics
+from .errors import ClientGone, OklogError
 
 log = logging.getLogger("oklog.http")
 
@@ -41,15 +49,19 @@ class Request:
 
     @property
     def params(self) -> dict[str, str]:
-        """Query parameters (last one wins), for simple ones such as ``id``."""
-        return dict(parse_qsl(self.raw_query.decode("latin-1"), keep_blank_values=True))
+        """Query parameters for simple ones such as ``id`` (a repeated name:
+        the first wins, as in ``oklog.query.params``)."""
+        out: dict[str, str] = {}
+        for key, value in parse_qsl(self.raw_query.decode("latin-1"), keep_blank_values=True):
+            out.setdefault(key, value)
+        return out
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The request body chunk by chunk, never held whole."""
         while not self._body_done:
             msg = await self._receive()
             if msg["type"] == "http.disconnect":
-                raise trio.BrokenResourceError("client disconnected")
+                raise ClientGone("client disconnected")
             self._body_done = not msg.get("more_body", False)
             chunk = msg.get("body", b"")
             if chunk:
@@ -75,6 +87,7 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Middleware = Callable[[Handler], Handler]
 
 
 class Router:
@@ -83,6 +96,8 @@ class Router:
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Handler] = {}
         self._paths: set[str] = set()
+        self._middleware: list[Middleware] = []
+        self._app: Handler = self._dispatch
 
     def add(self, methods: str, path: str, handler: Handler) -> None:
         for method in methods.split("|"):
@@ -92,6 +107,18 @@ class Router:
     def mount(self, other: "Router") -> None:
         self._routes.update(other._routes)
         self._paths |= other._paths
+
+    def use(self, middleware: Middleware) -> None:
+        """Wrap every request; the first middleware added is the outermost."""
+        self._middleware.append(middleware)
+        app: Handler = self._dispatch
+        for mw in reversed(self._middleware):
+            app = mw(app)
+        self._app = app
+
+    def route_of(self, path: str) -> str:
+        """``path`` if it is a route here, else ``"other"`` (a bounded label)."""
+        return path if path in self._paths else "other"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -106,7 +133,7 @@ class Router:
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             _receive=receive,
         )
-        response = await self._dispatch(request)
+        response = await self._app(request)
         await _send(response, request, receive, send)
 
     async def _dispatch(self, request: Request) -> Response:
@@ -123,11 +150,26 @@ class Router:
             if exc.status_hint >= 500:
                 log.warning("event=request_failed path=%s error=%r", request.path, exc)
             return text(exc.status_hint, _one_line(str(exc)))
-        except trio.BrokenResourceError:
-            return text(400, "client went away")
         except Exception:
             log.exception("event=internal_error path=%s", request.path)
             return text(500, "internal error (see the node's log)")
+
+
+def request_metrics(router: Router) -> Middleware:
+    """Count every request and time it to its response headers."""
+
+    def wrap(next_handler: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            started = time.monotonic()
+            response = await next_handler(request)
+            route = router.route_of(request.path)
+            metrics.http_requests.labels(request.method, route, str(response.status)).inc()
+            metrics.http_seconds.labels(route).observe(time.monotonic() - started)
+            return response
+
+        return handle
+
+    return wrap
 
 
 _UNSAFE_IN_HEADER = re.compile(r"[\x00-\x1f\x7f]|[^\x00-\xff]")

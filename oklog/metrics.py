@@ -21,7 +21,24 @@ consume_records = Counter("oklog_store_consumed_records", "Records in committed 
 replicate_segments = Counter("oklog_store_replicated_segments", "Segments received by /store/replicate")
 replicate_records = Counter("oklog_store_replicated_records", "Records received by /store/replicate")
 replicate_rejected = Counter("oklog_store_replicate_rejected", "Malformed /store/replicate bodies")
+store_rejected = Counter(
+    "oklog_store_rejected_records",
+    "Lines dropped by the store tier: not a record (malformed) or a partial last line (torn); "
+    "source=consume: in a gathered ingest segment, source=segment: in a store segment file",
+    ["reason", "source"],
+)
+store_repaired_segments = Counter(
+    "oklog_store_repaired_segments", "Store segment files found damaged and repaired", ["problem"]
+)
 
 queries = Counter("oklog_store_queries", "Queries answered", ["kind"])
 query_errors = Counter("oklog_store_query_errors", "Peers that failed during scatter-gather")
-query_seconds = Histogram("oklog_store_query_seconds", "Query planning time (to headers)", ["kind"])
+
+http_requests = Counter(
+    "oklog_http_requests", "HTTP API requests answered", ["method", "route", "status"]
+)
+http_seconds = Histogram(
+    "oklog_http_request_seconds",
+    "Time from request to response headers (a streamed body is not included)",
+    ["route"],
+)

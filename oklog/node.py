@@ -1,9 +1,13 @@
 """One oklog node (``ingest``, ``store`` or ``ingeststore``), wired together.
 
-Theory of operation: ``run_node`` opens the data directories, joins the
-cluster, then runs in one nursery: the HTTP API (hypercorn), the fast and
-durable TCP listeners and the flusher (ingest role), and the consumers
-(store role).  It then waits for SIGINT/SIGTERM and shuts down in order:
+Theory of operation: ``run_node`` opens the data directories, binds the API
+socket, plans its cluster membership and mounts every route (ops, ingest,
+store, query) before anything listens, so no peer ever meets a half-built
+node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
+durable TCP listeners and the flusher (ingest role); the cluster (its own
+Serf agent, if any, started only now: joining advertises the node); the
+consumers and the segment verifier (store role).  It then waits for
+SIGINT/SIGTERM and shuts down in order:
 
 1. stop the TCP listeners (closing forwarder connections), flush the
    active segment;
@@ -18,59 +22,32 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass, field
+import socket
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import hypercorn.config
 import hypercorn.trio
 import trio
 
-from .addr import parse_addr
-from .cluster.membership import ClusterConfig, run_cluster, tiers
-from .http import Response, Router, json_response, text
+from .addr import is_wildcard, join_host_port, parse_addr
+from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
+from .config import NodeConfig
+from .http import Request, Response, Router, json_response, request_metrics, text
 from .ingest.api import ingest_router
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
-from .listen import tcp_sockets
+from .listen import check_free, tcp_sockets
 from .peer import open_peers
-from .record import DEFAULT_MAX_RECORD_SIZE
+from .query.api import query_router
 from .store.api import store_router
 from .store.consume import Consumer
 from .store.log import StoreLog
 from .ulid import Stamper
 
+__all__ = ["NodeConfig", "run_node"]
+
 log = logging.getLogger("oklog.node")
-
-
-
-@dataclass
-class NodeConfig:
-    mode: str = "ingeststore"
-    api: str = "tcp://0.0.0.0:7650"
-    ingest_fast: str = "tcp://0.0.0.0:7651"
-    ingest_durable: str = "tcp://0.0.0.0:7652"
-    ingest_bulk: str = "tcp://0.0.0.0:7653"
-    cluster: str = "tcp://0.0.0.0:7659"
-    cluster_advertise: str | None = None
-    cluster_serf_rpc: str | None = None
-    peers: list[str] = field(default_factory=list)
-    use_serf: bool | None = None  # None: use Serf when the binary is installed
-    fast_gossip: bool = False  # test setting: quick failure detection
-    ingest_path: Path = Path("data/ingest")
-    ingest_flush_size: int = 16 << 20
-    ingest_flush_age: float = 3.0
-    ingest_pending_timeout: float = 60.0
-    ingest_shutdown_timeout: float = 60.0
-    ingest_max_record_size: int = DEFAULT_MAX_RECORD_SIZE
-    store_path: Path = Path("data/store")
-    store_consumers: int = 1
-    store_target_size: int = 128 << 20
-    store_target_age: float = 3.0
-    store_replication_factor: int = 2
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return tiers(self.mode)
 
 
 def advertised_api(cfg: NodeConfig, port: int) -> str:
@@ -78,27 +55,56 @@ def advertised_api(cfg: NodeConfig, port: int) -> str:
     host, _ = parse_addr(cfg.api, 7650)
     if cfg.cluster_advertise:
         host, _ = parse_addr(cfg.cluster_advertise, 7659)
-    elif host in ("0.0.0.0", "", "::"):
+    elif is_wildcard(host):
         chost, _ = parse_addr(cfg.cluster, 7659)
-        host = chost if chost not in ("0.0.0.0", "", "::") else "0.0.0.0"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+        host = chost if not is_wildcard(chost) else "0.0.0.0"
+    return f"http://{join_host_port(host, port)}"
 
 
-def ops_router(ready: dict[str, bool]) -> Router:
+def replication_warnings(cfg: NodeConfig, membership: Membership) -> list[str]:
+    """What an operator must know about replication, from this node's view."""
+    if "store" not in cfg.roles:
+        return []
+    rf = cfg.store_replication_factor
+    live = len(set(membership.stores()))
+    if live >= rf:
+        return []
+    return [
+        f"{live} live store node(s) for replication factor {rf}: consumption is paused and "
+        f"nothing ingested becomes queryable until {rf - live} more store node(s) join "
+        f"(or run with -store.segment-replication-factor {max(live, 1)})"
+    ]
+
+
+def replication_state(cfg: NodeConfig, membership: Membership) -> dict[str, Any]:
+    warnings = replication_warnings(cfg, membership)
+    return {
+        "factor": cfg.store_replication_factor,
+        "live_stores": len(set(membership.stores())),
+        "ok": not warnings,
+        "warning": warnings[0] if warnings else None,
+    }
+
+
+def ops_router(ready: Callable[[], bool], warnings: Callable[[], list[str]]) -> Router:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     router = Router()
 
-    async def metrics_endpoint(request) -> Response:  # type: ignore[no-untyped-def]
+    async def metrics_endpoint(request: Request) -> Response:
         return Response(200, generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
-    async def health(request) -> Response:  # type: ignore[no-untyped-def]
+    async def health(request: Request) -> Response:
         return text(200, "OK")
 
-    async def readyz(request) -> Response:  # type: ignore[no-untyped-def]
-        return text(200, "ready") if ready["ready"] else text(503, "not ready")
+    async def readyz(request: Request) -> Response:
+        if not ready():
+            return text(503, "not ready")
+        notes = warnings()
+        response = text(200, "\n".join(["ready"] + [f"warning: {w}" for w in notes]))
+        if notes:
+            response.headers["X-Oklog-Warning"] = " | ".join(notes)
+        return response
 
     router.add("GET", "/metrics", metrics_endpoint)
     router.add("GET", "/health", health)
@@ -107,10 +113,11 @@ def ops_router(ready: dict[str, bool]) -> Router:
     return router
 
 
-async def serve_api(app: Router, host: str, port: int, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
+                    *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     # hypercorn adopts (and later closes) these file descriptors: detach them.
     config = hypercorn.config.Config()
-    config.bind = [f"fd://{s.detach()}" for s in tcp_sockets(host, port)]
+    config.bind = [f"fd://{s.detach()}" for s in socks]
     config.accesslog = None
     config.errorlog = logging.getLogger("oklog.http.server")
     config.graceful_timeout = 3.0
@@ -119,104 +126,46 @@ async def serve_api(app: Router, host: str, port: int, stop: trio.Event, *, task
     await hypercorn.trio.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
 
 
-async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+def _cluster_config(cfg: NodeConfig, api_port: int) -> ClusterConfig:
+    return ClusterConfig(
+        bind=_hostport(cfg.cluster, 7659),
+        advertise=_hostport(cfg.cluster_advertise, 7659) if cfg.cluster_advertise else None,
+        peers=[_hostport(p, 7659) for p in cfg.peers],
+        serf_rpc=_hostport(cfg.cluster_serf_rpc, 7373) if cfg.cluster_serf_rpc else None,
+        api_url=advertised_api(cfg, api_port),
+        role=cfg.mode,
+        # The node's own directory: sibling nodes may share a parent.
+        data_dir=Path(cfg.store_path if "store" in cfg.roles else cfg.ingest_path),
+        fast=cfg.fast_gossip,
+        use_serf=cfg.use_serf,
+    )
+
+
+async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then shut down cleanly."""
     roles = cfg.roles
-    ingest_log = store = None
-    if "ingest" in roles:
-        ingest_log = IngestLog(
-            cfg.ingest_path,
-            flush_size=cfg.ingest_flush_size,
-            flush_age=cfg.ingest_flush_age,
-            pending_timeout=cfg.ingest_pending_timeout,
-        )
-        ingest_log.open()
-    if "store" in roles:
-        store = StoreLog(cfg.store_path)
-        store.open()
+    ingest_log: IngestLog | None = None
+    store: StoreLog | None = None
     if stop is None:
         stop = trio.Event()
-    ready = {"ready": False}
-    api_host, api_port = parse_addr(cfg.api, 7650)
     try:
-        async with open_peers() as peers, trio.open_nursery() as nursery:
-            api_stop = trio.Event()
-            router = Router()
-            router.mount(ops_router(ready))
-            membership_box: list = []
-
-            def cluster_state() -> dict:
-                return membership_box[0].state() if membership_box else {}
-
-            if ingest_log is not None:
-                router.mount(ingest_router(ingest_log, cluster_state))
-            # The API must be up before we advertise it to the cluster.
-            binds = await nursery.start(serve_api, router, api_host, api_port, api_stop)
-            bound_port = int(binds[0].rsplit(":", 1)[1])
-            # The node's own directory: sibling nodes may share a parent.
-            data_dir = Path(cfg.store_path if store is not None else cfg.ingest_path)
-            cluster_scope = trio.CancelScope()
-            cluster_cfg = ClusterConfig(
-                bind=_hostport(cfg.cluster, 7659),
-                advertise=_hostport(cfg.cluster_advertise, 7659) if cfg.cluster_advertise else None,
-                peers=[_hostport(p, 7659) for p in cfg.peers],
-                serf_rpc=_hostport(cfg.cluster_serf_rpc, 7373) if cfg.cluster_serf_rpc else None,
-                api_url=advertised_api(cfg, bound_port),
-                role=cfg.mode,
-                data_dir=data_dir,
-                fast=cfg.fast_gossip,
-                use_serf=cfg.use_serf,
+        if "ingest" in roles:
+            ingest_log = IngestLog(
+                cfg.ingest_path,
+                flush_size=cfg.ingest_flush_size,
+                flush_age=cfg.ingest_flush_age,
+                pending_timeout=cfg.ingest_pending_timeout,
             )
-            membership = await nursery.start(_scoped, cluster_scope, run_cluster, cluster_cfg)
-            membership_box.append(membership)
-            if store is not None:
-                router.mount(store_router(store, membership, peers, cluster_state))
-
-            listen_scopes: list[trio.CancelScope] = []
-            if ingest_log is not None:
-                ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper())
-                ports = []
-                for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
-                    host, port = parse_addr(addr, default)
-                    listen_scopes.append(trio.CancelScope())
-                    ports.append(await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable))
-                flusher_scope = trio.CancelScope()
-                nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
-            consume_scopes: list[trio.CancelScope] = []
-            if store is not None:
-                for _ in range(cfg.store_consumers):
-                    consumer = Consumer(
-                        store,
-                        membership,
-                        peers,
-                        replication_factor=cfg.store_replication_factor,
-                        target_size=cfg.store_target_size,
-                        target_age=cfg.store_target_age,
-                    )
-                    consume_scopes.append(trio.CancelScope())
-                    await nursery.start(_scoped, consume_scopes[-1], consumer.run)
-            ready["ready"] = True
-            log.info("event=started mode=%s api=%s", cfg.mode, binds[0])
-            task_status.started(bound_port)
-
-            stopping, second_signal = trio.Event(), trio.Event()
-            signal_scope = trio.CancelScope()
-            await nursery.start(_scoped, signal_scope, _watch_signals, stop, stopping, second_signal)
-            await stopping.wait()
-
-            log.info("event=stopping mode=%s", cfg.mode)
-            ready["ready"] = False
-            for scope in listen_scopes:
-                scope.cancel()
-            if ingest_log is not None:
-                await ingest_log.flush()
-                await _drain(ingest_log, cfg.ingest_shutdown_timeout, second_signal)
-                flusher_scope.cancel()
-            for scope in consume_scopes:
-                scope.cancel()
-            cluster_scope.cancel()
-            signal_scope.cancel()
-            api_stop.set()
+            ingest_log.open()
+        if "store" in roles:
+            store = StoreLog(cfg.store_path)
+            store.open()
+        api_host, api_port = parse_addr(cfg.api, 7650)
+        api_socks = tcp_sockets(api_host, api_port, "-api")
+        api_port = api_socks[0].getsockname()[1]
+        cluster = plan_cluster(_cluster_config(cfg, api_port))
+        async with open_peers() as peers:
+            await _serve(cfg, cluster, api_socks, ingest_log, store, peers, stop, task_status)
     finally:
         if ingest_log is not None:
             ingest_log.close()
@@ -225,14 +174,104 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
     log.info("event=stopped mode=%s", cfg.mode)
 
 
-async def _scoped(scope: trio.CancelScope, fn, *args, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
+                 ingest_log: IngestLog | None, store: StoreLog | None, peers: Any,
+                 stop: trio.Event, task_status: Any) -> None:
+    membership = cluster.membership
+    ready = False
+    warnings = lambda: replication_warnings(cfg, membership)  # noqa: E731
+
+    def cluster_state() -> dict[str, Any]:
+        state = membership.state()
+        if store is not None:
+            state["replication"] = replication_state(cfg, membership)
+        return state
+
+    router = Router()
+    router.use(request_metrics(router))
+    router.mount(ops_router(lambda: ready, warnings))
+    if ingest_log is not None:
+        router.mount(ingest_router(ingest_log, cluster_state))
+    if store is not None:
+        router.mount(store_router(store, cluster_state))
+        router.mount(query_router(store, membership, peers, warnings))
+
+    async with trio.open_nursery() as nursery:
+        api_stop = trio.Event()
+        binds = await nursery.start(serve_api, router, api_socks, api_stop)
+
+        listen_scopes: list[trio.CancelScope] = []
+        flusher_scope = trio.CancelScope()
+        if ingest_log is not None:
+            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper())
+            for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
+                host, port = parse_addr(addr, default)
+                listen_scopes.append(trio.CancelScope())
+                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable)
+            nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
+
+        # Every route is mounted and the listeners are up: now join (and advertise).
+        if cluster.agent is not None:
+            host, port = parse_addr(cfg.cluster, 7659)
+            check_free(host, port, "-cluster")
+        cluster_scope = trio.CancelScope()
+        await nursery.start(_scoped, cluster_scope, cluster.run)
+
+        background: list[trio.CancelScope] = []
+        if store is not None:
+            background.append(trio.CancelScope())
+            nursery.start_soon(_scoped, background[-1], store.run_verifier)
+            for _ in range(cfg.store_consumers):
+                consumer = Consumer(
+                    store,
+                    membership,
+                    peers,
+                    replication_factor=cfg.store_replication_factor,
+                    target_size=cfg.store_target_size,
+                    target_age=cfg.store_target_age,
+                )
+                background.append(trio.CancelScope())
+                await nursery.start(_scoped, background[-1], consumer.run)
+            for warning in warnings():
+                log.warning("event=replication_warning %s", warning)
+        ready = True
+        log.info("event=started mode=%s api=%s", cfg.mode, binds[0])
+        task_status.started(_port_of(binds))
+
+        stopping, second_signal = trio.Event(), trio.Event()
+        signal_scope = trio.CancelScope()
+        await nursery.start(_scoped, signal_scope, _watch_signals, stop, stopping, second_signal)
+        await stopping.wait()
+
+        log.info("event=stopping mode=%s", cfg.mode)
+        ready = False
+        for scope in listen_scopes:
+            scope.cancel()
+        if ingest_log is not None:
+            await ingest_log.flush()
+            await _drain(ingest_log, cfg.ingest_shutdown_timeout, second_signal)
+            flusher_scope.cancel()
+        for scope in background:
+            scope.cancel()
+        cluster_scope.cancel()
+        signal_scope.cancel()
+        api_stop.set()
+
+
+def _port_of(binds: list[str]) -> int:
+    """The port of hypercorn's first bind (``http://host:port``)."""
+    return int(binds[0].rsplit(":", 1)[1])
+
+
+async def _scoped(scope: trio.CancelScope, fn: Callable[..., Awaitable[Any]], *args: Any,
+                  task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Run ``fn`` under ``scope`` so shutdown can stop one part at a time."""
     with scope:
         await fn(*args, task_status=task_status)
 
 
 async def _watch_signals(stop: trio.Event, first: trio.Event, second: trio.Event,
-                         *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                         *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """First SIGINT/SIGTERM (or ``stop``) starts shutdown; a second skips the drain."""
     async def stopped() -> None:
         await stop.wait()
@@ -265,4 +304,4 @@ async def _drain(ingest_log: IngestLog, timeout: float, skip: trio.Event) -> Non
 
 def _hostport(addr: str | None, default_port: int) -> str:
     host, port = parse_addr(addr or "", default_port)
-    return f"{host}:{port}"
+    return join_host_port(host, port)

@@ -1,10 +1,13 @@
-"""Every call one node makes to another, behind one class.
+"""Every call one node makes to another, behind one interface.
 
-``Peers`` wraps an ``httpx.AsyncClient``; tests hand it an
-``httpx.MockTransport`` (or an in-process ASGI app) instead of sockets, so
-consumption, replication shortfalls and scatter-gather are unit-testable.
-httpx's exceptions are converted to ``PeerUnavailable``/``PeerRejected``
-here and nowhere else.
+``Peers`` is that interface (a ``Protocol``): the ingest segment API
+(``next``/``read_into``/``commit``/``failed``), ``replicate`` and
+``open_query``.  ``HttpPeers`` is the real implementation over an
+``httpx.AsyncClient`` (tests can hand it an ``httpx.MockTransport``); the
+tests' in-memory fake (``tests/fakes.py``) implements the same protocol,
+so consumption, replication shortfalls and scatter-gather are unit-tested
+without sockets.  httpx's exceptions are converted to
+``PeerUnavailable``/``PeerRejected`` here and nowhere else.
 
 Timeouts are explicit: small requests get a short total budget; segment
 reads, replicate uploads and query streams get a connect timeout and a
@@ -18,7 +21,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO
+from typing import AsyncIterator, BinaryIO, Mapping, Protocol
 
 import httpx
 import trio
@@ -32,9 +35,50 @@ STREAM = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
 UPLOAD_CHUNK = 1 << 20
 
 
+class QueryAnswer(Protocol):
+    """One store's answer to a query: who, its headers, its body."""
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, in chunks cut anywhere."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Peers(Protocol):
+    """Every call this node makes to another node (base URL first)."""
+
+    async def next(self, ingester: str) -> str | None:
+        """Claim the ingester's oldest flushed segment; None when it has none."""
+        ...
+
+    async def read_into(self, ingester: str, seg_id: str, sink: BinaryIO) -> int:
+        """Stream a claimed segment into ``sink``; returns its size."""
+        ...
+
+    async def commit(self, ingester: str, seg_id: str) -> None: ...
+
+    async def failed(self, ingester: str, seg_id: str) -> None: ...
+
+    async def replicate(self, store: str, path: Path) -> None:
+        """Upload a segment file to a store's ``/store/replicate``."""
+        ...
+
+    async def open_query(self, store: str, raw_query: bytes, *, method: str = "GET") -> QueryAnswer:
+        """Send a query to a store's ``/store/_query``; return once its
+        headers arrived (the caller closes the answer)."""
+        ...
+
+
 @dataclass
 class QueryResponse:
-    """One store's answer to a query: status, headers and the raw body."""
+    """One store's answer over HTTP (a ``QueryAnswer``)."""
 
     peer: str
     status: int
@@ -49,7 +93,9 @@ class QueryResponse:
         await self.response.aclose()
 
 
-class Peers:
+class HttpPeers:
+    """``Peers`` over HTTP, with explicit timeouts (module docstring)."""
+
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self.client = client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -146,8 +192,8 @@ def _describe(exc: httpx.HTTPError) -> str:
 
 
 @asynccontextmanager
-async def open_peers(client: httpx.AsyncClient | None = None) -> AsyncIterator[Peers]:
-    peers = Peers(client)
+async def open_peers(client: httpx.AsyncClient | None = None) -> AsyncIterator[HttpPeers]:
+    peers = HttpPeers(client)
     try:
         yield peers
     finally:

@@ -6,32 +6,39 @@ payload (or ``ULID SP PAYLOAD`` with ``with_ulid``) to ``out``, a block of
 lines at a time: memory stays bounded whatever the result size.
 
 Unlike OK Log's CLI, a 206 (some store node failed to answer) still prints
-the results, with a warning on stderr.  Errors are one line on ``err`` and
-exit code 1; nothing here raises for a bad argument or an unreachable store.
+the results, with a warning on stderr, and so does every ``X-Oklog-Warning``
+the store sends (e.g. too few live stores for the replication factor).
+Errors are one line on ``err`` and exit code 1; nothing here raises for a
+bad argument, an unreachable store or one that accepts and never answers:
+connecting, the wait for the response headers (``timeout``) and every gap
+between body chunks are bounded.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import sys
 import time
 from typing import BinaryIO, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 import httpx
+import trio
 
-from oklog.addr import api_url, parse_duration
+from oklog import timespec
+from oklog.addr import api_url
 from oklog.errors import ConfigError
+from oklog.lines import LineSplitter
 
 __all__ = ["run_query", "resolve_time", "query_url", "RecordStripper", "human_bytes"]
 
-_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$")
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-)
-_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=5.0)
+#: Connecting, and sending the request, are short; the wait for the response
+#: headers is ``-timeout`` (a store answers with headers before it scans);
+#: after that only the gaps between body chunks are timed, as generously as
+#: between nodes (a rare-term scan may send nothing for a while).
+CONNECT_TIMEOUT = 5.0
+BODY_GAP = 300.0
 
 _HEADERS = [
     "X-Oklog-From",
@@ -43,53 +50,37 @@ _HEADERS = [
     "X-Oklog-Max-Data-Set-Size",
     "X-Oklog-Error-Count",
     "X-Oklog-Duration",
+    "X-Oklog-Warning",
 ]
 
 
-def format_time(t: float) -> str:
-    """RFC3339Nano UTC with microseconds: ``2026-11-21T12:00:00.123456Z``."""
-    d = dt.datetime.fromtimestamp(t, tz=dt.timezone.utc)
-    return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def resolve_time(value: str, now: float, flag: str = "-from") -> str:
-    """The ``from``/``to`` parameter for ``value``.
-
-    ``now`` → now; a duration (``5m``, ``1h30m``, ``7d``) → that long before
-    now (the sign is ignored, as in OK Log); an RFC3339 time or a ULID is
-    validated and passed on unchanged.  ConfigError otherwise.
+    """The ``from``/``to`` parameter for ``value``, in the grammar of
+    ``oklog.timespec`` (the server's too): a ULID is sent as it is (upper
+    case), anything else as the RFC3339 time (UTC, milliseconds) it means
+    relative to ``now`` (Unix seconds).  ConfigError naming the flag otherwise.
     """
-    v = value.strip()
-    if v.lower() == "now":
-        return format_time(now)
-    if _RFC3339.match(v):
-        try:
-            dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", v).replace("z", "Z"))
-        except ValueError:
-            raise ConfigError(f"couldn't parse {flag} {value!r}: invalid date or time") from None
-        return v
-    if _ULID.match(v):
-        if v[0] > "7":
-            raise ConfigError(f"couldn't parse {flag} {value!r}: ULID out of range")
-        return v.upper()
     try:
-        seconds = abs(parse_duration(v))
-    except ConfigError:
-        raise ConfigError(
-            f"couldn't parse {flag} {value!r} as a duration (5m, 1h, 7d), an RFC3339 time or a ULID"
-        ) from None
-    return format_time(now - seconds)
+        resolved = timespec.resolve(value, int(now * 1000))
+    except ValueError as exc:
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise ConfigError(f"couldn't parse {flag} {shown!r}: {exc}") from None
+    if isinstance(resolved, bytes):
+        return resolved.decode("ascii")
+    return timespec.format_rfc3339(resolved)
 
 
 def query_url(
-    base: str, from_: str, to: str, q: str, regex: bool = False, topic: str | None = None
+    base: str, from_: str, to: str, q: str | bytes, regex: bool = False, topic: str | None = None
 ) -> str:
-    """``{base}/store/query?...`` with every value percent-encoded."""
+    """``{base}/store/query?...`` with every value percent-encoded
+    (``q`` may be any bytes)."""
 
     def enc(s: str) -> str:
         return quote(s, safe="")
 
-    url = f"{base}/store/query?from={enc(from_)}&to={enc(to)}&q={enc(q)}"
+    qb = q if isinstance(q, bytes) else q.encode("utf-8", "surrogateescape")
+    url = f"{base}/store/query?from={enc(from_)}&to={enc(to)}&q={quote_from_bytes(qb, safe='')}"
     if regex:
         url += "&regex=true"
     if topic is not None:
@@ -146,29 +137,15 @@ class RecordStripper:
 
     def __init__(self, with_ulid: bool = False) -> None:
         self._convert = _strip_topic_lines if with_ulid else _payload_lines
-        self._carry: list[bytes] = []
+        self._lines = LineSplitter(final_tail="keep")
 
     def feed(self, chunk: bytes) -> bytes:
-        cut = chunk.rfind(b"\n")
-        if cut < 0:
-            if chunk:
-                self._carry.append(chunk)
-            return b""
-        head = chunk[: cut + 1]
-        if self._carry:
-            self._carry.append(head)
-            head = b"".join(self._carry)
-            self._carry = []
-        if cut + 1 < len(chunk):
-            self._carry.append(chunk[cut + 1 :])
-        return self._convert(head)
+        block = self._lines.feed(chunk)
+        return self._convert(block) if block else b""
 
     def finish(self) -> bytes:
-        if not self._carry:
-            return b""
-        rest = b"".join(self._carry) + b"\n"
-        self._carry = []
-        return self._convert(rest)
+        block = b"".join(self._lines.finish())
+        return self._convert(block) if block else b""
 
 
 # --- the command ----------------------------------------------------------------
@@ -209,98 +186,133 @@ def run_query(
     *,
     from_: str = "1h",  # the CLI's -from default, as in OK Log
     to: str = "now",
-    q: str = "",
+    q: str | bytes = "",
     regex: bool = False,
     stats: bool = False,
     with_ulid: bool = False,
     verbose: bool = False,
     topic: str | None = None,
+    timeout: str | float = "20s",
     out: BinaryIO | None = None,
     err: TextIO | None = None,
     now: float | None = None,
-    transport: httpx.BaseTransport | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> int:
     """Run one query against ``store``; return the process exit code.
 
     Prints records on ``out`` (default ``sys.stdout.buffer``), statistics
     (``stats``), the request and X-Oklog-* headers (``verbose``), warnings
-    and errors on ``err`` (default ``sys.stderr``).  ``now`` (Unix seconds)
-    fixes the clock for relative ``from_``/``to``.  ``transport`` is for
-    tests (e.g. ``httpx.MockTransport``).
+    and errors on ``err`` (default ``sys.stderr``).  ``q`` may be any bytes.
+    ``timeout`` (a duration or seconds) bounds the wait for the store to
+    start answering.  ``now`` (Unix seconds) fixes the clock for relative
+    ``from_``/``to``.  ``transport`` is for tests (``httpx.MockTransport``).
     """
-    if out is None:
-        out = sys.stdout.buffer
-    if err is None:
-        err = sys.stderr
-    if now is None:
-        now = time.time()
+    out = sys.stdout.buffer if out is None else out
+    err = sys.stderr if err is None else err
+    now = time.time() if now is None else now
     try:
         base = api_url(store)
         from_s = resolve_time(from_, now, "-from")
         to_s = resolve_time(to, now, "-to")
+        wait = timeout if isinstance(timeout, (int, float)) else timespec.parse_duration(timeout)
     except ConfigError as e:
         print(f"error: {e}", file=err)
         return 1
-
-    url = query_url(base, from_s, to_s, q, regex, topic)
-    method = "HEAD" if stats else "GET"
+    except ValueError as e:
+        print(f"error: -timeout: {e}", file=err)
+        return 1
+    request = _Request(base, query_url(base, from_s, to_s, q, regex, topic),
+                       "HEAD" if stats else "GET", float(wait))
     if verbose or stats:
         print(f"-from {from_s} -to {to_s}", file=err)
     if verbose:
-        print(f"{method} {url}", file=err)
-
-    begin = time.monotonic()
-    client = httpx.Client(timeout=_TIMEOUT, transport=transport)
+        print(f"{request.method} {request.url}", file=err)
     try:
-        with client.stream(method, url) as resp:
-            if verbose:
-                print(f"HTTP {resp.status_code} {resp.reason_phrase}", file=err)
-                for name in _HEADERS:
-                    if name in resp.headers:
-                        print(f"{name}: {resp.headers[name]}", file=err)
-            status = resp.status_code
-            if status not in (200, 206):
-                body = b""
-                if method == "GET":
-                    for chunk in resp.iter_bytes():
-                        body += chunk
-                        if len(body) > 4096:
-                            break
-                reason = _first_line(body)
-                if status == 400:
-                    print(f"error: bad query: {reason or 'HTTP 400'}", file=err)
-                else:
-                    print(f"error: store {base} answered HTTP {status}"
-                          + (f": {reason}" if reason else ""), file=err)
-                return 1
-            if stats:
-                _print_stats(resp, time.monotonic() - begin, err)
-            else:
-                stripper = RecordStripper(with_ulid)
-                try:
-                    for chunk in resp.iter_bytes():
-                        data = stripper.feed(chunk)
-                        if data:
-                            out.write(data)
-                    out.write(stripper.finish())
-                    out.flush()
-                except BrokenPipeError:
-                    return 0  # e.g. `oklog query | head`: the reader has enough
-            if status == 206:
-                n = resp.headers.get("X-Oklog-Error-Count", "some")
-                print(f"warning: partial results: {n} store node(s) failed to answer", file=err)
-            return 0
+        return trio.run(_run, request, with_ulid, verbose, out, err, transport)
     except httpx.ConnectError as e:
-        reason = str(e) or type(e).__name__
-        if "refused" in reason.lower():
-            reason = "connection refused"
-        print(f"error: cannot connect to store at {base}: {reason}", file=err)
-        return 1
+        print(f"error: cannot connect to store at {base}: {_connect_reason(e)}", file=err)
+    except trio.TooSlowError:
+        print(f"error: store at {base} did not answer within {request.wait:g}s", file=err)
     except httpx.TimeoutException as e:
         print(f"error: store at {base} timed out: {e or type(e).__name__}", file=err)
-        return 1
     except httpx.HTTPError as e:
         print(f"error: query to {base} failed: {e or type(e).__name__}", file=err)
+    return 1
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """The root cause of a failed connect, in a few words."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e in seen:
+            continue
+        seen.append(e)
+        if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
+            return "connection refused"
+        if isinstance(e, BaseExceptionGroup):
+            todo += e.exceptions
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return str(exc) or type(exc).__name__
+
+
+class _Request:
+    def __init__(self, base: str, url: str, method: str, wait: float) -> None:
+        self.base, self.url, self.method, self.wait = base, url, method, wait
+
+
+async def _run(request: _Request, with_ulid: bool, verbose: bool, out: BinaryIO, err: TextIO,
+               transport: httpx.AsyncBaseTransport | None) -> int:
+    timeouts = httpx.Timeout(connect=CONNECT_TIMEOUT, read=BODY_GAP, write=30.0, pool=CONNECT_TIMEOUT)
+    begin = time.monotonic()
+    async with httpx.AsyncClient(timeout=timeouts, transport=transport) as client:
+        with trio.fail_after(request.wait):
+            resp = await client.send(client.build_request(request.method, request.url), stream=True)
+        try:
+            return await _answer(request, resp, with_ulid, verbose, out, err, begin)
+        finally:
+            await resp.aclose()
+
+
+async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verbose: bool,
+                  out: BinaryIO, err: TextIO, begin: float) -> int:
+    if verbose:
+        print(f"HTTP {resp.status_code} {resp.reason_phrase}", file=err)
+        for name in _HEADERS:
+            if name in resp.headers:
+                print(f"{name}: {resp.headers[name]}", file=err)
+    status = resp.status_code
+    if status not in (200, 206):
+        body = b""
+        if request.method == "GET":
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > 4096:
+                    break
+        reason = _first_line(body)
+        if status == 400:
+            print(f"error: bad query: {reason or 'HTTP 400'}", file=err)
+        else:
+            print(f"error: store {request.base} answered HTTP {status}"
+                  + (f": {reason}" if reason else ""), file=err)
         return 1
-    finally:
-        client.close()
+    for warning in filter(None, resp.headers.get("X-Oklog-Warning", "").split(" | ")):
+        print(f"warning: {warning}", file=err)
+    if request.method == "HEAD":
+        _print_stats(resp, time.monotonic() - begin, err)
+    else:
+        stripper = RecordStripper(with_ulid)
+        try:
+            async for chunk in resp.aiter_bytes():
+                data = stripper.feed(chunk)
+                if data:
+                    out.write(data)
+            out.write(stripper.finish())
+            out.flush()
+        except BrokenPipeError:
+            return 0  # e.g. `oklog query | head`: the reader has enough
+    if status == 206:
+        n = resp.headers.get("X-Oklog-Error-Count", "some")
+        print(f"warning: partial results: {n} store node(s) failed to answer", file=err)
+    return 0

@@ -1,4 +1,6 @@
-"""ULIDs: a fast monotonic stamper for ingest, python-ulid for validation.
+"""ULIDs: the one codec (alphabet, pattern, time part) and the ingest stamper.
+
+Every module that reads or makes a ULID uses the helpers here.
 
 Theory of operation: a ULID is 10 Crockford base32 characters of Unix
 milliseconds followed by 16 of randomness.  Ingest stamps millions of lines a
@@ -18,18 +20,31 @@ import re
 import time
 from typing import Callable
 
-import ulid as _pyulid
-
-ALPHABET = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ALPHABET = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 ULID_LEN = 26
 TIME_LEN = 10
+MAX_MS = (1 << 48) - 1  # the largest timestamp a ULID can carry
+
+#: A canonical ULID: 26 uppercase Crockford characters, the first one 0-7
+#: (a ULID is 128 bits; 26 characters hold 130).
+ULID_PATTERN = rb"[0-7][0-9A-HJKMNP-TV-Z]{25}"
+ULID_RE = re.compile(ULID_PATTERN)
+
+#: Below / above every ULID, as byte strings (open query bounds).
+MIN_ULID = b"0" * ULID_LEN
+MAX_ULID = b"7" + b"Z" * (ULID_LEN - 1)
+
+_DECODE = {c: i for i, c in enumerate(ALPHABET)} | {
+    c: i for i, c in enumerate(ALPHABET.lower()) if chr(c).isalpha()
+}
 
 _COUNTER_CHARS = 3
 _COUNTER_SPAN = 32**_COUNTER_CHARS  # 32,768 ULIDs per prefix
 _RANDOM_CHARS = 13  # 65 bits; the top bit is kept clear so +1 never overflows
 _RANDOM_MAX = 32**_RANDOM_CHARS - 1
 
-ULID_RE = re.compile(rb"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+
+# --- the codec -------------------------------------------------------------------
 
 
 def encode_int(value: int, width: int) -> bytes:
@@ -44,35 +59,49 @@ def encode_int(value: int, width: int) -> bytes:
 
 
 def decode_int(text: bytes) -> int:
-    """Inverse of :func:`encode_int` for valid Crockford characters."""
+    """Inverse of :func:`encode_int` (case-insensitive); ValueError on a
+    character outside the alphabet."""
     value = 0
     for ch in text:
-        value = (value << 5) | ALPHABET.index(ch)
+        digit = _DECODE.get(ch)
+        if digit is None:
+            raise ValueError(f"not a Crockford base32 character: {chr(ch)!r}")
+        value = (value << 5) | digit
     return value
+
+
+def is_ulid(text: bytes) -> bool:
+    """True when ``text`` is a canonical (uppercase) ULID."""
+    return len(text) == ULID_LEN and ULID_RE.fullmatch(text) is not None
+
+
+def ms_of(ulid: bytes | str) -> int:
+    """Unix milliseconds in a ULID's first 10 characters (case-insensitive).
+
+    ValueError when those are not a ULID's time part.
+    """
+    if isinstance(ulid, str):
+        ulid = ulid.encode("ascii", "replace")
+    head = ulid[:TIME_LEN]
+    if len(head) != TIME_LEN or head[0] > ord("7"):
+        raise ValueError(f"not a ULID: {ulid!r}")
+    try:
+        return decode_int(head)
+    except ValueError:
+        raise ValueError(f"not a ULID: {ulid!r}") from None
+
+
+def ulid_for_ms(ms: int, upper: bool = False) -> bytes:
+    """The smallest (or, ``upper``, the largest) ULID of millisecond ``ms``."""
+    if not 0 <= ms <= MAX_MS:
+        raise ValueError(f"timestamp out of ULID range: {ms}")
+    return encode_int(ms, TIME_LEN) + (b"Z" if upper else b"0") * (ULID_LEN - TIME_LEN)
 
 
 _COUNTERS: list[bytes] = [encode_int(i, _COUNTER_CHARS) for i in range(_COUNTER_SPAN)]
 
 
-def ms_of(ulid: bytes) -> int:
-    """Milliseconds since the epoch encoded in a ULID's first 10 characters."""
-    return decode_int(ulid[:TIME_LEN])
-
-
-def ulid_for_ms(ms: int, upper: bool = False) -> bytes:
-    """The smallest (or largest) ULID within millisecond ``ms``."""
-    return encode_int(ms, TIME_LEN) + (b"Z" if upper else b"0") * 16
-
-
-def is_valid(text: bytes) -> bool:
-    """True when ``text`` is a canonical (uppercase) ULID python-ulid accepts."""
-    if len(text) != ULID_LEN or not ULID_RE.fullmatch(text):
-        return False
-    try:
-        _pyulid.ULID.from_str(text.decode("ascii"))
-    except ValueError:
-        return False
-    return True
+# --- the stamper -----------------------------------------------------------------
 
 
 class Stamper:

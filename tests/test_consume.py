@@ -8,64 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from oklog.errors import IllegalTransition, PeerRejected, PeerUnavailable
-from oklog.record import stamp
+from oklog.errors import IllegalTransition, PeerUnavailable
+from oklog.records.format import stamp
 from oklog.store.consume import Consumer, ConsumeTxn, Phase
 from oklog.store.log import StoreLog
 from oklog.ulid import Stamper
-
-
-class FakeCluster:
-    """Ingesters holding segments and stores collecting uploads, no sockets."""
-
-    def __init__(self, ingesters: dict[str, list[bytes]], stores: list[str]) -> None:
-        self.segments = {ing: {f"{ing}-{i}": seg for i, seg in enumerate(segs)} for ing, segs in ingesters.items()}
-        self.queue = {ing: list(segs) for ing, segs in self.segments.items()}
-        self.pending: dict[str, str] = {}
-        self.committed: list[str] = []
-        self.failed_back: list[str] = []
-        self.received: dict[str, list[bytes]] = {s: [] for s in stores}
-        self.broken_stores: set[str] = set()
-        self.broken_reads: set[str] = set()
-        self._stores = stores
-
-    # Membership
-    def ingesters(self) -> list[str]:
-        return list(self.segments)
-
-    def stores(self) -> list[str]:
-        return list(self._stores)
-
-    def state(self) -> dict:
-        return {}
-
-    # Peers
-    async def next(self, ingester: str) -> str | None:
-        await trio.lowlevel.checkpoint()
-        if not self.queue[ingester]:
-            return None
-        seg_id = self.queue[ingester].pop(0)
-        self.pending[seg_id] = ingester
-        return seg_id
-
-    async def read_into(self, ingester: str, seg_id: str, sink) -> int:
-        if seg_id in self.broken_reads:
-            raise PeerUnavailable(ingester, "connection reset")
-        data = self.segments[ingester][seg_id]
-        sink.write(data)
-        return len(data)
-
-    async def commit(self, ingester: str, seg_id: str) -> None:
-        self.committed.append(seg_id)
-
-    async def failed(self, ingester: str, seg_id: str) -> None:
-        self.failed_back.append(seg_id)
-        self.queue[ingester].append(seg_id)
-
-    async def replicate(self, store: str, path: Path) -> None:
-        if store in self.broken_stores:
-            raise PeerRejected(store, 500, "disk full")
-        self.received[store].append(path.read_bytes())
+from tests.fakes import FakeCluster
 
 
 def segments(n: int, per: int, stamper: Stamper) -> list[bytes]:
@@ -76,7 +24,7 @@ def make(tmp_path: Path, cluster: FakeCluster, rf: int) -> Consumer:
     store = StoreLog(tmp_path / "store")
     store.open()
     return Consumer(store, cluster, cluster, replication_factor=rf, target_size=1 << 20,
-                    target_age=60, rng=random.Random(3))  # type: ignore[arg-type]
+                    target_age=60, rng=random.Random(3))
 
 
 def test_txn_moves_only_forward():
@@ -182,3 +130,103 @@ def test_a_failed_commit_call_is_logged_and_left_to_the_pending_timeout(tmp_path
     assert cluster.received["http://s1"]
     assert sum("commit_failed" in r.message for r in caplog.records) == 2
     assert not cluster.failed_back  # never failed back: that would only duplicate
+
+
+# --- a peer's bad data never stops the pipeline ------------------------------------------
+
+
+def counter(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_poisoned_segment_is_salvaged_and_the_batch_goes_on(tmp_path, caplog):
+    st = Stamper()
+    good = segments(3, 20, st)
+    head, tail = good[1].split(b"\n", 10)[:10], good[1].split(b"\n", 10)[10]
+    poisoned = b"\n".join(head) + b"\nGARBAGE \xff not a record\n\n" + tail + b"01ARZ3NDEK torn"
+    cluster = FakeCluster({"http://i1": [good[0], poisoned, good[2]]}, ["http://s1"])
+    consumer = make(tmp_path, cluster, rf=1)
+    before = counter("oklog_store_rejected_records_total", reason="malformed", source="consume")
+    torn = counter("oklog_store_rejected_records_total", reason="torn", source="consume")
+    assert trio.run(consumer.one_batch)
+    (composite,) = cluster.received["http://s1"]
+    assert composite == b"".join(good)  # every valid record, nothing else
+    assert sorted(cluster.committed) == ["http://i1-0", "http://i1-1", "http://i1-2"]
+    assert counter("oklog_store_rejected_records_total", reason="malformed", source="consume") == before + 2
+    assert counter("oklog_store_rejected_records_total", reason="torn", source="consume") == torn + 1
+    logged = [r.message for r in caplog.records if "segment_salvaged" in r.message]
+    assert len(logged) == 1 and "segment=http://i1-1" in logged[0] and "dropped_lines=3" in logged[0]
+
+
+def test_a_segment_of_nothing_but_garbage_is_committed_away(tmp_path):
+    cluster = FakeCluster({"http://i1": [b"junk\n" * 100]}, ["http://s1"])
+    consumer = make(tmp_path, cluster, rf=1)
+    assert trio.run(consumer.one_batch)
+    assert cluster.received["http://s1"] == []  # nothing valid to replicate
+    assert cluster.committed == ["http://i1-0"] and not cluster.failed_back
+
+
+def test_a_store_refusing_the_body_fails_the_batch_back_without_crashing(tmp_path):
+    cluster = FakeCluster({"http://i1": segments(2, 10, Stamper())}, ["http://s1"])
+    cluster.rejecting_stores = {"http://s1"}
+    consumer = make(tmp_path, cluster, rf=1)
+    assert not trio.run(consumer.one_batch)
+    assert sorted(cluster.failed_back) == ["http://i1-0", "http://i1-1"]
+    assert consumer.failures == 1
+
+
+def test_a_bug_in_a_batch_fails_it_back_and_the_consumer_goes_on(tmp_path, caplog):
+    cluster = FakeCluster({"http://i1": segments(1, 10, Stamper())}, ["http://s1"])
+    consumer = make(tmp_path, cluster, rf=1)
+    calls = []
+
+    async def explode(store: str, path) -> None:  # type: ignore[no-untyped-def]
+        calls.append(store)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        cluster.received[store].append(path.read_bytes())
+
+    cluster.replicate = explode  # type: ignore[method-assign]
+
+    async def twice() -> tuple[bool, bool]:
+        return await consumer.one_batch(), await consumer.one_batch()
+
+    assert trio.run(twice) == (False, True)
+    assert cluster.failed_back == ["http://i1-0"] and cluster.committed == ["http://i1-0"]
+    assert any("batch_error" in r.message and r.exc_info for r in caplog.records)
+    assert consumer.failures == 0  # reset by the success
+
+
+def test_failures_back_off_and_cancellation_fails_the_batch_back(tmp_path):
+    cluster = FakeCluster({"http://i1": segments(1, 10, Stamper())}, ["http://s1"])
+    cluster.broken_stores = {"http://s1"}
+    consumer = make(tmp_path, cluster, rf=1)
+    consumer.idle_sleep = 0.01
+
+    async def main() -> None:
+        with trio.move_on_after(0.5):
+            await consumer.run()
+
+    trio.run(main)
+    # 0.01, 0.02, 0.04, ... between attempts: a handful of tries, not fifty
+    assert 2 <= len(cluster.failed_back) <= 8
+
+
+def test_cancelled_mid_batch_fails_the_sources_back(tmp_path):
+    cluster = FakeCluster({"http://i1": segments(2, 10, Stamper())}, ["http://s1"])
+    consumer = make(tmp_path, cluster, rf=1)
+
+    async def stuck(store: str, path) -> None:  # type: ignore[no-untyped-def]
+        await trio.sleep_forever()
+
+    cluster.replicate = stuck  # type: ignore[method-assign]
+
+    async def main() -> None:
+        with trio.move_on_after(0.2):
+            await consumer.one_batch()
+
+    trio.run(main)
+    assert sorted(cluster.failed_back) == ["http://i1-0", "http://i1-1"] and not cluster.committed
+    assert not list((tmp_path / "store" / "tmp").iterdir())

@@ -203,6 +203,7 @@ def test_exact_bytes_arrive():
     assert stats.lines_sent == TRICKY.count(b"\n") + 1
     assert stats.bytes_sent == len(TRICKY) + 1
     assert stats.lines_dropped == 0 and stats.reconnects == 0
+    assert stats.lines_unconfirmed == 0  # a clean close confirms everything
 
 
 def test_exact_bytes_byte_by_byte():
@@ -364,6 +365,8 @@ def test_failover_when_closed_mid_stream(start_first):
     assert ing2.data == block_b + b"\n"
     assert stats.reconnects == 1
     assert stats.lines_sent == 21
+    # the first connection broke: what it carried is reported, not assumed delivered
+    assert stats.lines_unconfirmed == 10 and stats.lines_dropped == 0
 
 
 def test_failover_when_closed_mid_flow(start_first):
@@ -391,9 +394,11 @@ def test_failover_when_closed_mid_flow(start_first):
     idx2 = [int(ln[:7]) for ln in got2]
     assert idx2 == sorted(idx2) and len(set(idx2)) == len(idx2)
     assert all(ln == lines[i] for i, ln in zip(idx2, got2))
-    # No acks in the line protocol: at most what sat in socket buffers is lost.
+    # No acks in the line protocol: at most what sat in socket buffers is lost,
+    # and every line that may be lost is reported as unconfirmed.
     assert len(got1) + len(got2) >= total * 0.5
     assert stats.reconnects >= 1
+    assert total - len(got2) <= stats.lines_unconfirmed <= stats.lines_sent - len(got2)
 
 
 def test_tcp_dns_each_address_is_a_target(start_first):
@@ -666,3 +671,19 @@ def test_bad_source_fd():
     bad = 987_654  # far above anything open
     with pytest.raises(ConfigError, match=f"file descriptor {bad}"):
         trio.run(forward, ["localhost"], bad)
+
+
+def test_an_ingester_that_never_closes_leaves_the_lines_unconfirmed(caplog):
+    hold = trio.Event()
+    ing = FakeIngester(hold=hold)
+    stats = ForwardStats()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await ing.start(n)
+            await run_forward([ing.addr], b"one\ntwo\nthree\n", stats=stats, close_timeout=0.3)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert stats.lines_sent == 3 and stats.lines_unconfirmed == 3
+    assert any("lines_unconfirmed=3" in r.message and r.levelno == logging.WARNING for r in caplog.records)

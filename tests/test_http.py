@@ -108,3 +108,128 @@ def test_header_values_are_always_legal():
     assert header_value("a\r\nX-Evil: 1\x00") == b"a%0D%0AX-Evil: 1%00"
     assert header_value("caf\xe9") == b"caf\xe9"  # latin-1 is legal obs-text
     assert header_value("snow\u2603") == b"snow%E2%98%83"
+
+
+def test_middleware_wraps_every_request_outermost_first():
+    seen: list[str] = []
+
+    def tag(name: str):  # type: ignore[no-untyped-def]
+        def wrap(next_handler):  # type: ignore[no-untyped-def]
+            async def handle(request: Request) -> Response:
+                seen.append(f"{name}>")
+                response = await next_handler(request)
+                seen.append(f"<{name}:{response.status}")
+                response.headers[f"X-{name}"] = "1"
+                return response
+
+            return handle
+
+        return wrap
+
+    async def ok(request: Request) -> Response:
+        seen.append("handler")
+        return Response(200, b"ok")
+
+    router = Router()
+    router.add("GET", "/ok", ok)
+    router.use(tag("outer"))
+    router.use(tag("inner"))
+    client = Client()
+    trio.run(router, scope("/ok"), client.receive, client.send)
+    assert seen == ["outer>", "inner>", "handler", "<inner:200", "<outer:200"]
+    assert (b"x-outer", b"1") in client.sent[0]["headers"]
+    seen.clear()
+    client = Client()
+    trio.run(router, scope("/missing"), client.receive, client.send)  # unknown paths too
+    assert seen == ["outer>", "inner>", "<inner:404", "<outer:404"]
+
+
+def test_request_metrics_count_by_route_and_status():
+    from prometheus_client import REGISTRY
+
+    from oklog.http import request_metrics
+
+    async def ok(request: Request) -> Response:
+        return Response(204, b"")
+
+    router = Router()
+    router.add("GET", "/counted", ok)
+    router.use(request_metrics(router))
+
+    def count(route: str, status: str) -> float:
+        labels = {"method": "GET", "route": route, "status": status}
+        return REGISTRY.get_sample_value("oklog_http_requests_total", labels) or 0.0
+
+    before, other = count("/counted", "204"), count("other", "404")
+    for path in ("/counted", "/counted", "/no/such/path"):
+        trio.run(router, scope(path), Client().receive, Client().send)
+    assert count("/counted", "204") == before + 2
+    assert count("other", "404") == other + 1  # unknown paths share one label
+
+
+def test_params_first_wins_and_a_body_cut_short_is_a_client_error():
+    from oklog.errors import ClientGone
+
+    async def echo(request: Request) -> Response:
+        async for _ in request.stream():
+            pass
+        return Response(200, request.params["id"].encode())
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    router = Router()
+    router.add("POST", "/echo", echo)
+    client = Client()
+    s = scope("/echo", "POST") | {"query_string": b"id=first&id=second"}
+    trio.run(router, s, client.receive, client.send)
+    assert client.status == 200 and client.body == b"first"
+    client = Client()
+    trio.run(router, s, gone, client.send)
+    assert client.status == ClientGone.status_hint and client.body == b"client disconnected\n"
+
+
+def test_an_ingest_segment_read_half_way_cannot_be_committed(tmp_path):
+    from oklog.errors import SegmentNotRead
+    from oklog.ingest import api as ingest_api
+    from oklog.ingest.log import IngestLog
+
+    async def main() -> None:
+        log = IngestLog(tmp_path)
+        log.open()
+        log.write(b"x" * (3 * ingest_api.READ_CHUNK))
+        await log.flush()
+        seg = log.next()
+        assert seg is not None
+        router = ingest_api.ingest_router(log, dict)
+        s = scope("/ingest/read") | {"query_string": f"id={seg}".encode()}
+        client = Client()  # the store goes away after the first chunk
+        first_chunk = trio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            await client.send(message)
+            if message.get("body"):
+                first_chunk.set()
+                await trio.sleep(1)  # the disconnect wins
+
+        async def receive() -> dict[str, Any]:
+            if not client._requested:
+                return await client.receive()
+            await first_chunk.wait()
+            return {"type": "http.disconnect"}
+
+        await router(s, receive, send)
+        assert 0 < len(client.body) < 3 * ingest_api.READ_CHUNK
+        try:
+            log.commit(seg)
+        except SegmentNotRead:
+            pass
+        else:
+            raise AssertionError("a half-read segment was committed")
+        client = Client()  # a whole read makes it committable
+        await router(s, client.receive, client.send)
+        assert len(client.body) == 3 * ingest_api.READ_CHUNK
+        log.commit(seg)
+        log.close()
+
+    trio.run(main)

@@ -11,18 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from oklog.errors import CorruptSegment
 from oklog.store.index import IntervalIndex, SegmentName, group_overlapping
-
-CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def ulid(n: int) -> bytes:
-    """A valid 26-char ULID whose order follows the integer ``n``."""
-    out = []
-    for _ in range(26):
-        out.append(CROCKFORD[n & 31])
-        n >>= 5
-    assert n == 0
-    return "".join(reversed(out)).encode()
+from tests.recordutil import ulid
 
 
 def name(lo: int, hi: int) -> SegmentName:
@@ -79,9 +68,9 @@ def test_parse_rejects(bad: str) -> None:
 
 
 def test_constructor_validates() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(CorruptSegment):
         SegmentName(b"short", HI.encode())
-    with pytest.raises(ValueError):
+    with pytest.raises(CorruptSegment):
         SegmentName(HI.encode(), LO.encode())
 
 

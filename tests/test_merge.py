@@ -1,4 +1,4 @@
-"""Tests for oklog.store.merge: k-way merge with de-dup, sorting, re-chunking."""
+"""Tests for oklog.records.merge: k-way merge with de-dup, sorting."""
 
 from __future__ import annotations
 
@@ -12,29 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oklog.errors import CorruptSegment
-from oklog.store import merge as merge_mod
-from oklog.store.merge import (
-    LineSplitter,
-    aiter_blocks,
-    is_strictly_sorted,
-    iter_blocks,
-    merge_records,
-    sort_records,
-)
-
-CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def ulid(n: int) -> bytes:
-    out = []
-    for _ in range(26):
-        out.append(CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(out)).encode()
-
-
-def rec(n: int, payload: bytes = b"p") -> bytes:
-    return ulid(n) + b" default " + payload + b"\n"
+from oklog.lines import iter_blocks
+from oklog.records import merge as merge_mod
+from oklog.records.merge import is_strictly_sorted, merge_records, sort_records
+from tests.recordutil import rec, ulid
 
 
 # --- reference model ------------------------------------------------------------------
@@ -360,111 +341,3 @@ def test_is_strictly_sorted_edges() -> None:
     assert not is_strictly_sorted(rec(2) + rec(1))
     assert is_strictly_sorted(rec(1) + ulid(2) + b" t tail")  # last line without LF
     assert not is_strictly_sorted(rec(2) + ulid(1) + b" t tail")
-
-
-# --- LineSplitter / iter_blocks / aiter_blocks --------------------------------------------
-
-STREAM = rec(1, b"alpha") + rec(2, b"") + b"\n" + rec(3, b"\r\x00\xff") + rec(4, b"z" * 300)
-
-
-def all_splits(data: bytes) -> Iterator[list[bytes]]:
-    yield [data]
-    yield [bytes([c]) for c in data]
-    for i in range(0, len(data) + 1, 7):
-        yield [data[:i], data[i:]]
-    rng = random.Random(3)
-    for _ in range(30):
-        cuts = sorted(rng.sample(range(len(data) + 1), 5))
-        yield [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
-
-
-@pytest.mark.parametrize("min_size", [0, 1, 100, 10**6])
-def test_iter_blocks_whole_lines(min_size: int) -> None:
-    for chunks in all_splits(STREAM):
-        blocks = list(iter_blocks(chunks, min_size=min_size))
-        assert b"".join(blocks) == STREAM
-        for b in blocks:
-            assert b and b.endswith(b"\n")
-        for b in blocks[:-1]:
-            assert len(b) >= min_size
-
-
-@pytest.mark.parametrize("policy", ["error", "keep", "drop"])
-def test_iter_blocks_tail_policies(policy: str) -> None:
-    data = STREAM + b"partial"
-    for chunks in all_splits(data):
-        if policy == "error":
-            got: list[bytes] = []
-            with pytest.raises(CorruptSegment):
-                for b in iter_blocks(chunks, final_tail="error"):
-                    got.append(b)
-            assert b"".join(got) == STREAM  # whole lines came out first
-        elif policy == "keep":
-            assert b"".join(iter_blocks(chunks, final_tail="keep")) == data
-            assert list(iter_blocks(chunks, final_tail="keep"))[-1].endswith(b"partial")
-        else:
-            assert b"".join(iter_blocks(chunks, final_tail="drop")) == STREAM
-
-
-def test_iter_blocks_no_copy_when_aligned() -> None:
-    chunks = [rec(1), rec(2) + rec(3)]
-    out = list(iter_blocks(chunks))
-    assert out[0] is chunks[0] and out[1] is chunks[1]
-
-
-def test_iter_blocks_only_tail_and_empty() -> None:
-    assert list(iter_blocks([])) == []
-    assert list(iter_blocks([b"", b""])) == []
-    assert list(iter_blocks([b"abc", b"def"], final_tail="keep")) == [b"abcdef"]
-    assert list(iter_blocks([b"abc"], final_tail="drop")) == []
-    with pytest.raises(CorruptSegment):
-        list(iter_blocks([b"abc"]))
-
-
-def test_iter_blocks_accepts_bytearray_and_memoryview() -> None:
-    buf = bytearray(rec(1) + b"par")
-    out = list(iter_blocks([buf, memoryview(b"tial\n")]))
-    assert out == [rec(1), b"partial\n"]
-    assert all(type(b) is bytes for b in out)
-
-
-def test_max_tail() -> None:
-    sp = LineSplitter(max_tail=10)
-    assert sp.feed(b"12345") == b""
-    assert sp.pending_tail == 5
-    with pytest.raises(CorruptSegment):
-        sp.feed(b"678901")
-    sp = LineSplitter(max_tail=10)
-    with pytest.raises(CorruptSegment):
-        sp.feed(b"ok\n" + b"x" * 11)
-    sp = LineSplitter(max_tail=10)
-    assert sp.feed(b"x" * 50 + b"\n") == b"x" * 50 + b"\n"  # complete lines are not bounded
-
-
-def test_line_splitter_bad_policy() -> None:
-    with pytest.raises(ValueError):
-        LineSplitter(final_tail="maybe")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("policy", ["error", "keep", "drop"])
-def test_aiter_blocks(policy: str) -> None:
-    async def agen(chunks: list[bytes]) -> AsyncIterator[bytes]:
-        for c in chunks:
-            await trio.sleep(0)
-            yield c
-
-    async def collect(chunks: list[bytes], **kw: object) -> list[bytes]:
-        return [b async for b in aiter_blocks(agen(chunks), **kw)]  # type: ignore[arg-type]
-
-    for chunks in all_splits(STREAM):
-        assert b"".join(trio.run(collect, chunks)) == STREAM
-        assert trio.run(lambda: collect(chunks, min_size=10**6)) == [STREAM]
-    data = STREAM + b"partial"
-    for chunks in all_splits(data):
-        if policy == "error":
-            with pytest.raises(CorruptSegment):
-                trio.run(lambda: collect(chunks, final_tail="error"))
-        elif policy == "keep":
-            assert b"".join(trio.run(lambda: collect(chunks, final_tail="keep"))) == data
-        else:
-            assert b"".join(trio.run(lambda: collect(chunks, final_tail="drop", min_size=50))) == STREAM

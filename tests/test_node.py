@@ -248,7 +248,7 @@ def test_overlapping_segments_from_concurrent_consumers(tmp_path):
 
 
 def test_overlapping_and_duplicate_store_segments_merge_on_read(node):
-    from oklog.record import stamp
+    from oklog.records.format import stamp
     from oklog.ulid import Stamper
 
     block = stamp([b"rec %05d" % i for i in range(3000)], Stamper())

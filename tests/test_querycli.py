@@ -6,6 +6,7 @@ import io
 import random
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,12 +16,16 @@ import pytest
 from oklog.errors import ConfigError
 from oklog.querycli import (
     RecordStripper,
-    format_time,
     human_bytes,
     query_url,
     resolve_time,
     run_query,
 )
+from oklog.timespec import format_rfc3339
+
+
+def format_time(t: float) -> str:
+    return format_rfc3339(int(t * 1000))
 
 NOW = 1_800_000_000.5  # 2027-01-15T08:00:00.5Z
 U1 = "01JD5ZQH1XQ1XQ1XQ1XQ1XQ1XQ"
@@ -61,6 +66,7 @@ class Canned:
         self.body = b""
         self.chunks: list[int] | None = None  # write the body in these pieces
         self.requests: list[tuple[str, str]] = []  # (method, raw path)
+        self.delay = 0.0  # seconds between body chunks
 
 
 @pytest.fixture
@@ -85,6 +91,7 @@ def store():
                 self.wfile.write(canned.body[pos : pos + n])
                 self.wfile.flush()
                 pos += n
+                time.sleep(canned.delay)
             self.wfile.write(canned.body[pos:])
 
         def do_GET(self):
@@ -125,8 +132,8 @@ def test_prints_payloads(store):
     method, path = store.requests[-1]
     assert method == "GET" and path.startswith("/store/query?")
     assert params(store) == {
-        "from": ["2027-01-15T07:55:00.500000Z"],
-        "to": ["2027-01-15T08:00:00.500000Z"],
+        "from": ["2027-01-15T07:55:00.500Z"],
+        "to": ["2027-01-15T08:00:00.500Z"],
         "q": ["hello"],
     }
 
@@ -208,7 +215,9 @@ def test_connection_refused():
     [
         ({"from_": "yesterday"}, "couldn't parse -from 'yesterday'"),
         ({"to": "5"}, "couldn't parse -to '5'"),
-        ({"from_": "2026-13-01T00:00:00Z"}, "invalid date"),
+        ({"from_": "2026-13-01T00:00:00Z"}, "month must be in 1..12"),
+        ({"from_": "x" * 500}, "xxx...'"),
+        ({"timeout": "soon"}, "-timeout"),
     ],
 )
 def test_bad_times(store, kw, msg):
@@ -239,10 +248,10 @@ def test_q_percent_encoding(store):
     assert p["topic"] == ["app-1"]
 
 
-def test_rfc3339_and_ulid_pass_through(store):
+def test_rfc3339_is_sent_in_utc_and_ulid_as_is(store):
     query(store, from_="2026-11-21T12:00:00.123456789+01:00", to=U3.lower())
     p = params(store)
-    assert p["from"] == ["2026-11-21T12:00:00.123456789+01:00"]
+    assert p["from"] == ["2026-11-21T11:00:00.123Z"]
     assert p["to"] == [U3]
 
 
@@ -259,7 +268,7 @@ def test_stats_head(store):
     assert code == 0 and out == b""
     assert store.requests[-1][0] == "HEAD"
     lines = err.splitlines()
-    assert lines[0] == "-from 2027-01-15T07:55:00.500000Z -to 2027-01-15T08:00:00.500000Z"
+    assert lines[0] == "-from 2027-01-15T07:55:00.500Z -to 2027-01-15T08:00:00.500Z"
     assert lines[1].startswith("Response in ")
     assert lines[2:] == [
         "Queried from 2027-01-15T07:55:00.5Z",
@@ -344,12 +353,14 @@ def test_record_stripper_final_line_without_lf():
 
 
 def test_resolve_time():
-    assert resolve_time("now", NOW) == "2027-01-15T08:00:00.500000Z"
-    assert resolve_time("NOW", NOW) == "2027-01-15T08:00:00.500000Z"
-    assert resolve_time("5m", NOW) == "2027-01-15T07:55:00.500000Z"
-    assert resolve_time("-5m", NOW) == "2027-01-15T07:55:00.500000Z"
-    assert resolve_time("1d", NOW) == "2027-01-14T08:00:00.500000Z"
-    assert resolve_time("2026-11-21T12:00:00Z", NOW) == "2026-11-21T12:00:00Z"
+    assert resolve_time("now", NOW) == "2027-01-15T08:00:00.500Z"
+    assert resolve_time("NOW", NOW) == "2027-01-15T08:00:00.500Z"
+    assert resolve_time("5m", NOW) == "2027-01-15T07:55:00.500Z"
+    assert resolve_time("-5m", NOW) == "2027-01-15T07:55:00.500Z"
+    assert resolve_time("1d", NOW) == "2027-01-14T08:00:00.500Z"
+    assert resolve_time("1w", NOW) == "2027-01-08T08:00:00.500Z"
+    assert resolve_time("1h30m", NOW) == "2027-01-15T06:30:00.500Z"
+    assert resolve_time("2026-11-21T12:00:00Z", NOW) == "2026-11-21T12:00:00.000Z"
     assert resolve_time(U1, NOW) == U1
     for bad in ["", "5", "2026-11-21", "2026-11-21T12:00:00", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "x" * 26]:
         with pytest.raises(ConfigError):
@@ -376,3 +387,53 @@ def test_from_defaults_to_an_hour_like_the_cli(store):
     out, err = io.BytesIO(), io.StringIO()
     assert run_query(store.addr, out=out, err=err, now=NOW) == 0
     assert params(store)["from"] == [format_time(NOW - 3600)]
+
+
+# --- robustness ------------------------------------------------------------------
+
+
+def test_q_takes_any_bytes(store):
+    store.body = RECORDS
+    code, out, err = query(store, q=b"\xff\xfe\x80 x")
+    assert code == 0 and err == ""
+    raw = store.requests[-1][1]
+    assert "q=%FF%FE%80%20x" in raw
+
+
+def test_warnings_from_the_store_are_printed(store):
+    store.headers = {"X-Oklog-Warning": "1 live store node(s) for replication factor 2: stuck | second"}
+    store.body = RECORDS
+    code, out, err = query(store)
+    assert code == 0 and out == PAYLOADS
+    assert err == ("warning: 1 live store node(s) for replication factor 2: stuck\n"
+                   "warning: second\n")
+    code, _, err = query(store, stats=True)
+    assert code == 0 and err.splitlines()[1] == "warning: 1 live store node(s) for replication factor 2: stuck"
+
+
+@pytest.fixture
+def silent():
+    """A port that accepts connections and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    yield s.getsockname()[1]
+    s.close()
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_a_store_that_never_answers_times_out_naming_it(silent, stats):
+    out, err = io.BytesIO(), io.StringIO()
+    started = time.monotonic()
+    code = run_query(f"127.0.0.1:{silent}", out=out, err=err, now=NOW, timeout=0.5, stats=stats)
+    assert code == 1 and time.monotonic() - started < 10
+    assert err.getvalue().splitlines()[-1] == (
+        f"error: store at http://127.0.0.1:{silent} did not answer within 0.5s")
+
+
+def test_long_gaps_in_the_body_are_not_cut(store):
+    store.body = RECORDS
+    store.chunks = [10, 30]
+    store.delay = 1.0  # between body chunks: longer than the header timeout
+    code, out, err = query(store, timeout=0.3)
+    assert (code, out, err) == (0, PAYLOADS, "")

@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 
 from oklog.errors import BadQuery
 from oklog.query import scan as scan_mod
-from oklog.query.params import Query, ulid_for_ms
-from oklog.query.scan import Matcher, bisect_ulid, line_range, scan
+from oklog.query.params import Query
+from oklog.ulid import ulid_for_ms
+from oklog.query.scan import Matcher, scan
+from oklog.records.search import bisect as bisect_ulid
+from oklog.records.search import line_range
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 BASE_MS = 1_795_262_400_000
@@ -626,7 +629,12 @@ def test_garbage_buffers_never_crash(buf: bytes, q: bytes, regex: bool, topic: b
         query = Query(LO, HI, q, regex, topic)
     except BadQuery:
         return
+    out = b""
     for block in scan(buf, query, start=start, end=end):
         assert block.endswith(b"\n")
+        out += block
+    # whatever comes out is whole lines of the buffer, in buffer order
+    lines = iter(buf.split(b"\n")[:-1])
+    assert all(any(got == line for line in lines) for got in out.split(b"\n")[:-1])
     bisect_ulid(buf, b"0" * 26)
 

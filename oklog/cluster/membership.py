@@ -15,9 +15,9 @@ least every ``refresh`` seconds (which also notices a frozen agent, since
 every call is bounded).  If the agent connection breaks, the last known
 members stay in place and we reconnect with exponential backoff.
 
-``run_cluster`` chooses the flavour: attach to a running agent, start our
+``plan_cluster`` chooses the flavour: attach to a running agent, start our
 own agent as a child, or — with no Serf and no peers — a static membership
-of just this node.
+of just this node; ``Cluster.run`` starts it.
 """
 
 from __future__ import annotations
@@ -33,35 +33,16 @@ from urllib.parse import urlsplit
 
 import trio
 
-from oklog.cluster.agent import AgentConfig, available, run_agent
+from oklog.cluster.agent import AgentConfig, available, free_loopback_port, run_agent
 from oklog.cluster.serf import EventStream, Member, SerfClient, open_serf_client, split_host_port
+from oklog.addr import is_wildcard
 from oklog.errors import ClusterError, ConfigError
+from oklog.roles import check_role, serves_ingest, serves_store
 
 log = logging.getLogger("oklog.cluster")
 
 ROLE_TAG = "oklog.role"
 API_TAG = "oklog.api"
-ROLES = ("ingest", "store", "ingeststore")
-_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
-
-
-def serves_ingest(role: str) -> bool:
-    return role in ("ingest", "ingeststore")
-
-
-def serves_store(role: str) -> bool:
-    return role in ("store", "ingeststore")
-
-
-def tiers(role: str) -> tuple[str, ...]:
-    """The tiers a node of this role runs: ``("ingest",)``, ``("store",)`` or both."""
-    return tuple(t for t, on in (("ingest", serves_ingest(role)), ("store", serves_store(role))) if on)
-
-
-def _check_role(role: str) -> str:
-    if role not in ROLES:
-        raise ConfigError(f"cluster role {role!r} is not one of {', '.join(ROLES)}")
-    return role
 
 
 def _api_hostport(api_url: str) -> str:
@@ -117,7 +98,7 @@ class StaticMembership:
     """A cluster of one: this node, no Serf."""
 
     def __init__(self, api_url: str, role: str) -> None:
-        self.role = _check_role(role)
+        self.role = check_role(role)
         self.api = _api_hostport(api_url)
         self.url = f"http://{self.api}"
         self.name = socket.gethostname()
@@ -165,7 +146,7 @@ class SerfMembership:
     ) -> None:
         self.rpc_addr = rpc_addr
         self._rpc = split_host_port(rpc_addr)
-        self.role = _check_role(role)
+        self.role = check_role(role)
         self.api = _api_hostport(api_url)
         self.refresh = refresh
         self._auth_key = auth_key
@@ -288,7 +269,7 @@ class SerfMembership:
         stats = await client.stats()
         self.name = str(stats.get("agent", {}).get("name", ""))
         host, _, api_port = self.api.rpartition(":")
-        if host.strip("[]") in _WILDCARD_HOSTS:
+        if is_wildcard(host):
             # The API listens everywhere: advertise the address peers gossip with.
             me = await client.members_filtered(name=self.name) if self.name else []
             if me and me[0].addr:
@@ -355,13 +336,43 @@ def node_name(api_url: str) -> str:
     return f"{socket.gethostname()}-{port}-{secrets.token_hex(3)}"
 
 
-async def run_cluster(
-    cfg: ClusterConfig, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Start the right membership for ``cfg``; ``started`` with it; run until cancelled.
+@dataclass
+class Cluster:
+    """A planned membership: the view, and the Serf agent to start for it (if any).
 
-    Raises ``ClusterError`` when peers are given but Serf is unavailable, or
-    when the agent dies or cannot be reached.
+    Planning does no IO, so a node can mount every route that reads the
+    membership before anything is advertised; ``run`` then starts the agent
+    (if ours) and keeps the view fresh.
+    """
+
+    membership: Membership
+    agent: AgentConfig | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Join and follow the cluster until cancelled; ``started`` (with the
+        membership) once the view is first read.  Raises one ``ClusterError``
+        if the agent dies or cannot be reached."""
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.agent is not None:
+                    await nursery.start(run_agent, self.agent)
+                await nursery.start(self.membership.run)
+                task_status.started(self.membership)
+        except BaseExceptionGroup as group:
+            # Callers handle one ClusterError, not a nest of groups.
+            match, rest = group.split(ClusterError)
+            if match is not None and rest is None:
+                raise _first_leaf(match) from group
+            raise
+
+
+def plan_cluster(cfg: ClusterConfig) -> Cluster:
+    """The membership for ``cfg``: attach to a running agent, start our own,
+    or a static cluster of this node alone (no Serf, no peers).
+
+    Raises ``ClusterError`` when peers are given but Serf is unavailable.
     """
     use_serf = available() if cfg.use_serf is None else cfg.use_serf
     if not cfg.serf_rpc and not use_serf:
@@ -372,39 +383,34 @@ async def run_cluster(
             )
         if cfg.use_serf and not available():
             raise ClusterError("serf requested but not on PATH: apt-get install serf")
-    try:
-        async with trio.open_nursery() as nursery:
-            membership: Membership
-            if cfg.serf_rpc:
-                membership = SerfMembership(cfg.serf_rpc, cfg.api_url, cfg.role, tags=cfg.tags)
-            elif use_serf:
-                tags = dict(cfg.tags)
-                api = _api_hostport(cfg.api_url)
-                if api.rpartition(":")[0].strip("[]") not in _WILDCARD_HOSTS:
-                    # Known from the first gossip; a wildcard API address is
-                    # resolved by SerfMembership once it knows our gossip address.
-                    tags.update({ROLE_TAG: cfg.role, API_TAG: api})
-                agent = AgentConfig(
-                    node_name=node_name(cfg.api_url),
-                    bind=cfg.bind,
-                    advertise=cfg.advertise,
-                    peers=list(cfg.peers),
-                    tags=tags,
-                    log_path=cfg.data_dir / "serf.log",
-                    fast=cfg.fast,
-                )
-                rpc_addr = await nursery.start(run_agent, agent)
-                membership = SerfMembership(rpc_addr, cfg.api_url, cfg.role, tags=cfg.tags)
-            else:
-                membership = StaticMembership(cfg.api_url, cfg.role)
-            await nursery.start(membership.run)
-            task_status.started(membership)
-    except BaseExceptionGroup as group:
-        # Callers handle one ClusterError, not a nest of groups.
-        match, rest = group.split(ClusterError)
-        if match is not None and rest is None:
-            raise _first_leaf(match) from group
-        raise
+    if cfg.serf_rpc:
+        return Cluster(SerfMembership(cfg.serf_rpc, cfg.api_url, cfg.role, tags=cfg.tags))
+    if not use_serf:
+        return Cluster(StaticMembership(cfg.api_url, cfg.role))
+    tags = dict(cfg.tags)
+    api = _api_hostport(cfg.api_url)
+    if not is_wildcard(api.rpartition(":")[0]):
+        # Known from the first gossip; a wildcard API address is
+        # resolved by SerfMembership once it knows our gossip address.
+        tags.update({ROLE_TAG: cfg.role, API_TAG: api})
+    agent = AgentConfig(
+        node_name=node_name(cfg.api_url),
+        bind=cfg.bind,
+        rpc_addr=f"127.0.0.1:{free_loopback_port()}",
+        advertise=cfg.advertise,
+        peers=list(cfg.peers),
+        tags=tags,
+        log_path=cfg.data_dir / "serf.log",
+        fast=cfg.fast,
+    )
+    return Cluster(SerfMembership(agent.rpc_addr, cfg.api_url, cfg.role, tags=cfg.tags), agent)
+
+
+async def run_cluster(
+    cfg: ClusterConfig, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """``plan_cluster`` then ``Cluster.run``."""
+    await plan_cluster(cfg).run(task_status=task_status)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -7,13 +7,16 @@ Store nodes pull: ``next`` hands out the oldest flushed segment as pending,
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+import logging
+from typing import AsyncIterator, BinaryIO, Callable
 
 import trio
 
 from ..errors import UnknownSegment
 from ..http import Request, Response, Router, json_response, text
 from .log import IngestLog
+
+log = logging.getLogger("oklog.ingest")
 
 READ_CHUNK = 1 << 20
 
@@ -28,12 +31,14 @@ def ingest_router(ingest_log: IngestLog, cluster_state: Callable[[], dict]) -> R
         return Response(200, seg_id.encode())
 
     async def read_segment(request: Request) -> Response:
-        path = ingest_log.read_path(request.params.get("id", ""))
+        seg_id = request.params.get("id", "")
+        path = ingest_log.read_path(seg_id)
         try:
             f = open(path, "rb")
         except FileNotFoundError:
             raise UnknownSegment(f"segment file {path.name} is gone") from None
-        return Response(200, _chunks(f), content_type="application/octet-stream")
+        return Response(200, _chunks(f, lambda: ingest_log.mark_read(seg_id)),
+                        content_type="application/octet-stream")
 
     async def commit(request: Request) -> Response:
         ingest_log.commit(request.params.get("id", ""))
@@ -58,12 +63,17 @@ def ingest_router(ingest_log: IngestLog, cluster_state: Callable[[], dict]) -> R
     return router
 
 
-async def _chunks(f) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
-    """Stream a file in large chunks, yielding to other tasks in between."""
+async def _chunks(f: BinaryIO, done: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Stream a file in large chunks, yielding to other tasks in between;
+    ``done()`` once the last chunk is out (before the body's end is sent)."""
     with f:
         while True:
             chunk = f.read(READ_CHUNK)
             if not chunk:
-                return
+                break
             yield chunk
             await trio.lowlevel.checkpoint()
+    try:
+        done()
+    except UnknownSegment:  # timed out and handed to another store meanwhile
+        log.info("event=read_after_timeout segment=%s", getattr(f, "name", "?"))

@@ -25,8 +25,8 @@ import trio
 from .. import metrics
 from ..errors import UnknownSegment
 from ..fsutil import fsync_path, lock_directory
-from ..record import salvage
-from ..ulid import Stamper
+from ..records.format import salvage
+from ..ulid import Stamper, is_ulid
 from .segment import IngestBook, State
 
 log = logging.getLogger("oklog.ingest")
@@ -85,6 +85,9 @@ class IngestLog:
         for entry in sorted(self.path.iterdir()):
             stem, ext = entry.stem, entry.suffix
             if ext not in EXTENSIONS:
+                continue
+            if not is_ulid(stem.encode("ascii", "replace")):
+                log.warning("event=ignored_file path=%s reason=not_a_segment_id", entry)
                 continue
             size = entry.stat().st_size
             if size == 0:
@@ -172,9 +175,14 @@ class IngestLog:
         return seg_id
 
     def read_path(self, seg_id: str) -> Path:
-        """Mark a pending segment read and return its file for streaming."""
-        self.book.mark_read(_checked_id(seg_id))
+        """The file of a pending segment, for streaming to the store that
+        claimed it (``UnknownSegment`` if it is not pending)."""
+        self.book.pending(_checked_id(seg_id))
         return self.path / f"{seg_id}.pending"
+
+    def mark_read(self, seg_id: str) -> None:
+        """The whole segment went out: from now on it may be committed."""
+        self.book.mark_read(_checked_id(seg_id))
 
     def commit(self, seg_id: str) -> None:
         self.book.commit(_checked_id(seg_id))
@@ -225,6 +233,6 @@ def _repair(path: Path) -> int:
 
 def _checked_id(seg_id: str) -> str:
     """Segment ids are ULIDs; anything else cannot name one of our files."""
-    if len(seg_id) != 26 or not seg_id.isalnum():
+    if not is_ulid(seg_id.encode("ascii", "replace")):
         raise UnknownSegment(f"no pending segment {seg_id!r}")
     return seg_id

@@ -9,8 +9,10 @@ Theory of operation: an ingester's segment moves
 ``active`` is being written; ``flushed`` is complete and waits for a store
 node; ``pending`` has been handed to one store node by ``/ingest/next`` and
 must be read and committed before ``deadline``, else it returns to
-``flushed`` for another store node.  A commit before any read is refused
-(``SegmentNotRead``): the store must prove it fetched the data.
+``flushed`` for another store node.  A commit before the segment was read
+whole is refused (``SegmentNotRead``): the API marks it read only once its
+last byte went out, so a store that lost the stream half-way cannot commit
+(and delete) data it does not hold.
 
 ``IngestBook`` only keeps the books; the file layer (``oklog.ingest.log``)
 performs the renames it is told to and calls back here.  Time is passed in,
@@ -96,6 +98,10 @@ class IngestBook:
         entry.read = False
         entry.deadline = now + self.pending_timeout
         return seg_id
+
+    def pending(self, seg_id: str) -> None:
+        """Raise ``UnknownSegment`` unless ``seg_id`` is pending."""
+        self._pending(seg_id)
 
     def mark_read(self, seg_id: str) -> None:
         entry = self._pending(seg_id)

@@ -1,6 +1,6 @@
 """The fast and durable ingest TCP servers: lines in, record blocks to disk.
 
-A connection's bytes go through ``LineReader`` (whole lines, long ones
+A connection's bytes go through a ``LineSplitter`` (whole lines, long ones
 rejected), are stamped with monotonic ULIDs as one block and appended to the
 active segment in one synchronous step, so every segment stays sorted and a
 connection's lines keep their sending order.  In durable mode the segment is
@@ -16,8 +16,9 @@ from typing import Awaitable, Callable
 import trio
 
 from .. import metrics
-from ..listen import is_wildcard
-from ..record import LineReader, stamp
+from ..lines import LineSplitter
+from ..listen import open_tcp_listeners
+from ..records.format import stamp
 from ..ulid import Stamper
 from .log import IngestLog
 
@@ -50,19 +51,22 @@ class LineIngester:
         return handle
 
     async def _handle(self, stream: trio.SocketStream, durable: bool) -> None:
-        reader = LineReader(max_size=self.max_record_size)
+        # A final line without LF still counts as a record.
+        splitter = LineSplitter(final_tail="keep", max_line=self.max_record_size, too_long="drop")
         while True:
             data = await stream.receive_some(RECEIVE_SIZE)
-            lines = reader.feed(data) if data else reader.close()
-            if reader.rejected:
-                metrics.ingest_rejected.labels("too_long").inc(reader.rejected)
+            block = splitter.feed(data) if data else b"".join(splitter.finish())
+            if splitter.rejected:
+                metrics.ingest_rejected.labels("too_long").inc(splitter.rejected)
                 log.warning(
                     "event=record_rejected reason=too_long count=%d limit=%d",
-                    reader.rejected,
+                    splitter.rejected,
                     self.max_record_size,
                 )
-                reader.rejected = 0
-            if lines:
+                splitter.rejected = 0
+            if block:
+                lines = block.split(b"\n")
+                lines.pop()  # after the final LF
                 block = stamp(lines, self.stamper)
                 full = self.log.write(block)
                 metrics.ingest_records.inc(len(lines))
@@ -83,9 +87,12 @@ async def serve_lines(
     *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept forwarder connections until cancelled (which closes them all)."""
-    # A wildcard host listens on every address family (see oklog.listen).
-    listeners = await trio.open_tcp_listeners(port, host=None if is_wildcard(host) else host)
+    """Accept forwarder connections until cancelled (which closes them all).
+
+    A wildcard host listens on every address family (see ``oklog.listen``).
+    """
+    flag = "-ingest.durable" if durable else "-ingest.fast"
+    listeners = await open_tcp_listeners(host, port, flag)
     bound = listeners[0].socket.getsockname()
     log.info("event=listening mode=%s addr=%s:%d", "durable" if durable else "fast", bound[0], bound[1])
     task_status.started(bound[1])

@@ -23,10 +23,10 @@ import trio
 
 from .. import metrics
 from ..errors import PeerError
-from ..peer import Peers, QueryResponse
-from ..blocks import aiter_blocks
-from ..store.merge import merge_records
-from ..ulid import ULID_LEN
+from ..lines import aiter_blocks
+from ..peer import Peers, QueryAnswer
+from ..records.merge import merge_records
+from ..records.search import bisect, last_ulid
 from . import local
 
 log = logging.getLogger("oklog.query")
@@ -40,7 +40,7 @@ HEADER_DEADLINE = 15.0
 
 @dataclass
 class Gathered:
-    responses: list[QueryResponse | LocalAnswer]
+    responses: list[QueryAnswer]
     errors: list[str] = field(default_factory=list)
     nodes: int = 0
 
@@ -57,7 +57,7 @@ class Gathered:
 class LocalAnswer:
     """This node's own share of a scatter, without an HTTP round trip to itself.
 
-    Looks like a ``QueryResponse`` to the merge: the same headers, and blocks
+    A ``QueryAnswer`` like a peer's: the same headers, and blocks
     of whole lines straight from ``query.local``.
     """
 
@@ -122,7 +122,7 @@ async def merged_body(gathered: Gathered) -> AsyncIterator[bytes]:
                 await r.aclose()
 
 
-async def _safe_blocks(response: QueryResponse | LocalAnswer) -> AsyncIterator[bytes]:
+async def _safe_blocks(response: QueryAnswer) -> AsyncIterator[bytes]:
     """A peer's body as whole-line blocks; a broken stream just ends."""
     try:
         async for block in aiter_blocks(response.chunks(), final_tail="drop"):
@@ -130,29 +130,6 @@ async def _safe_blocks(response: QueryResponse | LocalAnswer) -> AsyncIterator[b
     except Exception as exc:  # httpx errors, truncated bodies
         metrics.query_errors.inc()
         log.warning("event=query_stream_broken peer=%s error=%r", response.peer, exc)
-
-
-def _last_ulid(block: bytes) -> bytes:
-    start = block.rfind(b"\n", 0, len(block) - 1) + 1
-    return block[start : start + ULID_LEN]
-
-
-def _cut_after(block: bytes, bound: bytes) -> int:
-    """Offset just past the last line whose ULID is <= ``bound``."""
-    if _last_ulid(block) <= bound:
-        return len(block)
-    lo, hi = 0, len(block)  # invariant: the answer is a line start in [lo, hi]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        start = block.rfind(b"\n", 0, mid) + 1
-        if start < lo:
-            start = lo
-        end = block.find(b"\n", start) + 1
-        if block[start : start + ULID_LEN] <= bound:
-            lo = end
-        else:
-            hi = start
-    return lo
 
 
 async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
@@ -172,13 +149,13 @@ async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[by
                     open_[i] = False
         if not any(current):
             return
-        streaming = [_last_ulid(current[i]) for i in range(len(sources)) if open_[i]]
-        bound = min(streaming) if streaming else b"\xff" * ULID_LEN
+        streaming = [last_ulid(current[i]) for i in range(len(sources)) if open_[i]]
+        bound = min(streaming) if streaming else b"\xff"  # above any line
         parts: list[bytes] = []
         for i, block in enumerate(current):
             if not block:
                 continue
-            cut = _cut_after(block, bound)
+            cut = bisect(block, bound, after=True)
             parts.append(block[:cut])
             current[i] = block[cut:]
         parts = [p for p in parts if p]

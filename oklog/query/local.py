@@ -1,10 +1,12 @@
 """Answering a query from this node's own segments (``/store/_query``).
 
 Planning only looks at the interval index (HEAD needs nothing more);
-running maps the overlapping files and greps them with ``scan``.  Segments
-that overlap each other (not yet compacted) are k-way merged with
-de-duplication; a segment that overlaps no other streams straight through.
-Each group's files are mapped when the scan reaches that group; a file
+running opens the overlapping segments through the segment reader seam and
+greps their blocks of the query's range.  Segments that overlap each other
+(not yet compacted) are k-way merged with de-duplication; a segment that
+overlaps no other streams straight through.  Each group is made safe to
+read first (``StoreLog.readable``: checked, or repaired, if this process has
+not done so yet), and its files are opened when the scan reaches it; a file
 removed in between (no code path removes one today; compaction will) is
 skipped, so compaction must only delete a segment once its records live in
 another file.
@@ -12,19 +14,22 @@ another file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import trio
 
-from ..store.log import Segment, StoreLog, map_file
-from ..store.merge import merge_records
+from ..records.merge import merge_records
+from ..segment import SegmentReader, open_segment
+from ..store.log import Segment, StoreLog
 from .params import Query
-from .scan import compile_matcher, scan
 
 
 @dataclass
 class LocalPlan:
+    store: StoreLog
     query: Query
     groups: list[list[Segment]]  # overlapping segments, in ULID order
 
@@ -45,26 +50,32 @@ class LocalPlan:
 
 
 def plan(store: StoreLog, query: Query) -> LocalPlan:
-    return LocalPlan(query, store.overlapping_groups(query.lo, query.hi))
+    return LocalPlan(store, query, store.overlapping_groups(query.lo, query.hi))
+
+
+def _group_blocks(readers: list[SegmentReader], query: Query) -> Iterator[bytes]:
+    """Matching records of one group of overlapping segments, in ULID order."""
+    scans = [query.matcher.scan_blocks(r.blocks(query.lo, query.hi)) for r in readers]
+    if len(scans) == 1:
+        return scans[0]
+    # store segments are sound (checked or written by us): no ULID twice in one
+    return merge_records(scans, trusted_unique=True)
 
 
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
-    query = local.query
-    matcher = compile_matcher(query)
     for group in local.groups:
-        buffers = []
-        for seg in group:
-            try:
-                buffers.append(map_file(seg.path))
-            except FileNotFoundError:
-                continue  # removed since planning (see the module docstring)
-        if len(buffers) == 1:
-            blocks = scan(buffers[0], query, matcher)
-        else:
-            # store segments are validated strictly sorted on write: no dups inside one
-            blocks = merge_records([scan(b, query, matcher) for b in buffers], trusted_unique=True)
-        for block in blocks:
-            yield block
-            await trio.lowlevel.checkpoint()
+        segments = await local.store.readable(group)
+        with ExitStack() as stack:
+            readers = []
+            for segment in segments:
+                try:
+                    readers.append(stack.enter_context(open_segment(segment.path)))
+                except FileNotFoundError:
+                    continue  # removed since planning (see the module docstring)
+            if not readers:
+                continue
+            for block in _group_blocks(readers, local.query):
+                yield block
+                await trio.lowlevel.checkpoint()
         await trio.lowlevel.checkpoint()

@@ -1,12 +1,13 @@
-"""The grep engine: the records of one sorted segment buffer that match a query.
+"""The grep engine: the records of sorted blocks that match a query.
 
 Theory of operation
 -------------------
-A segment buffer (``bytes``, ``bytearray`` or ``mmap.mmap``; anything with
-``find``/``rfind``/slicing) holds records ``ULID SP TOPIC SP PAYLOAD LF``
-sorted by ULID.  ``scan`` binary-searches the byte offsets of the ``[lo, hi]``
-ULID range (``bisect_ulid``), then hands the range to the ``Matcher``, which
-yields *blocks*: ``bytes`` of one or more whole matching records, in order.
+A segment reader (``oklog.segment``) hands out the blocks of records
+``ULID SP TOPIC SP PAYLOAD LF`` of a ULID range, in order, each whole lines
+of about ``CHUNK`` bytes; ``Matcher.scan_blocks`` turns them into *blocks*
+of whole matching records, in order.  ``scan`` does the same for one sorted
+buffer (``bytes``, ``bytearray``, ``mmap``): binary search of the range
+(``oklog.records.search.bisect``), then the matcher.
 
 Semantics (``Matcher.match`` is the per-record reference): ``q`` is matched
 against the payload only — the bytes after the second space — never the ULID
@@ -16,10 +17,8 @@ regex is searched (``re.search``) in the payload, so ``^``/``$``/``\\A``/
 topic is exactly that.  Lines without two spaces never match.  Only complete
 lines count: bytes after the buffer's last LF are ignored.
 
-The data path has no per-record Python loop in the common cases.  The range
-is cut into chunks of about ``CHUNK`` bytes at line ends (one copy each, so
-``bytes.count`` works on an mmap too); each strategy walks *hits* within a
-chunk, expanding a hit to its line only when it needs to; adjacent matching
+The data path has no per-record Python loop in the common cases.  Each
+strategy walks *hits* within a block (a *chunk* below), expanding a hit to its line only when it needs to; adjacent matching
 lines are kept as one slice, and slices are joined into blocks of about
 ``BATCH`` bytes.  The matcher picks its strategy once, when compiled:
 
@@ -80,29 +79,15 @@ itself whatever the strategy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from mmap import mmap
+from collections.abc import Iterable, Iterator
 from re import _constants as _sre  # type: ignore[attr-defined]
 from re import _parser as _sre_parse  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol
 
 from oklog.errors import BadQuery
+from oklog.records.search import Buffer, bisect, line_range, line_slices
 
-if TYPE_CHECKING:
-    from oklog.query.params import Query
-
-__all__ = [
-    "BATCH",
-    "CHUNK",
-    "Buffer",
-    "Matcher",
-    "bisect_ulid",
-    "compile_matcher",
-    "line_range",
-    "scan",
-]
-
-Buffer = Union[bytes, bytearray, mmap]
+__all__ = ["BATCH", "CHUNK", "Matcher", "Scoped", "scan"]
 
 CHUNK = 1 << 20  # work unit: ranges are scanned in chunks of about this size, cut at LFs
 BATCH = 256 << 10  # matched bytes gathered before a block is yielded
@@ -111,57 +96,6 @@ _NL = b"\n"
 _SP = b" "
 # bytes a record header (``ULID SP TOPIC SP``) holds besides its two spaces
 _HEADER_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-")
-
-
-# --- bounds ------------------------------------------------------------------
-
-
-def line_range(buf: Buffer, start: int = 0, end: int | None = None) -> tuple[int, int]:
-    """``[start, end)`` clipped to the buffer and snapped to whole lines.
-
-    ``start`` moves forward to a line start; ``end`` moves back to just after
-    the last LF before it (so a trailing partial line is left out).
-    """
-    size = len(buf)
-    end = size if end is None else max(0, min(end, size))
-    start = max(0, min(start, end))
-    if start > 0 and buf[start - 1] != 10:
-        nl = buf.find(_NL, start, end)
-        start = end if nl < 0 else nl + 1
-    end = buf.rfind(_NL, start, end) + 1 or start
-    return start, end
-
-
-def bisect_ulid(
-    buf: Buffer,
-    ulid: bytes,
-    start: int = 0,
-    end: int | None = None,
-    *,
-    after: bool = False,
-) -> int:
-    """Offset of the first record in ``[start, end)`` whose ULID is >= ``ulid``.
-
-    With ``after=True``: the first whose ULID is > ``ulid`` (the exclusive end
-    of an inclusive upper bound).  ``end`` (or ``len(buf)``) when there is
-    none.  ``start`` and ``end`` must be line starts (or 0 / the buffer end).
-    A binary search over byte offsets that snaps each probe back to the start
-    of its line: O(log n) ``rfind``/``find`` calls, about 10 µs.
-    """
-    key = ulid + b"\xff" if after else ulid  # "ULID " < "ULID\xff" < the next ULID
-    klen = len(key)
-    lo = start
-    hi = len(buf) if end is None else end
-    rfind, find = buf.rfind, buf.find
-    while lo < hi:
-        mid = (lo + hi) // 2
-        line = rfind(_NL, lo, mid) + 1 or lo
-        if buf[line : line + klen] < key:
-            nl = find(_NL, line, hi)
-            lo = hi if nl < 0 else nl + 1
-        else:
-            hi = line
-    return lo
 
 
 # --- regex analysis ----------------------------------------------------------
@@ -365,14 +299,14 @@ class Matcher:
 
     # -- a range of records ----------------------------------------------------
 
-    def scan_range(self, buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Matching records of ``buf[start:end]`` (snapped to lines), as blocks."""
-        s, e = line_range(buf, start, end)
+    def scan_blocks(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        """The matching records of ``blocks`` (each whole lines, in ULID
+        order), as blocks of about ``BATCH`` bytes."""
         strategy = self.strategy
-        if s >= e or strategy == "none":
+        if strategy == "none":
             return iter(())
         if strategy == "all":
-            return _slices(buf, s, e)
+            return iter(blocks)
         grep = {
             "literal": self._grep_literal,
             "topic": self._grep_topic,
@@ -380,7 +314,7 @@ class Matcher:
             "prefilter": self._grep_prefilter,
             "lines": self._grep_lines,
         }[strategy]
-        return _batched(map(grep, _slices(buf, s, e)))
+        return _batched(map(grep, blocks))
 
     # Each _grep_* takes one chunk (bytes of whole lines, ending in LF) and
     # returns the matching lines as a list of slices of it: runs of adjacent
@@ -625,32 +559,25 @@ def _batched(part_lists: Iterator[list[bytes]]) -> Iterator[bytes]:
         yield held[0] if len(held) == 1 else b"".join(held)
 
 
-def _slices(buf: Buffer, s: int, e: int) -> Iterator[bytes]:
-    """``buf[s:e]`` (whole lines) in slices of at most ``CHUNK`` cut at LFs."""
-    pos = s
-    while pos < e:
-        cut = pos + CHUNK
-        if cut >= e:
-            yield bytes(buf[pos:e])
-            return
-        nl = buf.rfind(_NL, pos, cut)
-        if nl < 0:  # one line longer than CHUNK
-            nl = buf.find(_NL, cut, e)
-        yield bytes(buf[pos : nl + 1])
-        pos = nl + 1
-
-
 # --- entry points ------------------------------------------------------------
 
 
-def compile_matcher(query: Query) -> Matcher:
-    """The matcher for a query's ``q``/``regex``/``topic`` (``BadQuery`` if invalid)."""
-    return Matcher(query.q, query.regex, query.topic)
+class Scoped(Protocol):
+    """What a scan needs of a query: its ULID range and its matcher."""
+
+    @property
+    def lo(self) -> bytes: ...
+
+    @property
+    def hi(self) -> bytes: ...
+
+    @property
+    def matcher(self) -> "Matcher": ...
 
 
 def scan(
     buf: Buffer,
-    query: Query,
+    query: Scoped,
     matcher: Matcher | None = None,
     start: int = 0,
     end: int | None = None,
@@ -658,10 +585,12 @@ def scan(
     """Blocks of the records in ``buf[start:end]`` with a ULID in ``[lo, hi]``
     that match ``query`` (``matcher`` defaults to ``query.matcher``).
 
-    ``buf`` is one segment sorted by ULID.  Blocks are whole records with
-    their LFs, in buffer order; ``b"".join`` of them is the result.
+    ``buf`` is one sorted buffer of records (segment readers hand their
+    blocks to :meth:`Matcher.scan_blocks` directly).  Blocks are whole
+    records with their LFs, in buffer order; ``b"".join`` of them is the
+    result.
     """
     s, e = line_range(buf, start, end)
-    lo = bisect_ulid(buf, query.lo, s, e)
-    hi = bisect_ulid(buf, query.hi, lo, e, after=True)
-    return (matcher or query.matcher).scan_range(buf, lo, hi)
+    lo = bisect(buf, query.lo, s, e)
+    hi = bisect(buf, query.hi, lo, e, after=True)
+    return (matcher or query.matcher).scan_blocks(line_slices(buf, lo, hi, CHUNK))

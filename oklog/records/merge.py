@@ -57,19 +57,14 @@ crash.  A source block that does not end in LF raises ``CorruptSegment``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, compress, islice
-from operator import and_, eq, itemgetter, le, lt, ne, not_, or_
-from typing import Literal
+from operator import and_, eq, lt, ne, not_, or_
 
-# Re-chunking lives in oklog.blocks; its names are re-exported for callers.
-from oklog.blocks import Chunk, LineSplitter, Pieces, TailPolicy, aiter_blocks, iter_blocks
 from oklog.errors import CorruptSegment
-
-ULID_LEN = 26
-
-#: The ULID of one line (a C-level callable: ``line[0:26]``).
-ulid_of: Callable[[bytes], bytes] = itemgetter(slice(0, ULID_LEN))
+from oklog.lines import Pieces
+from oklog.records.search import bisect, last_ulid, ulid_of
+from oklog.ulid import ULID_LEN
 
 #: Source blocks smaller than this are joined before merging (several sources).
 MIN_BLOCK = 64 * 1024
@@ -84,7 +79,6 @@ RUN_MIN = 4 * 1024
 PIECE = 256 * 1024
 
 OnShort = Callable[[bytes], None]
-#: What the re-chunkers accept (HTTP libraries hand out any of these).
 
 _LF = b"\n"
 
@@ -105,12 +99,6 @@ def _join(lines: list[bytes]) -> bytes:
     out = _LF.join(lines)
     lines.pop()
     return out
-
-
-def _last_key(block: bytes) -> bytes:
-    """The ULID of the last line of a non-empty LF-terminated block."""
-    start = block.rfind(_LF, 0, len(block) - 1) + 1
-    return block[start : start + ULID_LEN]
 
 
 def _pieces(block: bytes, size: int | None = None) -> Iterator[bytes]:
@@ -215,7 +203,7 @@ class _Source:
             return False
         self.block = parts[0] if len(parts) == 1 else b"".join(parts)
         self.pos = 0
-        self.end = _last_key(self.block)
+        self.end = last_ulid(self.block)
         return True
 
     @property
@@ -232,26 +220,16 @@ class _Source:
         start = block.rfind(_LF, self.pos, at) + 1 or self.pos
         return block[start : start + ULID_LEN]
 
-    def cut(self, bound: bytes, below: Callable[[bytes, bytes], bool]) -> int:
-        """Offset of the first line at or after ``pos`` whose ULID is not
-        ``below(ulid, bound)`` (``below`` is ``operator.le`` or ``lt``)."""
+    def cut(self, bound: bytes, *, inclusive: bool) -> int:
+        """Offset of the first line at or after ``pos`` whose ULID is above
+        ``bound`` (``inclusive``: lines equal to it are taken too)."""
         block, lo = self.block, self.pos
-        if below(self.end, bound):
+        if self.end < bound or (inclusive and self.end == bound):
             return len(block)
-        if not below(block[lo : lo + ULID_LEN], bound):
+        head = block[lo : lo + ULID_LEN]
+        if head > bound or (not inclusive and head == bound):
             return lo
-        # Binary search over line starts.  Invariant: every line before
-        # ``lo`` is below the bound; the line starting at ``hi`` is not (the
-        # last line is not, see above).
-        hi = block.rfind(_LF, lo, len(block) - 1) + 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            start = block.rfind(_LF, lo, mid) + 1 or lo
-            if below(block[start : start + ULID_LEN], bound):
-                lo = block.index(_LF, start) + 1
-            else:
-                hi = start
-        return lo
+        return bisect(block, bound, lo, after=inclusive)
 
     def take(self, cut: int) -> bytes:
         """Remove and return the lines from ``pos`` up to offset ``cut``."""
@@ -362,7 +340,7 @@ def merge_records(
         chunks: list[bytes] = []
         owners: list[_Source] = []
         for s in live:
-            chunk = s.take(s.cut(horizon, le))
+            chunk = s.take(s.cut(horizon, inclusive=True))
             if chunk:
                 chunks.append(chunk)
                 owners.append(s)
@@ -394,7 +372,7 @@ def _find_run(live: list[_Source]) -> tuple[_Source, int]:
     assert h2 is not None
     if h1 == h2:
         return first, first.pos
-    return first, first.cut(h2, lt)
+    return first, first.cut(h2, inclusive=False)
 
 
 class _Merger:
@@ -456,7 +434,7 @@ class _Merger:
             untrusted = False
         # 3. non-overlapping chunks: concatenate in ULID order.
         ordered = sorted(chunks, key=ulid_of)
-        ends = list(map(_last_key, ordered))
+        ends = list(map(last_ulid, ordered))
         if all(map(lt, ends, map(ulid_of, islice(ordered, 1, None)))):
             if untrusted:
                 ordered = [owners[chunks.index(c)].dedup(c) for c in ordered]
@@ -471,7 +449,7 @@ class _Merger:
                 if c.startswith(s.last or b"\n"):
                     chunks[i] = s.dedup(c)
                 else:
-                    s.last = _last_key(c)
+                    s.last = last_ulid(c)
         return self.interleaved(chunks)
 
     def interleaved(self, chunks: list[bytes]) -> bytes:
@@ -533,5 +511,4 @@ class _Merger:
         return _join(uniq)
 
 
-__all__ = ["LineSplitter", "TailPolicy", "aiter_blocks", "iter_blocks", "is_strictly_sorted",
-           "merge_records", "sort_records"]
+__all__ = ["is_strictly_sorted", "merge_records", "sort_records"]

@@ -13,6 +13,19 @@ a single ``ingeststore`` process): segments are spooled to files and merged
 into one sorted, de-duplicated composite file, which is then uploaded to
 ``replication_factor`` distinct live stores.  Memory stays bounded: nothing
 holds a whole segment, let alone the composite.
+
+An ingester's segment is a peer's data, and may be damaged (disk
+corruption, a hand edit): the consumer is where such lines are dropped.
+The stores validate every upload (``/store/replicate`` answers a malformed
+body with a 400 and writes nothing), so the consumer does not check the
+composite a second time on the happy path; when a store refuses it, the
+consumer rebuilds it from the same spooled segments through ``salvage``,
+keeping every well-formed record, counting each dropped line
+(``oklog_store_rejected_records_total{source="consume"}``) and logging once
+per damaged segment, and replicates that.  No batch can be refused forever
+for one bad line, and the check costs nothing when nothing is wrong.  Any
+other failure of a batch -- a peer's error, a bug -- fails the batch back to
+its ingesters; the consumer backs off and goes on.
 """
 
 from __future__ import annotations
@@ -22,16 +35,25 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import trio
 
 from .. import metrics
 from ..cluster.membership import Membership
-from ..errors import IllegalTransition, PeerError, ReplicationShortfall
+from ..errors import (
+    CorruptSegment,
+    IllegalTransition,
+    OklogError,
+    PeerError,
+    PeerRejected,
+    ReplicationShortfall,
+)
 from ..peer import Peers
-from .log import StoreLog, iter_file_blocks
-from .merge import merge_records
+from ..records.format import salvage
+from ..records.merge import merge_records
+from ..segment.plain import PlainReader, PlainWriter
+from .log import StoreLog
 
 log = logging.getLogger("oklog.consume")
 
@@ -100,6 +122,38 @@ class ConsumeTxn:
         return list(self.sources)
 
 
+class Refused(PeerRejected):
+    """A store refused a composite as malformed (400)."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        PeerError.__init__(self, store, reason)
+        self.status = 400
+        self.store = store
+
+
+def _salvaged(reader: PlainReader, source: Source) -> Iterator[bytes]:
+    """The well-formed records of a gathered ingest segment; the rest is
+    counted and logged, once for the segment."""
+    malformed = torn = 0
+    for block in reader.raw_blocks():
+        good, dropped = salvage(block)
+        if dropped:
+            if block.endswith(b"\n"):
+                malformed += dropped
+            else:
+                malformed, torn = malformed + dropped - 1, 1
+        if good:
+            yield good
+    if malformed or torn:
+        if malformed:
+            metrics.store_rejected.labels("malformed", "consume").inc(malformed)
+        if torn:
+            metrics.store_rejected.labels("torn", "consume").inc(torn)
+        log.warning("event=segment_salvaged ingester=%s segment=%s dropped_lines=%d reason=%s",
+                    source.ingester, source.seg_id, malformed + torn,
+                    "malformed" if malformed else "torn")
+
+
 def replication_order(stores: list[str], rng: random.Random) -> list[str]:
     """Distinct stores in random order: the first ones are tried first, the
     rest are fallbacks when one of those fails."""
@@ -121,6 +175,7 @@ class Consumer:
         target_size: int = 128 << 20,
         target_age: float = 3.0,
         idle_sleep: float = 0.25,
+        max_backoff: float = 5.0,
         clock: Callable[[], float] = trio.current_time,
         rng: random.Random | None = None,
     ) -> None:
@@ -131,6 +186,8 @@ class Consumer:
         self.target_size = target_size
         self.target_age = target_age
         self.idle_sleep = idle_sleep
+        self.max_backoff = max_backoff
+        self.failures = 0  # batches failed in a row
         self.clock = clock
         self.rng = rng or random.Random()
         self._last_shortage_log = -1e9
@@ -140,7 +197,9 @@ class Consumer:
         while True:
             worked = await self.one_batch()
             if not worked:
-                await trio.sleep(self.idle_sleep)
+                # failing batches back off: 2x, 4x, ... the idle sleep, up to max_backoff
+                await trio.sleep(min(self.idle_sleep * 2 ** min(self.failures, 30), self.max_backoff)
+                                 if self.failures else self.idle_sleep)
 
     async def one_batch(self) -> bool:
         """Run one transaction; False when there was nothing to do."""
@@ -158,19 +217,23 @@ class Consumer:
             if not txn.sources:
                 return False
             txn.replicate()
-            composite, records = await trio.to_thread.run_sync(self._merge, files)
-            files.append(composite)
-            await self._replicate(composite, stores)
-        except BaseException as exc:
+            records = await self._merge_and_replicate(txn, files, stores)
+        except Exception as exc:
             with trio.CancelScope(shield=True):
                 await self._finish(txn, ok=False, reason=exc)
-            if isinstance(exc, (PeerError, ReplicationShortfall, OSError)):
-                return False
+            self.failures += 1
+            if not isinstance(exc, (OklogError, OSError)):  # a bug: say where
+                log.exception("event=batch_error segments=%d", len(txn.sources))
+            return False
+        except BaseException as exc:  # cancelled: hand the segments back
+            with trio.CancelScope(shield=True):
+                await self._finish(txn, ok=False, reason=exc)
             raise
         finally:
             for f in files:
                 f.unlink(missing_ok=True)
         await self._finish(txn, ok=True)
+        self.failures = 0
         metrics.consume_records.inc(records)
         return True
 
@@ -203,23 +266,59 @@ class Consumer:
             if not got:
                 return  # the ingesters have nothing more right now
 
-    def _merge(self, files: list[Path]) -> tuple[Path, int]:
-        """Merge the gathered segments into one sorted, de-duplicated file."""
+    async def _merge_and_replicate(self, txn: ConsumeTxn, files: list[Path], stores: list[str]) -> int:
+        """Build the composite and replicate it; salvage the sources if a
+        store refuses it (or it cannot even be merged).  Returns its records."""
+        try:
+            composite, records = await trio.to_thread.run_sync(self._merge, txn.sources, files, False)
+            files.append(composite)
+            await self._replicate(composite, stores)
+            return records
+        except (Refused, CorruptSegment) as exc:  # a damaged source: keep what is valid of each
+            log.warning("event=composite_refused error=%s action=salvage", exc)
+        composite, records = await trio.to_thread.run_sync(self._merge, txn.sources, files, True)
+        files.append(composite)
+        if records:
+            await self._replicate(composite, stores)
+        return records
+
+    def _merge(self, sources: list[Source], files: list[Path], salvage: bool) -> tuple[Path, int]:
+        """Merge the gathered segments into one sorted, de-duplicated file
+        (the plain format: the body of ``/store/replicate``); with
+        ``salvage``, keep only their well-formed records."""
         out = self.store.tmp_path(".composite")
-        records = 0
-        with open(out, "wb") as f:
-            # one ingester's segment never repeats a ULID (one monotonic stamper)
-            for block in merge_records([iter_file_blocks(p) for p in files], trusted_unique=True):
-                records += block.count(b"\n")
-                f.write(block)
-        return out, records
+        readers = [PlainReader(p) for p in files]
+        writer = PlainWriter(out, durable=False)  # a temporary upload body
+        try:
+            inputs = [_salvaged(r, s) if salvage else r.raw_blocks() for r, s in zip(readers, sources)]
+            # one ingester's segment never repeats a ULID (one monotonic
+            # stamper); should a damaged one, the store sorts it out
+            for block in merge_records(inputs, trusted_unique=True):
+                writer.write(block)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            for r in readers:
+                r.close()
+        writer.finish()
+        return out, writer.records
 
     async def _replicate(self, composite: Path, stores: list[str]) -> None:
-        """Upload to ``rf`` distinct stores, trying others when one fails."""
+        """Upload to ``rf`` distinct stores, trying others when one fails.
+
+        ``Refused`` when a store answers that the body is malformed: every
+        store validates the same way, so no other would take it either.
+        """
         done = 0
         for store in replication_order(stores, self.rng):
             try:
                 await self.peers.replicate(store, composite)
+            except PeerRejected as exc:
+                if exc.status == 400:
+                    raise Refused(store, exc.reason) from exc
+                log.warning("event=replicate_failed store=%s error=%s", store, exc)
+                continue
             except PeerError as exc:
                 log.warning("event=replicate_failed store=%s error=%s", store, exc)
                 continue

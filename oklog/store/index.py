@@ -1,12 +1,7 @@
-"""Segment names and the in-memory interval index over them.
+"""The in-memory interval index over store segments, by ``[lo, hi]`` name.
 
-A store segment file is named ``FROMULID-TOULID.STATE``: the smallest and the
-largest ULID inside, and its lifecycle state (``flushed``, ``reading``, ...).
-:class:`SegmentName` is that ``[lo, hi]`` pair as a value; the state is not
-part of it (a rename changes the state, not the segment).
-
-Theory of operation of :class:`IntervalIndex`
----------------------------------------------
+Theory of operation
+-------------------
 
 Entries are ``(SegmentName, value)``; the value is whatever the caller needs
 per segment (a path, a handle).  Two entries may have the same name -- two
@@ -49,97 +44,16 @@ degrades to ``O(n log n)``, never worse.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from sortedcontainers import SortedList
 
-from oklog.errors import CorruptSegment
+from oklog.segment.name import SegmentName
+
+__all__ = ["Entry", "IntervalIndex", "SegmentName", "group_overlapping"]
 
 V = TypeVar("V")
-
-ULID_LEN = 26
-
-#: 26 Crockford base32 characters, uppercase; the first one is 0-7 because a
-#: ULID is 128 bits (the 48-bit time fits in 10 characters only that way).
-_ULID = rb"[0-7][0-9A-HJKMNP-TV-Z]{25}"
-_NAME_RE = re.compile(
-    rb"(" + _ULID + rb")-(" + _ULID + rb")\.([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)"
-)
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class SegmentName:
-    """The ``[lo, hi]`` ULID range of a store segment (both inclusive).
-
-    ``lo`` and ``hi`` are the 26-byte ASCII ULIDs of the first and last record.
-    Ordering is by ``(lo, hi)``.
-    """
-
-    lo: bytes
-    hi: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.lo) != ULID_LEN or len(self.hi) != ULID_LEN:
-            raise ValueError(f"SegmentName needs two {ULID_LEN}-byte ULIDs: {self!r}")
-        if self.lo > self.hi:
-            raise ValueError(f"SegmentName with lo > hi: {self!r}")
-
-    def filename(self, state: str) -> str:
-        """The file name for this segment in ``state``: ``LO-HI.state``."""
-        return f"{self.lo.decode('ascii')}-{self.hi.decode('ascii')}.{state}"
-
-    @classmethod
-    def parse(cls, filename: str) -> tuple[SegmentName, str]:
-        """Split a file name (no directory) into its name and state.
-
-        ``"01H...-01H....flushed"`` gives ``(SegmentName(...), "flushed")``.
-        The state is everything after the first dot (``"flushed.zst"`` is a
-        valid state); which states exist is the caller's business.  Anything
-        else -- wrong length, lowercase or non-Crockford characters, ``lo >
-        hi``, no state -- raises :class:`~oklog.errors.CorruptSegment`.
-        """
-        try:
-            raw = filename.encode("ascii")
-        except UnicodeEncodeError:
-            raise CorruptSegment(f"not a segment file name: {filename!r}") from None
-        m = _NAME_RE.fullmatch(raw)
-        if m is None:
-            raise CorruptSegment(f"not a segment file name: {filename!r}")
-        lo, hi, state = m.groups()
-        if lo > hi:
-            raise CorruptSegment(f"segment file name with FROM > TO: {filename!r}")
-        return cls(lo, hi), state.decode("ascii")
-
-    @classmethod
-    def of_block(cls, block: bytes) -> SegmentName:
-        """The name of a non-empty, sorted block of records (``LF``-ended).
-
-        Reads the first ULID and the last line's ULID; does not check the
-        lines in between.  Raises :class:`~oklog.errors.CorruptSegment` if
-        the block is empty or its first/last line is too short.
-        """
-        if not block.endswith(b"\n"):
-            raise CorruptSegment("segment block is empty or does not end with LF")
-        last = block.rfind(b"\n", 0, len(block) - 1) + 1
-        lo = block[:ULID_LEN]
-        hi = block[last : last + ULID_LEN]
-        if b"\n" in lo or b"\n" in hi or len(lo) != ULID_LEN or len(hi) != ULID_LEN:
-            raise CorruptSegment("segment block line too short to hold a ULID")
-        if lo > hi:
-            raise CorruptSegment("segment block is not sorted (first ULID > last)")
-        return cls(lo, hi)
-
-    def overlaps(self, lo: bytes, hi: bytes) -> bool:
-        """Whether this range shares at least one ULID with ``[lo, hi]``."""
-        return self.lo <= hi and lo <= self.hi
-
-    def contains(self, ulid: bytes) -> bool:
-        """Whether ``ulid`` falls inside ``[lo, hi]``."""
-        return self.lo <= ulid <= self.hi
-
 
 Entry = tuple[SegmentName, V]
 

@@ -1,38 +1,68 @@
 """The store file layer: ``FROM-TO.flushed`` segment files and their index.
 
-Theory of operation: a replicate upload is streamed into ``ID.active`` while
-every block is validated (a malformed body leaves nothing behind); if the
-records did not arrive strictly sorted they are sorted and de-duplicated
-once, then the file is fsynced and renamed ``FROMULID-TOULID.flushed``.  Should
-a file of that exact name exist already (the same range replicated twice),
-the two are merged into their union first, so nothing is ever overwritten.
-The in-memory interval index maps ``[FROM, TO]`` to files and is rebuilt
-from file names at start; there is no other metadata to lose.
+Theory of operation
+-------------------
+A replicate upload is streamed through a segment writer into ``ID.active``
+while every block is validated (a malformed body leaves nothing behind);
+if the records did not arrive strictly sorted they are sorted and
+de-duplicated afterwards (an external sort: memory stays bounded), then
+the file is synced and renamed ``FROMULID-TOULID.flushed``.  Should a file
+of that exact name exist already (the same range replicated twice), the two
+are merged into their union first, so nothing is ever overwritten.  The
+in-memory interval index maps ``[FROM, TO]`` to files and is rebuilt from
+file names at start; there is no other metadata to lose.
+
+Segments found on disk at start are *unverified*: a crash, a failing disk
+or a hand edit may have damaged them, and a damaged file must never be
+read as it is.  Each is checked once (``oklog.segment.check``): by a
+background pass at start, newest first, and on demand by the first query
+that needs it (``readable``), whichever comes first.  A segment that is not
+sound is repaired without losing a valid record, crash-safely:
+
+1. its well-formed records are written, sorted and de-duplicated, to a
+   temporary file (the original is untouched);
+2. the original is renamed ``FROM-TO.repairing`` (a crash from here on
+   repeats the repair from it at the next start);
+3. the salvaged records are installed as a proper segment (named after
+   their own first and last ULID, merged with a same-named segment);
+4. the original is renamed ``FROM-TO.corrupt``: quarantined, kept for the
+   operator, never read again.
+
+Every dropped line is counted (``oklog_store_rejected_records_total``)
+and each repair is logged once.  Segments this process writes are sound by
+construction and never checked again.
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import trio
 
 from .. import metrics
 from ..errors import CorruptSegment
 from ..fsutil import fsync_path, lock_directory
-from ..record import validate_block
-from ..ulid import ULID_LEN, Stamper
+from ..lines import aiter_blocks
+from ..records.format import RECORD_SIZE_LIMIT, validate_block
+from ..records.merge import is_strictly_sorted, merge_records
+from ..records.search import first_ulid, last_ulid
+from ..segment import create_segment, open_segment, write_segment
+from ..segment.check import check, salvage
+from ..segment.sort import sort_blocks
+from ..ulid import Stamper
 from .index import IntervalIndex, SegmentName
-from ..blocks import aiter_blocks
-from .merge import is_strictly_sorted, merge_records, sort_records
 
 log = logging.getLogger("oklog.store")
 
-WRITE_CHUNK = 1 << 20
+#: A replicate body line longer than this is refused (bounds the memory a
+#: peer can make us hold for one line).
+MAX_UPLOAD_LINE = RECORD_SIZE_LIMIT
+#: Seconds before the background verifier retries after a failure.
+VERIFY_RETRY = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +84,12 @@ class StoreLog:
         self._ids = Stamper()
         self._finalize = trio.Lock()
         self._lock_fd: int | None = None
+        self._unverified: set[Segment] = set()
+        self._verifying: dict[Segment, trio.Event] = {}
+        self._replaced: dict[Segment, list[Segment]] = {}  # repaired → what holds its records now
+        self._check_limiter = trio.CapacityLimiter(2)  # whole-file checks run in threads
+
+    # -- open / close ----------------------------------------------------------------
 
     def open(self) -> None:
         self._lock_fd = lock_directory(self.path)
@@ -61,24 +97,33 @@ class StoreLog:
         for leftover in self.tmp.iterdir():
             leftover.unlink()
         found: list[tuple[SegmentName, Segment]] = []
+        quarantined = 0
         for entry in sorted(self.path.iterdir()):
             if entry.suffix == ".active":
                 entry.unlink()  # an upload that never finished; its sender retries
                 continue
-            if entry.suffix not in (".flushed", ".reading"):
+            if entry.suffix == ".corrupt":
+                quarantined += 1
+                continue
+            if entry.suffix not in (".flushed", ".reading", ".repairing"):
                 continue
             try:
                 name, state = SegmentName.parse(entry.name)
             except CorruptSegment:
-                log.warning("event=ignored_file path=%s", entry)
+                log.warning("event=ignored_file path=%s reason=not_a_segment_name", entry)
                 continue
-            if state == "reading":
+            if state == "reading":  # a compaction that did not finish
                 target = self.path / name.filename("flushed")
                 os.rename(entry, target)
                 entry = target
             found.append((name, Segment(name, entry, entry.stat().st_size)))
         self.index.update(found)  # bulk build: ~5x faster than one add at a time
+        self._unverified = {segment for _, segment in found}
         log.info("event=store_opened path=%s segments=%d", self.path, len(self.index))
+        if quarantined:
+            log.warning("event=quarantined_segments path=%s files=%d (*.corrupt: originals of "
+                        "repaired segments, never read; delete them when done looking)",
+                        self.path, quarantined)
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -96,27 +141,30 @@ class StoreLog:
         Raises ``CorruptSegment`` (and writes nothing) on any malformed line.
         """
         path = self.path / f"{self._ids.one().decode()}.active"
-        first = last = b""
+        writer = create_segment(path)
+        prev = b""
         ordered = True
-        records = 0
         try:
-            with open(path, "xb") as f:
-                async for block in aiter_blocks(chunks, final_tail="error"):
-                    validate_block(block)
-                    if ordered:
-                        ordered = (block[:ULID_LEN] > last) and is_strictly_sorted(block)
-                    if not first:
-                        first = block[:ULID_LEN]
-                    last = block[block.rfind(b"\n", 0, len(block) - 1) + 1 :][:ULID_LEN]
-                    records += block.count(b"\n")
-                    f.write(block)
-                    await trio.lowlevel.checkpoint()
-            if not records:
-                path.unlink()
+            async for block in aiter_blocks(chunks, final_tail="error", max_line=MAX_UPLOAD_LINE):
+                validate_block(block)
+                if ordered:
+                    ordered = first_ulid(block) > prev and is_strictly_sorted(block)
+                    prev = last_ulid(block)
+                writer.write(block)
+                await trio.lowlevel.checkpoint()
+        except BaseException:
+            writer.abort()
+            raise
+        records = writer.records
+        try:
+            written = await trio.to_thread.run_sync(writer.finish)
+            if written is None:
                 return None
-            if not ordered:
-                first, last = await trio.to_thread.run_sync(_sort_file, path)
-            segment = await self._install(path, SegmentName(first, last))
+            if ordered:
+                name = written
+            else:
+                path, name = await trio.to_thread.run_sync(self._sort_file, path)
+            segment = await self._install(path, name)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -124,14 +172,25 @@ class StoreLog:
         metrics.replicate_records.inc(records)
         return segment
 
-    async def install_file(self, path: Path, name: SegmentName) -> Segment:
-        """Adopt an already sorted, validated file (e.g. a compaction output)."""
-        return await self._install(path, name)
+    def _sort_file(self, path: Path) -> tuple[Path, SegmentName]:
+        """Sort (and de-duplicate) a segment file written out of order."""
+        out = path.with_suffix(".sorted")
+        with open_segment(path) as reader:
+            name = write_segment(out, sort_blocks(reader.raw_blocks(), self.tmp_path(".sort")))
+        path.unlink()
+        if name is None:  # it held records before sorting
+            raise CorruptSegment("no records left after sorting")
+        return out, name
 
     async def _install(self, path: Path, name: SegmentName) -> Segment:
+        """Rename a complete, sound segment file into place and index it."""
+        # A same-named file found at start may be damaged: fold it in only
+        # once checked (a repair may give it another name).
+        for old in self._same_named(name):
+            await self._verify(old)
         async with self._finalize:
             target = self.path / name.filename("flushed")
-            existing = [s for _, s in self.index.query(name.lo, name.hi) if s.name == name]
+            existing = self._same_named(name)
             if existing:
                 await trio.to_thread.run_sync(_union_into, path, target)
                 for old in existing:
@@ -141,10 +200,115 @@ class StoreLog:
             self.index.add(name, segment)
             return segment
 
-    # -- reading -----------------------------------------------------------------
+    def _same_named(self, name: SegmentName) -> list[Segment]:
+        return [s for _, s in self.index.query(name.lo, name.hi) if s.name == name]
 
-    def overlapping(self, lo: bytes, hi: bytes) -> list[Segment]:
-        return [segment for _, segment in self.index.query(lo, hi)]
+    # -- verification and repair ---------------------------------------------------------
+
+    async def readable(self, segments: list[Segment]) -> list[Segment]:
+        """``segments`` made safe to read: each checked (and repaired) if it
+        was not yet, replaced by what now holds its records."""
+        out: list[Segment] = []
+        for segment in segments:
+            out += await self._verify(segment)
+        return list(dict.fromkeys(out))  # a repair's output may also be planned already
+
+    def unverified(self) -> int:
+        return len(self._unverified)
+
+    async def run_verifier(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        """Check every segment found at start, newest first, then return."""
+        task_status.started()
+        while self._unverified:
+            for segment in sorted(self._unverified, key=lambda s: s.name, reverse=True):
+                try:
+                    await self._verify(segment)
+                except OSError as exc:
+                    log.error("event=verify_failed segment=%s error=%r retry_in=%.0fs",
+                              segment.path.name, exc, VERIFY_RETRY)
+                    await trio.sleep(VERIFY_RETRY)
+        log.info("event=segments_verified path=%s segments=%d", self.path, len(self.index))
+
+    async def _verify(self, segment: Segment) -> list[Segment]:
+        """Check one segment (once; concurrent callers wait for the first)."""
+        if segment in self._replaced:
+            return self._replaced[segment]
+        if segment not in self._unverified:
+            return [segment]
+        busy = self._verifying.get(segment)
+        if busy is not None:
+            await busy.wait()
+            return await self._verify(segment)
+        self._verifying[segment] = done = trio.Event()
+        try:
+            result = await self._check_and_repair(segment)
+            self._unverified.discard(segment)
+        finally:
+            del self._verifying[segment]
+            done.set()
+        if result != [segment]:
+            self._replaced[segment] = result
+        return result
+
+    async def _check_and_repair(self, segment: Segment) -> list[Segment]:
+        def check_file() -> list[str]:
+            with open_segment(segment.path) as reader:
+                return check(reader).problems(segment.name)
+
+        try:
+            problems = await trio.to_thread.run_sync(check_file, limiter=self._check_limiter)
+        except FileNotFoundError:  # removed under us: nothing to read
+            self.index.discard(segment.name, segment)
+            return []
+        if segment.path.suffix == ".repairing":
+            problems = problems or ["interrupted_repair"]
+        if not problems:
+            return [segment]
+        return await self._repair(segment, problems)
+
+    async def _repair(self, segment: Segment, problems: list[str]) -> list[Segment]:
+        """Salvage, quarantine and replace one damaged segment (see the
+        module docstring for the steps and why each is crash-safe)."""
+        original = segment.path
+        salvaged = self.tmp_path(".salvage")
+
+        def salvage_file() -> tuple[SegmentName | None, int, int, bool]:
+            writer = create_segment(salvaged)
+            try:
+                with open_segment(original) as reader:
+                    verdict = salvage(reader, writer, self.tmp_path(".sort"))
+            except BaseException:
+                writer.abort()
+                raise
+            return writer.finish(), verdict.records, verdict.malformed, verdict.torn
+
+        name, records, malformed, torn = await trio.to_thread.run_sync(
+            salvage_file, limiter=self._check_limiter)
+        with trio.CancelScope(shield=True):  # a few renames: do them all
+            repairing = original.with_name(segment.name.filename("repairing"))
+            if original != repairing:
+                os.rename(original, repairing)
+                fsync_path(self.path)
+            self.index.discard(segment.name, segment)
+            replacement = [] if name is None else [await self._install(salvaged, name)]
+            quarantine = _unused(original.with_name(segment.name.filename("corrupt")))
+            os.rename(repairing, quarantine)
+            fsync_path(self.path)
+        for problem in problems:
+            metrics.store_repaired_segments.labels(problem).inc()
+        if malformed:
+            metrics.store_rejected.labels("malformed", "segment").inc(malformed)
+        if torn:
+            metrics.store_rejected.labels("torn", "segment").inc()
+        log.warning(
+            "event=segment_repaired segment=%s problems=%s dropped_lines=%d records=%d "
+            "replacement=%s quarantined=%s",
+            original.name, ",".join(problems), malformed + int(torn), records,
+            replacement[0].path.name if replacement else "none", quarantine.name,
+        )
+        return replacement
+
+    # -- reading -----------------------------------------------------------------
 
     def overlapping_groups(self, lo: bytes, hi: bytes) -> list[list[Segment]]:
         """Segments overlapping ``[lo, hi]``, grouped where they overlap each
@@ -155,44 +319,38 @@ class StoreLog:
         segments = [s for _, s in self.index]
         return {"segments": len(segments), "bytes": sum(s.size for s in segments)}
 
-
-def map_file(path: Path) -> mmap.mmap | bytes:
-    """Read-only map of a segment (empty files cannot be mapped)."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def iter_file_blocks(path: Path, size: int = WRITE_CHUNK) -> Iterator[bytes]:
-    """Whole-line blocks of a sorted segment file."""
-    buf = map_file(path)
-    pos, end = 0, len(buf)
-    while pos < end:
-        cut = buf.rfind(b"\n", pos, min(pos + size, end))
-        if cut < 0:
-            cut = buf.find(b"\n", pos)
-            if cut < 0:
-                cut = end - 1
-        yield buf[pos : cut + 1]
-        pos = cut + 1
-
-
-def _sort_file(path: Path) -> tuple[bytes, bytes]:
-    data = sort_records(path.read_bytes())
-    with open(path, "wb") as f:
-        f.write(data)
-    last = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :]
-    return data[:ULID_LEN], last[:ULID_LEN]
+    def _check(self) -> None:
+        """Assert the invariants (tests call this): every indexed segment is
+        a file of its own name, found or written here; nothing is half done."""
+        self.index._check()
+        for name, segment in self.index:
+            assert segment.name == name
+            assert segment.path.parent == self.path and segment.path.exists(), segment.path
+            parsed, state = SegmentName.parse(segment.path.name)
+            assert parsed == name and state in ("flushed", "repairing"), segment.path
+            assert state == "flushed" or segment in self._unverified
+        assert not self._verifying, "a check is running"
+        assert not self._unverified & set(self._replaced), "a repaired segment is still unverified"
+        indexed = [s for _, s in self.index]
+        for replaced in self._replaced:
+            assert replaced not in indexed, "a repaired segment is still indexed"
 
 
 def _union_into(path: Path, existing: Path) -> None:
     """Merge ``existing`` into ``path`` (both sorted, the stored copy wins): no record is dropped."""
     merged = path.with_suffix(".union")
-    with open(merged, "wb") as out:
-        for block in merge_records([iter_file_blocks(existing), iter_file_blocks(path)], trusted_unique=True):
-            out.write(block)
+    with open_segment(existing) as old, open_segment(path) as new:
+        write_segment(merged, merge_records([old.blocks(), new.blocks()], trusted_unique=True))
     os.replace(merged, path)
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def _sync_and_rename(path: Path, target: Path) -> None:

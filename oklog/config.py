@@ -1,0 +1,207 @@
+"""Node configuration: every setting once, with its flag, default and help.
+
+``NodeConfig`` is what ``run_node`` takes.  Each field that is a command
+line flag carries a ``Flag`` in its metadata: OK Log's flag name, the
+default as the user writes it, the help line, which roles have it and how
+to parse it.  The field's own default is that text parsed, and the CLI
+builds every node command's options from these fields, so defaults, flags
+and help cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import ConfigError
+from .records.format import RECORD_SIZE_LIMIT
+from .roles import tiers
+from .timespec import parse_duration
+
+__all__ = ["Flag", "NodeConfig", "flags", "parse_seconds", "parse_size"]
+
+# --- value parsers (ConfigError with a one-line reason) -------------------------------
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+}  # fmt: skip
+_SIZE = re.compile(r"^(\d+\.?\d*|\.\d+)\s*([A-Za-z]*)$")
+
+
+def parse_size(s: str | int) -> int:
+    """Bytes in a size: ``1048576``, ``16MiB``, ``128MB``, ``1KiB``, ``1.5G``.
+
+    ``KiB/MiB/GiB/TiB`` and the one-letter ``K/M/G/T`` are powers of 1024;
+    ``KB/MB/GB/TB`` are powers of 1000 (like ``dd``).  Case-insensitive.
+    """
+    if isinstance(s, int) and not isinstance(s, bool):
+        if s < 0:
+            raise ConfigError(f"invalid size {s!r}: negative")
+        return s
+    if not isinstance(s, str):
+        raise ConfigError(f"invalid size {s!r}")
+    m = _SIZE.match(s.strip())
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise ConfigError(f"invalid size {s!r} (use e.g. 1048576, 64KiB, 16MiB, 1GB)")
+    number = m.group(1)
+    if number.isdigit():
+        return int(number) * _SIZE_UNITS[unit]
+    value = float(number) * _SIZE_UNITS[unit]
+    if value != int(value) and unit in ("", "b"):
+        raise ConfigError(f"invalid size {s!r}: fractional bytes")
+    return int(round(value))
+
+
+def parse_seconds(s: str) -> float:
+    """A duration flag (``3s``, ``1m``, ``1h30m``, ``7d``) in seconds, not negative."""
+    try:
+        seconds = parse_duration(s)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if seconds < 0:
+        raise ConfigError(f"invalid duration {s!r}: negative")
+    return seconds
+
+
+def _optional(s: str) -> str | None:
+    return s or None
+
+
+def _serf_mode(s: str) -> bool | None:
+    modes = {"auto": None, "on": True, "off": False}
+    if s not in modes:
+        raise ConfigError(f"invalid value {s!r}: want auto, on or off")
+    return modes[s]
+
+
+def _record_size(s: str) -> int:
+    size = parse_size(s)
+    if not 0 < size <= RECORD_SIZE_LIMIT:
+        raise ConfigError(f"{s!r}: must be between 1 byte and {RECORD_SIZE_LIMIT >> 20}MiB")
+    return size
+
+
+def _positive(s: str | int) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise ConfigError(f"invalid number {s!r}") from None
+    if n < 1:
+        raise ConfigError(f"{s!r}: must be at least 1")
+    return n
+
+
+# --- the settings ------------------------------------------------------------------------
+
+BOTH = ("ingest", "store")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one ``NodeConfig`` field appears on the command line."""
+
+    name: str  # OK Log's flag name, without dashes
+    default: Any  # as the user would write it (shown in --help)
+    help: str
+    roles: tuple[str, ...] = BOTH
+    parse: Callable[[Any], Any] = str
+    kind: type = str  # what the command line hands over: str, int or bool
+    metavar: str | None = None
+    repeatable: bool = False
+
+
+def setting(flag: str, default: Any, help: str, roles: tuple[str, ...] = BOTH, **kw: Any) -> Any:
+    """A ``NodeConfig`` field whose default is ``default`` parsed."""
+    meta = Flag(flag, default, help, roles, **kw)
+    if meta.repeatable:
+        return field(default_factory=list, metadata={"flag": meta})
+    return field(default=meta.parse(default), metadata={"flag": meta})
+
+
+@dataclass
+class NodeConfig:
+    mode: str = "ingeststore"
+    api: str = setting("api", "tcp://0.0.0.0:7650", "listen address for the HTTP API",
+                       metavar="ADDR")
+    cluster: str = setting("cluster", "tcp://0.0.0.0:7659",
+                           "listen address for cluster gossip (Serf)", metavar="ADDR")
+    cluster_advertise: str | None = setting(
+        "cluster.advertise-addr", "", "address other nodes use to reach this one",
+        parse=_optional, metavar="ADDR")
+    cluster_serf_rpc: str | None = setting(
+        "cluster.serf-rpc", "", "attach to a running Serf agent at host:port instead of starting one",
+        parse=_optional, metavar="HOST:PORT")
+    use_serf: bool | None = setting(
+        "cluster.serf", "auto",
+        "auto | on | off: run a Serf agent for membership (auto: when serf is installed)",
+        parse=_serf_mode, metavar="MODE")
+    fast_gossip: bool = setting(
+        "cluster.fast-gossip", False,
+        "quick failure detection (Serf's local profile): for loopback clusters and tests",
+        parse=bool, kind=bool)
+    peers: list[str] = setting(
+        "peer", "", "gossip address (host:port) of a node to join; repeatable",
+        metavar="HOST:PORT", repeatable=True)
+    ingest_fast: str = setting("ingest.fast", "tcp://0.0.0.0:7651",
+                               "listen address for fast (buffered) writes", ("ingest",), metavar="ADDR")
+    ingest_durable: str = setting("ingest.durable", "tcp://0.0.0.0:7652",
+                                  "listen address for durable (fsynced) writes", ("ingest",),
+                                  metavar="ADDR")
+    ingest_bulk: str = setting(
+        "ingest.bulk", "tcp://0.0.0.0:7653",
+        "listen address for bulk segment writes (accepted for OK Log compatibility; "
+        "bulk ingest is not implemented yet, nothing listens)", ("ingest",), metavar="ADDR")
+    ingest_path: Path = setting("ingest.path", "data/ingest", "directory for ingest segments",
+                                ("ingest",), parse=Path, metavar="DIR")
+    ingest_flush_size: int = setting("ingest.segment-flush-size", "16MiB",
+                                     "flush the active segment after this many bytes", ("ingest",),
+                                     parse=parse_size, metavar="SIZE")
+    ingest_flush_age: float = setting("ingest.segment-flush-age", "3s",
+                                      "flush the active segment after this long", ("ingest",),
+                                      parse=parse_seconds, metavar="DURATION")
+    ingest_pending_timeout: float = setting(
+        "ingest.segment-pending-timeout", "1m",
+        "claimed but uncommitted segments return to the queue after this long", ("ingest",),
+        parse=parse_seconds, metavar="DURATION")
+    ingest_shutdown_timeout: float = setting(
+        "ingest.shutdown-timeout", "1m",
+        "on shutdown, wait this long for the store tier to take flushed segments", ("ingest",),
+        parse=parse_seconds, metavar="DURATION")
+    ingest_max_record_size: int = setting(
+        "ingest.max-record-size", "1MiB", "longer records are rejected and counted (at most 64MiB)",
+        ("ingest",), parse=_record_size, metavar="SIZE")
+    store_path: Path = setting("store.path", "data/store", "directory for store segments",
+                               ("store",), parse=Path, metavar="DIR")
+    store_consumers: int = setting("store.segment-consumers", 1, "concurrent segment consumers",
+                                   ("store",), parse=_positive, kind=int, metavar="N")
+    store_target_size: int = setting("store.segment-target-size", "128MiB",
+                                     "try to make store segments this big", ("store",),
+                                     parse=parse_size, metavar="SIZE")
+    store_target_age: float = setting("store.segment-target-age", "3s",
+                                      "gather segments for at most this long", ("store",),
+                                      parse=parse_seconds, metavar="DURATION")
+    store_replication_factor: int = setting(
+        "store.segment-replication-factor", 2,
+        "copies of each record across distinct store nodes (a lone node needs 1)", ("store",),
+        parse=_positive, kind=int, metavar="N")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tiers(self.mode)
+
+
+def flags(mode: str) -> Iterator[tuple[str, Flag]]:
+    """``(field name, Flag)`` of every flag a node of ``mode`` takes."""
+    roles = set(tiers(mode))
+    for f in dataclasses.fields(NodeConfig):
+        meta = f.metadata.get("flag")
+        if meta is not None and roles & set(meta.roles):
+            yield f.name, meta

@@ -1,0 +1,79 @@
+"""The query HTTP API of a store node, wire-compatible with OK Log v0.3.
+
+``/store/_query`` answers from this node only; ``/store/query`` scatters
+to every live store (its own share is answered locally, without an HTTP
+round trip) and merges the answers.  ``HEAD`` on either returns the
+statistics headers and reads no record data.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .. import metrics
+from ..cluster.membership import Membership
+from ..http import Request, Response, Router
+from ..peer import Peers
+from ..store.log import StoreLog
+from . import gather, local
+from .params import Query, parse_query
+
+
+def query_headers(query: Query) -> dict[str, str]:
+    return {
+        "X-Oklog-From": query.from_text,
+        "X-Oklog-To": query.to_text,
+        "X-Oklog-Q": query.q.decode("latin-1"),  # control bytes are escaped by oklog.http
+        "X-Oklog-Regex": "true" if query.regex else "false",
+    }
+
+
+def query_router(
+    store: StoreLog,
+    membership: Membership,
+    peers: Peers,
+    warnings: Callable[[], list[str]] = list,
+) -> Router:
+    """``warnings()``: what the user should know about this cluster, sent
+    with every cluster query as one ``X-Oklog-Warning`` header (``|``
+    between warnings); ``oklog query`` prints it on stderr."""
+    router = Router()
+
+    async def local_query(request: Request) -> Response:
+        started = time.monotonic()
+        query = parse_query(request.raw_query)
+        p = local.plan(store, query)
+        headers = query_headers(query) | p.stats_headers() | {
+            "X-Oklog-Nodes-Queried": "1",
+            "X-Oklog-Error-Count": "0",
+            "X-Oklog-Duration": f"{time.monotonic() - started:.6f}s",
+        }
+        metrics.queries.labels("local").inc()
+        body = b"" if request.method == "HEAD" else local.run(p)
+        return Response(200, body, headers, content_type="text/plain; charset=utf-8")
+
+    async def cluster_query(request: Request) -> Response:
+        started = time.monotonic()
+        query = parse_query(request.raw_query)  # 400 here, before bothering peers
+        # Absolute bounds: a relative "from" must mean the same instant on every store.
+        gathered = await gather.scatter(
+            peers, membership.stores(), query.encode().encode(), request.method,
+            self_url=membership.self_url(), local_plan=lambda: local.plan(store, query))
+        headers = query_headers(query) | gather.stats_headers(gathered, started)
+        notes = warnings()
+        if notes:
+            headers["X-Oklog-Warning"] = " | ".join(notes)
+        status = 206 if gathered.errors else 200
+        metrics.queries.labels("cluster").inc()
+        response = Response(status, b"", headers)
+        if request.method == "HEAD":
+            for r in gathered.responses:
+                await r.aclose()
+            return response
+        response.body = gather.merged_body(gathered)
+        return response
+
+    router.add("GET|HEAD", "/store/_query", local_query)
+    router.add("GET|HEAD", "/store/query", cluster_query)
+    return router
