@@ -436,6 +436,9 @@ class _Sender:
         conn = self.conn
         if conn is None:
             return
+        if conn.closed.is_set():  # it closed before it saw our EOF: it did not read everything
+            self._unconfirmed(conn, "close", conn.dead or "closed by ingester")
+            return
         try:
             await conn.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:

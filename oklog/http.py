@@ -210,8 +210,13 @@ async def _send(response: Response, request: Request, receive: Any, send: Any) -
     if request.method != "HEAD":
         try:
             await _stream_body(body, request, receive, send)
-        except Exception:  # headers are gone already: log, end the body
-            log.exception("event=stream_failed path=%s", request.path)
+        except Exception as exc:
+            # The headers are gone: the one way left to say "this answer is
+            # incomplete" is to break the connection instead of ending the
+            # body (the server aborts it when the app raises).
+            log.warning("event=stream_failed path=%s error=%r action=abort_connection",
+                        request.path, exc)
+            raise
     elif hasattr(body, "aclose"):
         await body.aclose()
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -23,7 +23,8 @@ replicate_records = Counter("oklog_store_replicated_records", "Records received 
 replicate_rejected = Counter("oklog_store_replicate_rejected", "Malformed /store/replicate bodies")
 store_rejected = Counter(
     "oklog_store_rejected_records",
-    "Lines dropped by the store tier: not a record (malformed) or a partial last line (torn); "
+    "Lines dropped by the store tier: not a record (malformed), a partial last line (torn), "
+    "longer than any store accepts (too_long); "
     "source=consume: in a gathered ingest segment, source=segment: in a store segment file",
     ["reason", "source"],
 )

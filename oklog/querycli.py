@@ -215,6 +215,8 @@ def run_query(
         from_s = resolve_time(from_, now, "-from")
         to_s = resolve_time(to, now, "-to")
         wait = timeout if isinstance(timeout, (int, float)) else timespec.parse_duration(timeout)
+        if wait <= 0:
+            raise ValueError(f"{timeout!r}: must be more than 0")
     except ConfigError as e:
         print(f"error: {e}", file=err)
         return 1

@@ -18,7 +18,7 @@ import trio
 from oklog.cluster.membership import Membership
 from oklog.errors import CorruptSegment, PeerRejected, PeerUnavailable
 from oklog.peer import Peers, QueryAnswer
-from oklog.records.format import validate_block
+from oklog.records.format import MAX_LINE, validate_block
 
 
 class FakeAnswer:
@@ -110,6 +110,8 @@ class FakeCluster:
         body = path.read_bytes()
         try:
             validate_block(body)  # as /store/replicate does
+            if len(body) > MAX_LINE and max(map(len, body.split(b"\n"))) > MAX_LINE:
+                raise CorruptSegment(f"line longer than {MAX_LINE} bytes")
         except CorruptSegment as exc:
             raise PeerRejected(store, 400, str(exc)) from None
         self.received[store].append(body)

@@ -230,3 +230,16 @@ def test_cancelled_mid_batch_fails_the_sources_back(tmp_path):
     trio.run(main)
     assert sorted(cluster.failed_back) == ["http://i1-0", "http://i1-1"] and not cluster.committed
     assert not list((tmp_path / "store" / "tmp").iterdir())
+
+
+def test_a_record_longer_than_any_store_takes_is_dropped_not_retried_forever(tmp_path):
+    from oklog.records.format import MAX_LINE
+
+    st = Stamper()
+    before, huge, after = stamp([b"before"], st), stamp([b"h" * (MAX_LINE + 10)], st), stamp([b"after"], st)
+    cluster = FakeCluster({"http://i1": [before + huge + after]}, ["http://s1"])
+    consumer = make(tmp_path, cluster, rf=1)
+    too_long = counter("oklog_store_rejected_records_total", reason="too_long", source="consume")
+    assert trio.run(consumer.one_batch)
+    assert cluster.received["http://s1"] == [before + after]
+    assert counter("oklog_store_rejected_records_total", reason="too_long", source="consume") == too_long + 1

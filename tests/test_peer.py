@@ -199,3 +199,22 @@ def test_scatter_through_the_in_memory_fake():
         assert all(a.closed for a in cluster.answers.values())
 
     run(main)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_merge_streams_never_hangs_on_an_unsorted_peer(seed):
+    rng = random.Random(seed)
+    lines = stamp([b"u%d" % i for i in range(600)], Stamper()).splitlines(keepends=True)
+    shuffled = lines[:]
+    rng.shuffle(shuffled)  # a buggy peer
+    sources = [b"".join(lines), b"".join(shuffled), b"".join(sorted(rng.sample(lines, 300)))]
+
+    async def main() -> bytes:
+        from oklog.lines import aiter_blocks
+
+        streams = [aiter_blocks(blocks_of(s, rng), final_tail="drop") for s in sources]
+        with trio.fail_after(10):
+            return b"".join([b async for b in gather.merge_streams(streams)])
+
+    body = run(main)
+    assert set(body.splitlines(keepends=True)) == set(lines)

@@ -218,6 +218,8 @@ def test_connection_refused():
         ({"from_": "2026-13-01T00:00:00Z"}, "month must be in 1..12"),
         ({"from_": "x" * 500}, "xxx...'"),
         ({"timeout": "soon"}, "-timeout"),
+        ({"timeout": "-1s"}, "-timeout: '-1s': must be more than 0"),
+        ({"timeout": 0}, "-timeout: 0: must be more than 0"),
     ],
 )
 def test_bad_times(store, kw, msg):

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import trio
 
 from .. import metrics
-from ..errors import PeerError
+from ..errors import OklogError, PeerError
 from ..lines import aiter_blocks
 from ..peer import Peers, QueryAnswer
 from ..records.merge import merge_records
@@ -81,7 +81,7 @@ async def scatter(
     *,
     deadline: float = HEADER_DEADLINE,
     self_url: str | None = None,
-    local_plan: Callable[[], local.LocalPlan] | None = None,
+    local_plan: Callable[[], Awaitable[local.LocalPlan]] | None = None,
 ) -> Gathered:
     """Open the query on every store at once; return when all have answered.
 
@@ -92,7 +92,11 @@ async def scatter(
 
     async def one(store: str) -> None:
         if store == self_url and local_plan is not None:
-            gathered.responses.append(LocalAnswer(store, local_plan()))
+            try:
+                gathered.responses.append(LocalAnswer(store, await local_plan()))
+            except (OklogError, OSError) as exc:  # e.g. a repair that could not finish
+                gathered.errors.append(f"{store}: {exc}")
+                log.warning("event=query_local_failed error=%r", exc)
             return
         with trio.move_on_after(deadline) as scope:
             try:
@@ -159,6 +163,13 @@ async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[by
             parts.append(block[:cut])
             current[i] = block[cut:]
         parts = [p for p in parts if p]
+        if not parts:
+            # Only a peer's unsorted block gets here (its last line is not
+            # its largest): take the whole block that set the bound, so the
+            # merge always moves (unsorted in, unsorted out, never a hang).
+            i = min((i for i in range(len(sources)) if current[i]),
+                    key=lambda i: last_ulid(current[i]) if open_[i] else b"\xff")
+            parts, current[i] = [current[i]], b""
         if len(parts) == 1:
             yield parts[0]
         else:

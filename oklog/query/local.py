@@ -1,15 +1,20 @@
 """Answering a query from this node's own segments (``/store/_query``).
 
-Planning only looks at the interval index (HEAD needs nothing more);
-running opens the overlapping segments through the segment reader seam and
+``plan`` only looks at the interval index (HEAD needs nothing more).
+``prepare`` first makes every segment the query needs safe to read
+(``StoreLog.readable``: checked, or repaired, if this process has not done
+so yet) and plans from the index afterwards: a repair can rename a segment
+after its real content, which changes how segments group, so a plan made
+before it could return records out of order.  It runs before any header is
+sent, so a failure there is an error status, not a cut-short answer.
+
+Running opens the planned segments through the segment reader seam and
 greps their blocks of the query's range.  Segments that overlap each other
 (not yet compacted) are k-way merged with de-duplication; a segment that
-overlaps no other streams straight through.  Each group is made safe to
-read first (``StoreLog.readable``: checked, or repaired, if this process has
-not done so yet), and its files are opened when the scan reaches it; a file
-removed in between (no code path removes one today; compaction will) is
-skipped, so compaction must only delete a segment once its records live in
-another file.
+overlaps no other streams straight through.  Files are opened when the
+scan reaches their group; a file removed in between (no code path removes
+one today; compaction will) is skipped, so compaction must only delete a
+segment once its records live in another file.
 """
 
 from __future__ import annotations
@@ -50,7 +55,18 @@ class LocalPlan:
 
 
 def plan(store: StoreLog, query: Query) -> LocalPlan:
+    """The segments to read, from the index alone (for statistics)."""
     return LocalPlan(store, query, store.overlapping_groups(query.lo, query.hi))
+
+
+async def prepare(store: StoreLog, query: Query) -> LocalPlan:
+    """``plan``, once every segment it names is safe to read."""
+    while True:
+        p = plan(store, query)
+        pending = [s for group in p.groups for s in group if not store.verified(s)]
+        if not pending:
+            return p
+        await store.readable(pending)
 
 
 def _group_blocks(readers: list[SegmentReader], query: Query) -> Iterator[bytes]:
@@ -65,10 +81,9 @@ def _group_blocks(readers: list[SegmentReader], query: Query) -> Iterator[bytes]
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
     for group in local.groups:
-        segments = await local.store.readable(group)
         with ExitStack() as stack:
             readers = []
-            for segment in segments:
+            for segment in group:
                 try:
                     readers.append(stack.enter_context(open_segment(segment.path)))
                 except FileNotFoundError:

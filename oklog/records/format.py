@@ -19,9 +19,12 @@ from oklog.ulid import _COUNTERS, ULID_PATTERN, Stamper
 
 DEFAULT_TOPIC = b"default"
 DEFAULT_MAX_RECORD_SIZE = 1 << 20
-#: No node stores a longer record (bounds what one line of an upload costs
-#: in memory); ``-ingest.max-record-size`` cannot go beyond it.
+#: The longest producer line (payload) any ingester accepts:
+#: ``-ingest.max-record-size`` cannot go beyond it.
 RECORD_SIZE_LIMIT = 64 << 20
+#: The longest record line a store accepts: the longest payload plus room
+#: for its header (bounds what one line of an upload costs in memory).
+MAX_LINE = RECORD_SIZE_LIMIT + 1024
 
 TOPIC_PATTERN = rb"[a-zA-Z0-9][a-zA-Z0-9_-]*"
 TOPIC_RE = re.compile(TOPIC_PATTERN)

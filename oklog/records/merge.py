@@ -344,6 +344,12 @@ def merge_records(
             if chunk:
                 chunks.append(chunk)
                 owners.append(s)
+        if not chunks:
+            # Only an unsorted source can put the horizon below every head:
+            # take one line of the smallest head, so the merge always moves.
+            first = min(live, key=lambda s: s.head)
+            chunks.append(first.take(first.block.index(_LF, first.pos) + 1))
+            owners.append(first)
         live = [s for s in live if s.block]
         yield from out.add(m.batch(chunks, owners))
     if live:

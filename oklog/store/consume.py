@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -50,7 +51,7 @@ from ..errors import (
     ReplicationShortfall,
 )
 from ..peer import Peers
-from ..records.format import salvage
+from ..records.format import MAX_LINE, salvage
 from ..records.merge import merge_records
 from ..segment.plain import PlainReader, PlainWriter
 from .log import StoreLog
@@ -134,8 +135,11 @@ class Refused(PeerRejected):
 def _salvaged(reader: PlainReader, source: Source) -> Iterator[bytes]:
     """The well-formed records of a gathered ingest segment; the rest is
     counted and logged, once for the segment."""
-    malformed = torn = 0
+    malformed = torn = too_long = 0
     for block in reader.raw_blocks():
+        if len(block) > MAX_LINE + 1 and block.find(b"\n") in (-1, len(block) - 1):
+            too_long += 1  # one line (a block of its own), longer than any store takes
+            continue
         good, dropped = salvage(block)
         if dropped:
             if block.endswith(b"\n"):
@@ -144,14 +148,14 @@ def _salvaged(reader: PlainReader, source: Source) -> Iterator[bytes]:
                 malformed, torn = malformed + dropped - 1, 1
         if good:
             yield good
-    if malformed or torn:
-        if malformed:
-            metrics.store_rejected.labels("malformed", "consume").inc(malformed)
-        if torn:
-            metrics.store_rejected.labels("torn", "consume").inc(torn)
+    counts = {"malformed": malformed, "torn": torn, "too_long": too_long}
+    if any(counts.values()):
+        for reason, n in counts.items():
+            if n:
+                metrics.store_rejected.labels(reason, "consume").inc(n)
         log.warning("event=segment_salvaged ingester=%s segment=%s dropped_lines=%d reason=%s",
-                    source.ingester, source.seg_id, malformed + torn,
-                    "malformed" if malformed else "torn")
+                    source.ingester, source.seg_id, sum(counts.values()),
+                    ",".join(r for r, n in counts.items() if n))
 
 
 def replication_order(stores: list[str], rng: random.Random) -> list[str]:
@@ -268,26 +272,35 @@ class Consumer:
 
     async def _merge_and_replicate(self, txn: ConsumeTxn, files: list[Path], stores: list[str]) -> int:
         """Build the composite and replicate it; salvage the sources if a
-        store refuses it (or it cannot even be merged).  Returns its records."""
-        try:
-            composite, records = await trio.to_thread.run_sync(self._merge, txn.sources, files, False)
+        store refuses it (or it cannot even be merged).  Returns its records.
+        ``files`` holds the spooled sources, in ``txn.sources`` order; the
+        composites are added to it (for the caller to clean up)."""
+        spools = list(files)
+        for salvage in (False, True):
+            composite = self.store.tmp_path(".composite")
             files.append(composite)
-            await self._replicate(composite, stores)
-            return records
-        except (Refused, CorruptSegment) as exc:  # a damaged source: keep what is valid of each
-            log.warning("event=composite_refused error=%s action=salvage", exc)
-        composite, records = await trio.to_thread.run_sync(self._merge, txn.sources, files, True)
-        files.append(composite)
-        if records:
-            await self._replicate(composite, stores)
-        return records
+            try:
+                records = await trio.to_thread.run_sync(
+                    self._merge, txn.sources, spools, composite, salvage)
+                if records:
+                    await self._replicate(composite, stores)
+                return records
+            except (Refused, CorruptSegment) as exc:  # a damaged source: keep what is valid
+                if salvage:
+                    raise
+                log.warning("event=composite_refused error=%s action=salvage", exc)
+        raise AssertionError("unreachable")
 
-    def _merge(self, sources: list[Source], files: list[Path], salvage: bool) -> tuple[Path, int]:
-        """Merge the gathered segments into one sorted, de-duplicated file
-        (the plain format: the body of ``/store/replicate``); with
+    def _merge(self, sources: list[Source], spools: list[Path], out: Path, salvage: bool) -> int:
+        """Merge the spooled segments into one sorted, de-duplicated file
+        ``out`` (the plain format: the body of ``/store/replicate``); with
         ``salvage``, keep only their well-formed records."""
-        out = self.store.tmp_path(".composite")
-        readers = [PlainReader(p) for p in files]
+        with ExitStack() as stack:
+            readers = [stack.enter_context(PlainReader(p)) for p in spools]
+            return self._write_merged(readers, sources, out, salvage)
+
+    def _write_merged(self, readers: list[PlainReader], sources: list[Source], out: Path,
+                      salvage: bool) -> int:
         writer = PlainWriter(out, durable=False)  # a temporary upload body
         try:
             inputs = [_salvaged(r, s) if salvage else r.raw_blocks() for r, s in zip(readers, sources)]
@@ -298,11 +311,8 @@ class Consumer:
         except BaseException:
             writer.abort()
             raise
-        finally:
-            for r in readers:
-                r.close()
         writer.finish()
-        return out, writer.records
+        return writer.records
 
     async def _replicate(self, composite: Path, stores: list[str]) -> None:
         """Upload to ``rf`` distinct stores, trying others when one fails.

@@ -16,7 +16,8 @@ Segments found on disk at start are *unverified*: a crash, a failing disk
 or a hand edit may have damaged them, and a damaged file must never be
 read as it is.  Each is checked once (``oklog.segment.check``): by a
 background pass at start, newest first, and on demand by the first query
-that needs it (``readable``), whichever comes first.  A segment that is not
+that needs it (``readable``, before that query plans), whichever comes
+first; a repair that fails half-way leaves the original to be retried.  A segment that is not
 sound is repaired without losing a valid record, crash-safely:
 
 1. its well-formed records are written, sorted and de-duplicated, to a
@@ -47,7 +48,7 @@ from .. import metrics
 from ..errors import CorruptSegment
 from ..fsutil import fsync_path, lock_directory
 from ..lines import aiter_blocks
-from ..records.format import RECORD_SIZE_LIMIT, validate_block
+from ..records.format import MAX_LINE, validate_block
 from ..records.merge import is_strictly_sorted, merge_records
 from ..records.search import first_ulid, last_ulid
 from ..segment import create_segment, open_segment, write_segment
@@ -60,7 +61,7 @@ log = logging.getLogger("oklog.store")
 
 #: A replicate body line longer than this is refused (bounds the memory a
 #: peer can make us hold for one line).
-MAX_UPLOAD_LINE = RECORD_SIZE_LIMIT
+MAX_UPLOAD_LINE = MAX_LINE
 #: Seconds before the background verifier retries after a failure.
 VERIFY_RETRY = 60.0
 
@@ -102,7 +103,7 @@ class StoreLog:
             if entry.suffix == ".active":
                 entry.unlink()  # an upload that never finished; its sender retries
                 continue
-            if entry.suffix == ".corrupt":
+            if ".corrupt" in entry.suffixes:  # FROM-TO.corrupt, FROM-TO.corrupt.1, ...
                 quarantined += 1
                 continue
             if entry.suffix not in (".flushed", ".reading", ".repairing"):
@@ -174,7 +175,7 @@ class StoreLog:
 
     def _sort_file(self, path: Path) -> tuple[Path, SegmentName]:
         """Sort (and de-duplicate) a segment file written out of order."""
-        out = path.with_suffix(".sorted")
+        out = self.tmp_path(".sorted")
         with open_segment(path) as reader:
             name = write_segment(out, sort_blocks(reader.raw_blocks(), self.tmp_path(".sort")))
         path.unlink()
@@ -192,7 +193,7 @@ class StoreLog:
             target = self.path / name.filename("flushed")
             existing = self._same_named(name)
             if existing:
-                await trio.to_thread.run_sync(_union_into, path, target)
+                await trio.to_thread.run_sync(_union_into, path, target, self.tmp_path(".union"))
                 for old in existing:
                     self.index.remove(old.name, old)
             await trio.to_thread.run_sync(_sync_and_rename, path, target)
@@ -215,6 +216,10 @@ class StoreLog:
 
     def unverified(self) -> int:
         return len(self._unverified)
+
+    def verified(self, segment: Segment) -> bool:
+        """Whether ``segment`` is known sound (checked, or written here)."""
+        return segment not in self._unverified
 
     async def run_verifier(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Check every segment found at start, newest first, then return."""
@@ -282,15 +287,23 @@ class StoreLog:
                 raise
             return writer.finish(), verdict.records, verdict.malformed, verdict.torn
 
-        name, records, malformed, torn = await trio.to_thread.run_sync(
-            salvage_file, limiter=self._check_limiter)
+        try:
+            name, records, malformed, torn = await trio.to_thread.run_sync(
+                salvage_file, limiter=self._check_limiter)
+        except BaseException:
+            salvaged.unlink(missing_ok=True)
+            raise
+        repairing = original.with_name(segment.name.filename("repairing"))
         with trio.CancelScope(shield=True):  # a few renames: do them all
-            repairing = original.with_name(segment.name.filename("repairing"))
-            if original != repairing:
-                os.rename(original, repairing)
-                fsync_path(self.path)
-            self.index.discard(segment.name, segment)
-            replacement = [] if name is None else [await self._install(salvaged, name)]
+            try:
+                if original != repairing:
+                    os.rename(original, repairing)
+                    fsync_path(self.path)
+                self.index.discard(segment.name, segment)
+                replacement = [] if name is None else [await self._install(salvaged, name)]
+            except BaseException:
+                self._keep_for_retry(segment, repairing, salvaged)
+                raise
             quarantine = _unused(original.with_name(segment.name.filename("corrupt")))
             os.rename(repairing, quarantine)
             fsync_path(self.path)
@@ -307,6 +320,21 @@ class StoreLog:
             replacement[0].path.name if replacement else "none", quarantine.name,
         )
         return replacement
+
+    def _keep_for_retry(self, segment: Segment, repairing: Path, salvaged: Path) -> None:
+        """A repair failed half-way (disk full, I/O error): keep the original
+        readable through a retry, as a restart would find it."""
+        salvaged.unlink(missing_ok=True)
+        if not repairing.exists():  # never moved: it is still ``segment``
+            if not self._same_named(segment.name):
+                self.index.add(segment.name, segment)
+            return
+        held = Segment(segment.name, repairing, repairing.stat().st_size)
+        self._unverified.discard(segment)
+        self._unverified.add(held)
+        self._replaced[segment] = [held]
+        if not any(s is held or s.path == repairing for s in self._same_named(segment.name)):
+            self.index.add(segment.name, held)
 
     # -- reading -----------------------------------------------------------------
 
@@ -336,9 +364,9 @@ class StoreLog:
             assert replaced not in indexed, "a repaired segment is still indexed"
 
 
-def _union_into(path: Path, existing: Path) -> None:
-    """Merge ``existing`` into ``path`` (both sorted, the stored copy wins): no record is dropped."""
-    merged = path.with_suffix(".union")
+def _union_into(path: Path, existing: Path, merged: Path) -> None:
+    """Merge ``existing`` into ``path`` (both sorted, the stored copy wins),
+    through the scratch file ``merged``: no record is dropped."""
     with open_segment(existing) as old, open_segment(path) as new:
         write_segment(merged, merge_records([old.blocks(), new.blocks()], trusted_unique=True))
     os.replace(merged, path)
