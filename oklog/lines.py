@@ -120,8 +120,8 @@ class LineSplitter:
             self._keep_tail(data)
             return b""
         i += 1
-        if self.max_line is not None:
-            self._check_lines(data, i)
+        if self.max_line is not None and self._tail.size + i > self.max_line:
+            self._check_lines(data, i)  # some line here may be too long
         else:
             self._tail.move_to(self._ready)
             self._ready.add(data if i == len(data) else data[:i])

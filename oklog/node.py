@@ -38,7 +38,7 @@ from .ingest.api import ingest_router
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
 from .listen import check_free, tcp_sockets
-from .peer import open_peers
+from .peer import Peers, open_peers
 from .query.api import query_router
 from .store.api import store_router
 from .store.consume import Consumer
@@ -162,8 +162,12 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
             store.open()
         api_host, api_port = parse_addr(cfg.api, 7650)
         api_socks = tcp_sockets(api_host, api_port, "-api")
-        api_port = api_socks[0].getsockname()[1]
-        cluster = plan_cluster(_cluster_config(cfg, api_port))
+        try:
+            cluster = plan_cluster(_cluster_config(cfg, api_socks[0].getsockname()[1]))
+        except BaseException:
+            for sock in api_socks:
+                sock.close()
+            raise
         async with open_peers() as peers:
             await _serve(cfg, cluster, api_socks, ingest_log, store, peers, stop, task_status)
     finally:
@@ -175,11 +179,14 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
 
 
 async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
-                 ingest_log: IngestLog | None, store: StoreLog | None, peers: Any,
+                 ingest_log: IngestLog | None, store: StoreLog | None, peers: Peers,
                  stop: trio.Event, task_status: Any) -> None:
     membership = cluster.membership
+    api_port = api_socks[0].getsockname()[1]
     ready = False
-    warnings = lambda: replication_warnings(cfg, membership)  # noqa: E731
+
+    def warnings() -> list[str]:
+        return replication_warnings(cfg, membership)
 
     def cluster_state() -> dict[str, Any]:
         state = membership.state()
@@ -232,11 +239,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
                 )
                 background.append(trio.CancelScope())
                 await nursery.start(_scoped, background[-1], consumer.run)
-            for warning in warnings():
-                log.warning("event=replication_warning %s", warning)
         ready = True
         log.info("event=started mode=%s api=%s", cfg.mode, binds[0])
-        task_status.started(_port_of(binds))
+        task_status.started(api_port)
 
         stopping, second_signal = trio.Event(), trio.Event()
         signal_scope = trio.CancelScope()
@@ -256,11 +261,6 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         cluster_scope.cancel()
         signal_scope.cancel()
         api_stop.set()
-
-
-def _port_of(binds: list[str]) -> int:
-    """The port of hypercorn's first bind (``http://host:port``)."""
-    return int(binds[0].rsplit(":", 1)[1])
 
 
 async def _scoped(scope: trio.CancelScope, fn: Callable[..., Awaitable[Any]], *args: Any,

@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 from urllib.parse import quote, quote_from_bytes
 
@@ -259,9 +260,12 @@ def _connect_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True)
 class _Request:
-    def __init__(self, base: str, url: str, method: str, wait: float) -> None:
-        self.base, self.url, self.method, self.wait = base, url, method, wait
+    base: str  # the store's base URL, for messages
+    url: str
+    method: str
+    wait: float  # seconds for the response headers
 
 
 async def _run(request: _Request, with_ulid: bool, verbose: bool, out: BinaryIO, err: TextIO,

@@ -82,3 +82,13 @@ def test_record_size_has_a_ceiling() -> None:
     for bad in ("65MiB", "0", "-1"):
         with pytest.raises(ConfigError):
             _record_size(bad)
+
+
+def test_bad_serf_mode_and_counts() -> None:
+    from oklog.config import _positive, _serf_mode
+
+    assert (_serf_mode("auto"), _serf_mode("on"), _serf_mode("off")) == (None, True, False)
+    assert _positive("3") == 3
+    for fn, bad in ((_serf_mode, "yes"), (_positive, "0"), (_positive, "two")):
+        with pytest.raises(ConfigError):
+            fn(bad)

@@ -687,3 +687,31 @@ def test_an_ingester_that_never_closes_leaves_the_lines_unconfirmed(caplog):
     trio.run(main)
     assert stats.lines_sent == 3 and stats.lines_unconfirmed == 3
     assert any("lines_unconfirmed=3" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_an_ingester_that_closes_before_our_eof_leaves_the_lines_unconfirmed(start_first):
+    """It may have read them all, or not: only a close after our EOF confirms."""
+    ing = FakeIngester(close_after=len(b"one\ntwo\n"))
+    stats = ForwardStats()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await ing.start(n)
+            r, w = os.pipe()
+            stream = trio.lowlevel.FdStream(w)
+
+            async def producer():
+                async with stream:
+                    await stream.send_all(b"one\ntwo\n")
+                    await ing.closed.wait()  # closed by the ingester...
+                    await trio.sleep(0.2)  # ...and seen by the forwarder, before stdin ends
+
+            n.start_soon(producer)
+            with trio.fail_after(30):
+                await forward([ing.addr], r, stats=stats)
+            os.close(r)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert ing.data == b"one\ntwo\n"
+    assert stats.lines_sent == 2 and stats.lines_unconfirmed == 2

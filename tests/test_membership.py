@@ -20,7 +20,7 @@ from oklog.cluster.membership import (
     Membership,
     SerfMembership,
     StaticMembership,
-    run_cluster,
+    plan_cluster,
 )
 from oklog.cluster.serf import open_serf_client, split_host_port
 from oklog.errors import ClusterError, ConfigError
@@ -78,23 +78,23 @@ def test_bad_role_or_api_is_a_config_error() -> None:
         SerfMembership("127.0.0.1:7373", "http://127.0.0.1:7650", "both")
 
 
-def test_run_cluster_without_serf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cluster_without_serf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # auto-detection finds no serf
 
     async def start(cfg: ClusterConfig) -> Membership:
         async with trio.open_nursery() as nursery:
-            membership: Membership = await nursery.start(run_cluster, cfg)
+            membership: Membership = await nursery.start(plan_cluster(cfg).run)
             nursery.cancel_scope.cancel()
         return membership
 
     alone = run(lambda: start(cluster_config(tmp_path, "n", "ingeststore")))
     assert isinstance(alone, StaticMembership)
 
-    # Refused before anything starts, so no nursery wraps the error.
+    # Refused while planning, before anything starts.
     with pytest.raises(ClusterError, match="install"):
-        run(lambda: run_cluster(cluster_config(tmp_path, "n", "store", peers=["127.0.0.1:7659"])))
+        plan_cluster(cluster_config(tmp_path, "n", "store", peers=["127.0.0.1:7659"]))
     with pytest.raises(ClusterError, match="install"):
-        run(lambda: run_cluster(cluster_config(tmp_path, "n", "store", use_serf=True)))
+        plan_cluster(cluster_config(tmp_path, "n", "store", use_serf=True))
 
 
 def test_attach_to_unreachable_agent_fails_at_start() -> None:
@@ -125,7 +125,7 @@ def unwrap(error: BaseException) -> BaseException:
 async def start_node(
     nursery: trio.Nursery, cfg: ClusterConfig
 ) -> tuple[Membership, Callable[[], Awaitable[None]]]:
-    """run_cluster in its own cancel scope; ``stop()`` shuts the node down and
+    """plan_cluster(cfg).run in its own cancel scope; ``stop()`` shuts the node down and
     waits, so nodes stop one at a time (Serf leaves fastest that way)."""
     scope = trio.CancelScope()
     done = trio.Event()
@@ -133,7 +133,7 @@ async def start_node(
     async def node(task_status: trio.TaskStatus[Membership]) -> None:
         try:
             with scope:
-                await run_cluster(cfg, task_status=task_status)
+                await plan_cluster(cfg).run(task_status=task_status)
         finally:
             done.set()
 
@@ -238,12 +238,12 @@ def test_attach_reconnects_and_keeps_last_members(
 
 @pytest.mark.serf
 @serf_only
-def test_run_cluster_raises_when_its_agent_dies(tmp_path: Path) -> None:
+def test_cluster_raises_when_its_agent_dies(tmp_path: Path) -> None:
     cfg = cluster_config(tmp_path, "solo", "ingeststore")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            membership = await nursery.start(run_cluster, cfg)
+            membership = await nursery.start(plan_cluster(cfg).run)
             assert membership.stores() == [cfg.api_url]
             os.kill(agent_pid(membership.rpc_addr), signal.SIGKILL)
             await trio.sleep_forever()

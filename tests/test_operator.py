@@ -119,7 +119,7 @@ def test_a_lone_ingeststore_at_replication_factor_2_says_why_nothing_shows(tmp_p
         assert out.returncode == 0 and out.stdout == b""
         assert b"warning: 1 live store node(s) for replication factor 2" in out.stderr
         assert b"-store.segment-replication-factor 1" in out.stderr  # what to do about it
-        assert "event=replication_warning" in n.log()
+        assert "event=waiting_for_stores" in n.log()  # the consumer says it, every 30 s
     finally:
         n.kill()
 

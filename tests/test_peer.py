@@ -218,3 +218,19 @@ def test_merge_streams_never_hangs_on_an_unsorted_peer(seed):
 
     body = run(main)
     assert set(body.splitlines(keepends=True)) == set(lines)
+
+
+def test_a_local_share_that_fails_is_an_error_not_a_crash():
+    from tests.fakes import FakeCluster
+
+    cluster = FakeCluster({}, ["http://self"])
+
+    async def failing_plan():  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        g = await gather.scatter(cluster, cluster.stores(), b"from=a&to=b", "GET",
+                                 self_url="http://self", local_plan=failing_plan)
+        assert g.responses == [] and len(g.errors) == 1 and "No space left" in g.errors[0]
+
+    run(main)

@@ -354,3 +354,40 @@ def test_a_query_plans_after_repairs_that_rename_segments(tmp_path: Path) -> Non
     store = StoreLog(tmp_path)
     store.open()
     assert lines_of(everything(store)) == early + middle + late
+
+
+def test_a_repair_whose_first_rename_fails_leaves_the_segment_as_it_was(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from oklog.store import log as log_mod
+
+    lines = lines_of(stamp([b"as it was %d" % i for i in range(3)], Stamper()))
+    name = SegmentName.of_block(b"".join(lines))
+    put(tmp_path, lines[0] + b"junk\n" + b"".join(lines[1:]), name)
+    store = StoreLog(tmp_path)
+    store.open()
+    real = log_mod.os.rename
+
+    def refused(src, dst):  # type: ignore[no-untyped-def]
+        if str(dst).endswith(".repairing"):
+            raise OSError(30, "Read-only file system")
+        return real(src, dst)
+
+    monkeypatch.setattr(log_mod.os, "rename", refused)
+    with pytest.raises(OSError):
+        everything(store)
+    assert flushed(tmp_path) == [name.filename("flushed")] and not list((tmp_path / "tmp").iterdir())
+    assert store.unverified() == 1
+    store._check()
+    monkeypatch.setattr(log_mod.os, "rename", real)
+    assert lines_of(everything(store)) == lines
+
+
+def test_a_segment_removed_before_its_check_is_dropped_from_the_index(tmp_path: Path) -> None:
+    lines = stamp([b"gone"], Stamper())
+    path = put(tmp_path, lines, SegmentName.of_block(lines))
+    store = StoreLog(tmp_path)
+    store.open()
+    path.unlink()  # an operator cleaning up under a running node
+    assert everything(store) == b""
+    assert len(store.index) == 0 and store.unverified() == 0
+    store._check()

@@ -375,14 +375,13 @@ def plan_cluster(cfg: ClusterConfig) -> Cluster:
     Raises ``ClusterError`` when peers are given but Serf is unavailable.
     """
     use_serf = available() if cfg.use_serf is None else cfg.use_serf
-    if not cfg.serf_rpc and not use_serf:
-        if cfg.peers:
-            raise ClusterError(
-                "-peer needs Serf for membership: install the `serf` binary "
-                "(apt-get install serf) or run without -peer"
-            )
-        if cfg.use_serf and not available():
-            raise ClusterError("serf requested but not on PATH: apt-get install serf")
+    if not cfg.serf_rpc and not use_serf and cfg.peers:
+        raise ClusterError(
+            "-peer needs Serf for membership: install the `serf` binary "
+            "(apt-get install serf) or run without -peer"
+        )
+    if not cfg.serf_rpc and use_serf and not available():
+        raise ClusterError("serf requested but not on PATH: install it with apt-get install serf")
     if cfg.serf_rpc:
         return Cluster(SerfMembership(cfg.serf_rpc, cfg.api_url, cfg.role, tags=cfg.tags))
     if not use_serf:
@@ -404,13 +403,6 @@ def plan_cluster(cfg: ClusterConfig) -> Cluster:
         fast=cfg.fast,
     )
     return Cluster(SerfMembership(agent.rpc_addr, cfg.api_url, cfg.role, tags=cfg.tags), agent)
-
-
-async def run_cluster(
-    cfg: ClusterConfig, *, task_status: trio.TaskStatus[Membership] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """``plan_cluster`` then ``Cluster.run``."""
-    await plan_cluster(cfg).run(task_status=task_status)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

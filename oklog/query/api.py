@@ -43,7 +43,7 @@ def query_router(
     async def local_query(request: Request) -> Response:
         started = time.monotonic()
         query = parse_query(request.raw_query)
-        p = local.plan(store, query) if request.method == "HEAD" else await local.prepare(store, query)
+        p = await local.prepare(store, query, stats_only=request.method == "HEAD")
         headers = query_headers(query) | p.stats_headers() | {
             "X-Oklog-Nodes-Queried": "1",
             "X-Oklog-Error-Count": "0",
@@ -57,14 +57,10 @@ def query_router(
         started = time.monotonic()
         query = parse_query(request.raw_query)  # 400 here, before bothering peers
         # Absolute bounds: a relative "from" must mean the same instant on every store.
-        async def local_plan() -> local.LocalPlan:
-            if request.method == "HEAD":
-                return local.plan(store, query)
-            return await local.prepare(store, query)
-
         gathered = await gather.scatter(
             peers, membership.stores(), query.encode().encode(), request.method,
-            self_url=membership.self_url(), local_plan=local_plan)
+            self_url=membership.self_url(),
+            local_plan=lambda: local.prepare(store, query, stats_only=request.method == "HEAD"))
         headers = query_headers(query) | gather.stats_headers(gathered, started)
         notes = warnings()
         if notes:

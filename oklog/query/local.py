@@ -2,7 +2,7 @@
 
 ``plan`` only looks at the interval index (HEAD needs nothing more).
 ``prepare`` first makes every segment the query needs safe to read
-(``StoreLog.readable``: checked, or repaired, if this process has not done
+(``StoreLog.verify``: checked, or repaired, if this process has not done
 so yet) and plans from the index afterwards: a repair can rename a segment
 after its real content, which changes how segments group, so a plan made
 before it could return records out of order.  It runs before any header is
@@ -34,7 +34,6 @@ from .params import Query
 
 @dataclass
 class LocalPlan:
-    store: StoreLog
     query: Query
     groups: list[list[Segment]]  # overlapping segments, in ULID order
 
@@ -56,17 +55,18 @@ class LocalPlan:
 
 def plan(store: StoreLog, query: Query) -> LocalPlan:
     """The segments to read, from the index alone (for statistics)."""
-    return LocalPlan(store, query, store.overlapping_groups(query.lo, query.hi))
+    return LocalPlan(query, store.overlapping_groups(query.lo, query.hi))
 
 
-async def prepare(store: StoreLog, query: Query) -> LocalPlan:
-    """``plan``, once every segment it names is safe to read."""
+async def prepare(store: StoreLog, query: Query, *, stats_only: bool = False) -> LocalPlan:
+    """``plan``, once every segment it names is safe to read (``stats_only``,
+    as for HEAD: the index alone, nothing read)."""
     while True:
         p = plan(store, query)
         pending = [s for group in p.groups for s in group if not store.verified(s)]
-        if not pending:
+        if stats_only or not pending:
             return p
-        await store.readable(pending)
+        await store.verify(pending)
 
 
 def _group_blocks(readers: list[SegmentReader], query: Query) -> Iterator[bytes]:

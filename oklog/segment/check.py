@@ -27,7 +27,7 @@ from oklog.segment import SegmentReader, SegmentWriter
 from oklog.segment.name import SegmentName
 from oklog.segment.sort import sort_blocks
 
-__all__ = ["Verdict", "check", "salvage"]
+__all__ = ["Verdict", "check", "good_blocks", "salvage"]
 
 _LF = b"\n"
 
@@ -38,6 +38,7 @@ class Verdict:
 
     records: int = 0  # well-formed records
     malformed: int = 0  # lines that are not records
+    too_long: int = 0  # records over the ``max_line`` asked for (left out)
     torn: bool = False  # bytes after the last LF (a partial record)
     unsorted: bool = False  # ULIDs not strictly increasing (or a ULID twice)
     first: bytes = b""  # first / last ULID (meaningful when sorted)
@@ -59,35 +60,37 @@ class Verdict:
         return out
 
 
-def _good_blocks(reader: SegmentReader, verdict: Verdict) -> Iterator[bytes]:
+def good_blocks(reader: SegmentReader, verdict: Verdict, max_line: int | None = None) -> Iterator[bytes]:
     """The well-formed records of ``reader``, in file order, counting in
-    ``verdict`` what was left out and whether the order holds."""
+    ``verdict`` what was left out and whether the order holds.  With
+    ``max_line``, a longer record is left out too (counted as too long)."""
     prev = b""
     for block in reader.raw_blocks():
-        if not block.endswith(_LF):
+        if not block.endswith(_LF):  # raw_blocks hands out a torn tail on its own
             verdict.torn = True
-            good, dropped = salvage_block(block)
-            verdict.malformed += max(0, dropped - 1)  # the tail itself is "torn"
-            block = good
-        elif not is_valid_block(block):
+            continue
+        if max_line is not None and len(block) > max_line + 1 and block.find(_LF) == len(block) - 1:
+            verdict.too_long += 1  # a line longer than a block: a block of its own
+            continue
+        if not is_valid_block(block):
             block, dropped = salvage_block(block)
             verdict.malformed += dropped
-        if not block:
-            continue
+            if not block:
+                continue
         lo, hi = first_ulid(block), last_ulid(block)
         if not verdict.unsorted and (lo <= prev or not is_strictly_sorted(block)):
             verdict.unsorted = True
         verdict.records += block.count(_LF)
-        verdict.first = lo if not verdict.first else min(verdict.first, lo)
+        verdict.first = min(verdict.first, lo) if verdict.first else lo
         verdict.last = max(verdict.last, hi)
-        prev = hi if hi > prev else prev
+        prev = max(prev, hi)
         yield block
 
 
 def check(reader: SegmentReader) -> Verdict:
     """Read the whole segment once and report on it (nothing is written)."""
     verdict = Verdict()
-    for _ in _good_blocks(reader, verdict):
+    for _ in good_blocks(reader, verdict):
         pass
     return verdict
 
@@ -100,7 +103,7 @@ def salvage(reader: SegmentReader, writer: SegmentWriter, scratch: Path) -> Verd
     the records are out of order.  The writer is finished by the caller.
     """
     verdict = check(reader)
-    blocks = _good_blocks(reader, Verdict())
+    blocks = good_blocks(reader, Verdict())
     if verdict.unsorted:
         blocks = sort_blocks(blocks, scratch)
     for block in blocks:

@@ -32,23 +32,22 @@ def sort_blocks(blocks: Iterable[bytes], scratch: Path, run_size: int = RUN_SIZE
     reader: PlainReader | None = None
     try:
         with open(scratch, "wb") as out:
-            offset = 0
+
+            def spill(run: bytes) -> None:
+                runs.append((out.tell(), len(run)))
+                out.write(run)
+
             for block in blocks:
                 pending.add(block)
                 if pending.size >= run_size:
-                    run = sort_records(pending.take())
-                    out.write(run)
-                    runs.append((offset, len(run)))
-                    offset += len(run)
+                    spill(sort_records(pending.take()))
             last = sort_records(pending.take())
-        if not runs:
+            if runs and last:
+                spill(last)
+        if not runs:  # it all fitted in one run: no merge needed
             if last:
                 yield last
             return
-        if last:
-            runs.append((offset, len(last)))
-            with open(scratch, "ab") as out:
-                out.write(last)
         del last
         reader = PlainReader(scratch)
         sources = [reader.span(start, start + length) for start, length in runs]

@@ -51,8 +51,9 @@ from ..errors import (
     ReplicationShortfall,
 )
 from ..peer import Peers
-from ..records.format import MAX_LINE, salvage
+from ..records.format import MAX_LINE
 from ..records.merge import merge_records
+from ..segment.check import Verdict, good_blocks
 from ..segment.plain import PlainReader, PlainWriter
 from .log import StoreLog
 
@@ -123,32 +124,12 @@ class ConsumeTxn:
         return list(self.sources)
 
 
-class Refused(PeerRejected):
-    """A store refused a composite as malformed (400)."""
-
-    def __init__(self, store: str, reason: str) -> None:
-        PeerError.__init__(self, store, reason)
-        self.status = 400
-        self.store = store
-
-
 def _salvaged(reader: PlainReader, source: Source) -> Iterator[bytes]:
-    """The well-formed records of a gathered ingest segment; the rest is
-    counted and logged, once for the segment."""
-    malformed = torn = too_long = 0
-    for block in reader.raw_blocks():
-        if len(block) > MAX_LINE + 1 and block.find(b"\n") in (-1, len(block) - 1):
-            too_long += 1  # one line (a block of its own), longer than any store takes
-            continue
-        good, dropped = salvage(block)
-        if dropped:
-            if block.endswith(b"\n"):
-                malformed += dropped
-            else:
-                malformed, torn = malformed + dropped - 1, 1
-        if good:
-            yield good
-    counts = {"malformed": malformed, "torn": torn, "too_long": too_long}
+    """The well-formed records of a gathered ingest segment, none longer
+    than a store takes; the rest is counted and logged, once for the segment."""
+    verdict = Verdict()
+    yield from good_blocks(reader, verdict, max_line=MAX_LINE)
+    counts = {"malformed": verdict.malformed, "torn": int(verdict.torn), "too_long": verdict.too_long}
     if any(counts.values()):
         for reason, n in counts.items():
             if n:
@@ -202,8 +183,7 @@ class Consumer:
             worked = await self.one_batch()
             if not worked:
                 # failing batches back off: 2x, 4x, ... the idle sleep, up to max_backoff
-                await trio.sleep(min(self.idle_sleep * 2 ** min(self.failures, 30), self.max_backoff)
-                                 if self.failures else self.idle_sleep)
+                await trio.sleep(min(self.idle_sleep * 2 ** min(self.failures, 30), self.max_backoff))
 
     async def one_batch(self) -> bool:
         """Run one transaction; False when there was nothing to do."""
@@ -271,25 +251,26 @@ class Consumer:
                 return  # the ingesters have nothing more right now
 
     async def _merge_and_replicate(self, txn: ConsumeTxn, files: list[Path], stores: list[str]) -> int:
-        """Build the composite and replicate it; salvage the sources if a
-        store refuses it (or it cannot even be merged).  Returns its records.
-        ``files`` holds the spooled sources, in ``txn.sources`` order; the
-        composites are added to it (for the caller to clean up)."""
+        """Build the composite and replicate it; if a store refuses it (or it
+        cannot even be merged), build it again from the salvaged sources.
+        Returns its records.  ``files`` holds the spooled sources, in
+        ``txn.sources`` order; composites are added to it, for the caller
+        to clean up."""
         spools = list(files)
-        for salvage in (False, True):
-            composite = self.store.tmp_path(".composite")
-            files.append(composite)
-            try:
-                records = await trio.to_thread.run_sync(
-                    self._merge, txn.sources, spools, composite, salvage)
-                if records:
-                    await self._replicate(composite, stores)
-                return records
-            except (Refused, CorruptSegment) as exc:  # a damaged source: keep what is valid
-                if salvage:
-                    raise
-                log.warning("event=composite_refused error=%s action=salvage", exc)
-        raise AssertionError("unreachable")
+        try:
+            return await self._send(txn.sources, spools, files, stores, salvage=False)
+        except (PeerRejected, CorruptSegment) as exc:  # a damaged source: keep what is valid
+            log.warning("event=composite_refused error=%s action=salvage", exc)
+        return await self._send(txn.sources, spools, files, stores, salvage=True)
+
+    async def _send(self, sources: list[Source], spools: list[Path], files: list[Path],
+                    stores: list[str], *, salvage: bool) -> int:
+        composite = self.store.tmp_path(".composite")
+        files.append(composite)
+        records = await trio.to_thread.run_sync(self._merge, sources, spools, composite, salvage)
+        if records:
+            await self._replicate(composite, stores)
+        return records
 
     def _merge(self, sources: list[Source], spools: list[Path], out: Path, salvage: bool) -> int:
         """Merge the spooled segments into one sorted, de-duplicated file
@@ -297,28 +278,24 @@ class Consumer:
         ``salvage``, keep only their well-formed records."""
         with ExitStack() as stack:
             readers = [stack.enter_context(PlainReader(p)) for p in spools]
-            return self._write_merged(readers, sources, out, salvage)
-
-    def _write_merged(self, readers: list[PlainReader], sources: list[Source], out: Path,
-                      salvage: bool) -> int:
-        writer = PlainWriter(out, durable=False)  # a temporary upload body
-        try:
             inputs = [_salvaged(r, s) if salvage else r.raw_blocks() for r, s in zip(readers, sources)]
-            # one ingester's segment never repeats a ULID (one monotonic
-            # stamper); should a damaged one, the store sorts it out
-            for block in merge_records(inputs, trusted_unique=True):
-                writer.write(block)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.finish()
-        return writer.records
+            writer = PlainWriter(out, durable=False)  # a temporary upload body
+            try:
+                # one ingester's segment never repeats a ULID (one monotonic
+                # stamper); should a damaged one, the store sorts it out
+                for block in merge_records(inputs, trusted_unique=True):
+                    writer.write(block)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.finish()
+            return writer.records
 
     async def _replicate(self, composite: Path, stores: list[str]) -> None:
         """Upload to ``rf`` distinct stores, trying others when one fails.
 
-        ``Refused`` when a store answers that the body is malformed: every
-        store validates the same way, so no other would take it either.
+        A store answering that the body is malformed (400) is raised at
+        once: every store validates the same way, so no other would take it.
         """
         done = 0
         for store in replication_order(stores, self.rng):
@@ -326,7 +303,7 @@ class Consumer:
                 await self.peers.replicate(store, composite)
             except PeerRejected as exc:
                 if exc.status == 400:
-                    raise Refused(store, exc.reason) from exc
+                    raise
                 log.warning("event=replicate_failed store=%s error=%s", store, exc)
                 continue
             except PeerError as exc:

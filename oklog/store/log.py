@@ -16,9 +16,10 @@ Segments found on disk at start are *unverified*: a crash, a failing disk
 or a hand edit may have damaged them, and a damaged file must never be
 read as it is.  Each is checked once (``oklog.segment.check``): by a
 background pass at start, newest first, and on demand by the first query
-that needs it (``readable``, before that query plans), whichever comes
-first; a repair that fails half-way leaves the original to be retried.  A segment that is not
-sound is repaired without losing a valid record, crash-safely:
+that needs it (``verify``, before that query plans), whichever comes
+first.  A segment that is not sound is repaired without losing a valid
+record, crash-safely (a repair that fails half-way leaves the original to
+be retried):
 
 1. its well-formed records are written, sorted and de-duplicated, to a
    temporary file (the original is untouched);
@@ -87,7 +88,6 @@ class StoreLog:
         self._lock_fd: int | None = None
         self._unverified: set[Segment] = set()
         self._verifying: dict[Segment, trio.Event] = {}
-        self._replaced: dict[Segment, list[Segment]] = {}  # repaired → what holds its records now
         self._check_limiter = trio.CapacityLimiter(2)  # whole-file checks run in threads
 
     # -- open / close ----------------------------------------------------------------
@@ -179,8 +179,7 @@ class StoreLog:
         with open_segment(path) as reader:
             name = write_segment(out, sort_blocks(reader.raw_blocks(), self.tmp_path(".sort")))
         path.unlink()
-        if name is None:  # it held records before sorting
-            raise CorruptSegment("no records left after sorting")
+        assert name is not None, "records vanished in a sort"  # it held records before
         return out, name
 
     async def _install(self, path: Path, name: SegmentName) -> Segment:
@@ -206,13 +205,11 @@ class StoreLog:
 
     # -- verification and repair ---------------------------------------------------------
 
-    async def readable(self, segments: list[Segment]) -> list[Segment]:
-        """``segments`` made safe to read: each checked (and repaired) if it
-        was not yet, replaced by what now holds its records."""
-        out: list[Segment] = []
+    async def verify(self, segments: list[Segment]) -> None:
+        """Make ``segments`` safe to read: check (and repair) each one not
+        checked yet.  A repair changes the index: plan again afterwards."""
         for segment in segments:
-            out += await self._verify(segment)
-        return list(dict.fromkeys(out))  # a repair's output may also be planned already
+            await self._verify(segment)
 
     def unverified(self) -> int:
         return len(self._unverified)
@@ -234,28 +231,22 @@ class StoreLog:
                     await trio.sleep(VERIFY_RETRY)
         log.info("event=segments_verified path=%s segments=%d", self.path, len(self.index))
 
-    async def _verify(self, segment: Segment) -> list[Segment]:
+    async def _verify(self, segment: Segment) -> None:
         """Check one segment (once; concurrent callers wait for the first)."""
-        if segment in self._replaced:
-            return self._replaced[segment]
-        if segment not in self._unverified:
-            return [segment]
         busy = self._verifying.get(segment)
         if busy is not None:
             await busy.wait()
-            return await self._verify(segment)
+        if segment not in self._unverified:
+            return
         self._verifying[segment] = done = trio.Event()
         try:
-            result = await self._check_and_repair(segment)
+            await self._check_and_repair(segment)
             self._unverified.discard(segment)
         finally:
             del self._verifying[segment]
             done.set()
-        if result != [segment]:
-            self._replaced[segment] = result
-        return result
 
-    async def _check_and_repair(self, segment: Segment) -> list[Segment]:
+    async def _check_and_repair(self, segment: Segment) -> None:
         def check_file() -> list[str]:
             with open_segment(segment.path) as reader:
                 return check(reader).problems(segment.name)
@@ -264,14 +255,13 @@ class StoreLog:
             problems = await trio.to_thread.run_sync(check_file, limiter=self._check_limiter)
         except FileNotFoundError:  # removed under us: nothing to read
             self.index.discard(segment.name, segment)
-            return []
+            return
         if segment.path.suffix == ".repairing":
             problems = problems or ["interrupted_repair"]
-        if not problems:
-            return [segment]
-        return await self._repair(segment, problems)
+        if problems:
+            await self._repair(segment, problems)
 
-    async def _repair(self, segment: Segment, problems: list[str]) -> list[Segment]:
+    async def _repair(self, segment: Segment, problems: list[str]) -> None:
         """Salvage, quarantine and replace one damaged segment (see the
         module docstring for the steps and why each is crash-safe)."""
         original = segment.path
@@ -300,7 +290,7 @@ class StoreLog:
                     os.rename(original, repairing)
                     fsync_path(self.path)
                 self.index.discard(segment.name, segment)
-                replacement = [] if name is None else [await self._install(salvaged, name)]
+                replacement = None if name is None else await self._install(salvaged, name)
             except BaseException:
                 self._keep_for_retry(segment, repairing, salvaged)
                 raise
@@ -317,24 +307,20 @@ class StoreLog:
             "event=segment_repaired segment=%s problems=%s dropped_lines=%d records=%d "
             "replacement=%s quarantined=%s",
             original.name, ",".join(problems), malformed + int(torn), records,
-            replacement[0].path.name if replacement else "none", quarantine.name,
+            replacement.path.name if replacement else "none", quarantine.name,
         )
-        return replacement
 
     def _keep_for_retry(self, segment: Segment, repairing: Path, salvaged: Path) -> None:
         """A repair failed half-way (disk full, I/O error): keep the original
         readable through a retry, as a restart would find it."""
         salvaged.unlink(missing_ok=True)
-        if not repairing.exists():  # never moved: it is still ``segment``
-            if not self._same_named(segment.name):
-                self.index.add(segment.name, segment)
+        if not repairing.exists():  # never moved: ``segment`` is as it was
             return
         held = Segment(segment.name, repairing, repairing.stat().st_size)
+        self.index.discard(segment.name, segment)
         self._unverified.discard(segment)
         self._unverified.add(held)
-        self._replaced[segment] = [held]
-        if not any(s is held or s.path == repairing for s in self._same_named(segment.name)):
-            self.index.add(segment.name, held)
+        self.index.add(segment.name, held)
 
     # -- reading -----------------------------------------------------------------
 
@@ -342,10 +328,6 @@ class StoreLog:
         """Segments overlapping ``[lo, hi]``, grouped where they overlap each
         other within that range (those need a k-way merge when read)."""
         return [[segment for _, segment in group] for group in self.index.overlapping_groups(lo, hi)]
-
-    def stats(self) -> dict[str, int]:
-        segments = [s for _, s in self.index]
-        return {"segments": len(segments), "bytes": sum(s.size for s in segments)}
 
     def _check(self) -> None:
         """Assert the invariants (tests call this): every indexed segment is
@@ -358,10 +340,8 @@ class StoreLog:
             assert parsed == name and state in ("flushed", "repairing"), segment.path
             assert state == "flushed" or segment in self._unverified
         assert not self._verifying, "a check is running"
-        assert not self._unverified & set(self._replaced), "a repaired segment is still unverified"
-        indexed = [s for _, s in self.index]
-        for replaced in self._replaced:
-            assert replaced not in indexed, "a repaired segment is still indexed"
+        indexed = {s for _, s in self.index}
+        assert self._unverified <= indexed, "an unverified segment is not indexed"
 
 
 def _union_into(path: Path, existing: Path, merged: Path) -> None:
