@@ -89,6 +89,29 @@ def _record_size(s: str) -> int:
     return size
 
 
+def _compression(s: str) -> str:
+    if s not in ("zstd", "none"):
+        raise ConfigError(f"invalid value {s!r}: want zstd or none")
+    return s
+
+
+def _block_size(s: str) -> int:
+    size = parse_size(s)
+    if not 4096 <= size <= 64 << 20:
+        raise ConfigError(f"{s!r}: must be between 4KiB and 64MiB")
+    return size
+
+
+def _count(s: str | int) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise ConfigError(f"invalid number {s!r}") from None
+    if n < 0:
+        raise ConfigError(f"{s!r}: must not be negative")
+    return n
+
+
 def _positive(s: str | int) -> int:
     try:
         n = int(s)
@@ -192,6 +215,18 @@ class NodeConfig:
         "store.segment-replication-factor", 2,
         "copies of each record across distinct store nodes (a lone node needs 1)", ("store",),
         parse=_positive, kind=int, metavar="N")
+    store_block_size: int = setting(
+        "store.block-size", "1MiB",
+        "records per block of a store segment, in bytes (the unit of compression and of reads)",
+        ("store",), parse=_block_size, metavar="SIZE")
+    store_compression: str = setting(
+        "store.compression", "zstd",
+        "store segment blocks: zstd (zstdcat/zstdgrep read them) or none (plain, grep-able)",
+        ("store",), parse=_compression, metavar="zstd|none")
+    store_scan_workers: int = setting(
+        "store.scan-workers", 2,
+        "query scan worker processes, at a lower CPU priority (0: threads of the node)",
+        ("store",), parse=_count, kind=int, metavar="N")
 
     @property
     def roles(self) -> tuple[str, ...]:

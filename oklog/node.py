@@ -40,6 +40,7 @@ from .ingest.server import LineIngester, serve_lines
 from .listen import check_free, tcp_sockets
 from .peer import Peers, open_peers
 from .query.api import query_router
+from .query.workers import Scanner
 from .store.api import store_router
 from .store.consume import Consumer
 from .store.log import StoreLog
@@ -158,7 +159,8 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
             )
             ingest_log.open()
         if "store" in roles:
-            store = StoreLog(cfg.store_path)
+            store = StoreLog(cfg.store_path, compression=cfg.store_compression,
+                             block_size=cfg.store_block_size)
             store.open()
         api_host, api_port = parse_addr(cfg.api, 7650)
         api_socks = tcp_sockets(api_host, api_port, "-api")
@@ -182,8 +184,6 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
                  ingest_log: IngestLog | None, store: StoreLog | None, peers: Peers,
                  stop: trio.Event, task_status: Any) -> None:
     membership = cluster.membership
-    api_port = api_socks[0].getsockname()[1]
-    ready = False
 
     def warnings() -> list[str]:
         return replication_warnings(cfg, membership)
@@ -194,6 +194,21 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             state["replication"] = replication_state(cfg, membership)
         return state
 
+    scanner = Scanner(cfg.store_scan_workers)  # starts nothing until asked to
+    try:
+        await _serve_with(cfg, cluster, api_socks, ingest_log, store, peers, stop, task_status,
+                          membership, warnings, cluster_state, scanner)
+    finally:
+        scanner.close()
+
+
+async def _serve_with(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
+                      ingest_log: IngestLog | None, store: StoreLog | None, peers: Peers,
+                      stop: trio.Event, task_status: Any, membership: Membership,
+                      warnings: Callable[[], list[str]], cluster_state: Callable[[], dict[str, Any]],
+                      scanner: Scanner) -> None:
+    api_port = api_socks[0].getsockname()[1]
+    ready = False
     router = Router()
     router.use(request_metrics(router))
     router.mount(ops_router(lambda: ready, warnings))
@@ -201,7 +216,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         router.mount(ingest_router(ingest_log, cluster_state))
     if store is not None:
         router.mount(store_router(store, cluster_state))
-        router.mount(query_router(store, membership, peers, warnings))
+        router.mount(query_router(store, membership, peers, warnings, scanner))
 
     async with trio.open_nursery() as nursery:
         api_stop = trio.Event()
@@ -228,6 +243,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         if store is not None:
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_verifier)
+            background.append(trio.CancelScope())
+            nursery.start_soon(_scoped, background[-1], store.run_indexer)
+            nursery.start_soon(_start_scanner, scanner)
             for _ in range(cfg.store_consumers):
                 consumer = Consumer(
                     store,
@@ -261,6 +279,14 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         cluster_scope.cancel()
         signal_scope.cancel()
         api_stop.set()
+
+
+async def _start_scanner(scanner: Scanner) -> None:
+    """Start the scan workers in the background (a query would otherwise)."""
+    try:
+        await scanner.start()
+    except Exception as exc:  # the first query tries again, and says why
+        log.error("event=scan_workers_failed error=%r", exc)
 
 
 async def _scoped(scope: trio.CancelScope, fn: Callable[..., Awaitable[Any]], *args: Any,

@@ -13,3 +13,15 @@ def ulid(n: int) -> bytes:
 def rec(n: int, payload: bytes = b"p") -> bytes:
     """One record line (LF included) with ULID ``ulid(n)``."""
     return ulid(n) + b" default " + payload + b"\n"
+
+
+def segment_bytes(path) -> bytes:  # type: ignore[no-untyped-def]
+    """The records in a store segment file, compressed or not (what
+    ``zstdcat`` or ``cat`` print)."""
+    from oklog.segment.blocked import frames
+
+    out = []
+    for frame in frames(path):
+        assert frame.data is not None, f"undecodable bytes in {path} at {frame.offset}"
+        out.append(frame.data)
+    return b"".join(out)

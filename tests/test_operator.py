@@ -18,6 +18,7 @@ import pytest
 from oklog.records.format import stamp
 from oklog.segment.name import SegmentName
 from oklog.ulid import Stamper
+from tests.recordutil import segment_bytes
 from tests.nodeutil import ROOT, Node, forward, oklog_cmd, wait_for_records
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,7 @@ def test_damaged_store_segments_are_repaired_when_the_store_opens_them(tmp_path:
     finally:
         n.kill()
     # every repaired segment is sound on disk: cat gives every record, sorted, once
-    on_disk = b"".join(p.read_bytes() for p in sorted(store.glob("*.flushed")))
+    on_disk = b"".join(segment_bytes(p) for p in sorted(store.glob("*.flushed")))
     assert lines_of(on_disk) == sorted(garbage + unsorted + lines_of(sound))
 
 

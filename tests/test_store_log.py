@@ -16,6 +16,7 @@ from oklog.records.format import stamp
 from oklog.segment.name import SegmentName
 from oklog.store.log import StoreLog
 from oklog.ulid import Stamper
+from tests.recordutil import segment_bytes
 
 EVERYTHING = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"
 
@@ -140,7 +141,7 @@ def test_the_verifier_repairs_every_damaged_segment(tmp_path: Path, caplog: pyte
     assert not list(store_dir.glob("*.repairing"))
     # the salvaged records are proper segments: sound, named after their content
     for path in store_dir.glob("*.flushed"):
-        content = path.read_bytes()
+        content = segment_bytes(path)
         assert path.name == SegmentName.of_block(content).filename("flushed")
         assert lines_of(content) == sorted(set(lines_of(content)))
     assert lines_of(everything(store)) == valid
@@ -203,7 +204,7 @@ def test_an_interrupted_repair_is_done_again_at_start(tmp_path: Path) -> None:
     store.open()
     trio.run(store.run_verifier)
     assert flushed(tmp_path) == [name.filename("flushed")]
-    assert (tmp_path / name.filename("flushed")).read_bytes() == b"".join(lines)
+    assert segment_bytes(tmp_path / name.filename("flushed")) == b"".join(lines)
     assert [p.name for p in tmp_path.glob("*.corrupt")] == [name.filename("corrupt")]
     # crashed after step 3: the salvage installed too -- repeating it is harmless
     store.close()
@@ -259,7 +260,7 @@ def test_a_replicated_segment_named_like_a_damaged_one(tmp_path: Path) -> None:
 
     store = trio.run(main)
     assert everything(store) == b"".join(lines)
-    assert (tmp_path / name.filename("flushed")).read_bytes() == b"".join(lines)
+    assert segment_bytes(tmp_path / name.filename("flushed")) == b"".join(lines)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -299,7 +300,7 @@ def test_random_uploads_and_damage_keep_every_valid_record_once(tmp_path: Path, 
         # damage one file behind the store's back: a garbage line, or shuffled lines
         victims = sorted(tmp_path.glob("*.flushed"))
         victim = rng.choice(victims)
-        content = lines_of(victim.read_bytes())
+        content = lines_of(segment_bytes(victim))
         if rng.random() < 0.5:
             content.insert(rng.randrange(len(content) + 1), b"\x00garbage\n")
         else:

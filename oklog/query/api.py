@@ -18,6 +18,7 @@ from ..peer import Peers
 from ..store.log import StoreLog
 from . import gather, local
 from .params import Query, parse_query
+from .workers import Scanner
 
 
 def query_headers(query: Query) -> dict[str, str]:
@@ -34,6 +35,7 @@ def query_router(
     membership: Membership,
     peers: Peers,
     warnings: Callable[[], list[str]] = list,
+    scanner: Scanner | None = None,
 ) -> Router:
     """``warnings()``: what the user should know about this cluster, sent
     with every cluster query as one ``X-Oklog-Warning`` header (``|``
@@ -43,7 +45,7 @@ def query_router(
     async def local_query(request: Request) -> Response:
         started = time.monotonic()
         query = parse_query(request.raw_query)
-        p = await local.prepare(store, query, stats_only=request.method == "HEAD")
+        p = await local.prepare(store, query, scanner, stats_only=request.method == "HEAD")
         headers = query_headers(query) | p.stats_headers() | {
             "X-Oklog-Nodes-Queried": "1",
             "X-Oklog-Error-Count": "0",
@@ -60,7 +62,8 @@ def query_router(
         gathered = await gather.scatter(
             peers, membership.stores(), query.encode().encode(), request.method,
             self_url=membership.self_url(),
-            local_plan=lambda: local.prepare(store, query, stats_only=request.method == "HEAD"))
+            local_plan=lambda: local.prepare(store, query, scanner,
+                                             stats_only=request.method == "HEAD"))
         headers = query_headers(query) | gather.stats_headers(gathered, started)
         notes = warnings()
         if notes:

@@ -25,9 +25,8 @@ from .. import metrics
 from ..errors import OklogError, PeerError
 from ..lines import aiter_blocks
 from ..peer import Peers, QueryAnswer
-from ..records.merge import merge_records
-from ..records.search import bisect, last_ulid
 from . import local
+from .streams import merge_streams
 
 log = logging.getLogger("oklog.query")
 
@@ -136,52 +135,13 @@ async def _safe_blocks(response: QueryAnswer) -> AsyncIterator[bytes]:
         log.warning("event=query_stream_broken peer=%s error=%r", response.peer, exc)
 
 
-async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
-    """Block-level k-way merge of sorted record streams, de-duplicated."""
-    if len(sources) == 1:  # one store: nothing to merge, blocks pass through
-        async for block in sources[0]:
-            yield block
-        return
-    current: list[bytes] = [b""] * len(sources)
-    open_: list[bool] = [True] * len(sources)
-    while True:
-        for i, src in enumerate(sources):
-            while open_[i] and not current[i]:
-                try:
-                    current[i] = await src.__anext__()
-                except StopAsyncIteration:
-                    open_[i] = False
-        if not any(current):
-            return
-        streaming = [last_ulid(current[i]) for i in range(len(sources)) if open_[i]]
-        bound = min(streaming) if streaming else b"\xff"  # above any line
-        parts: list[bytes] = []
-        for i, block in enumerate(current):
-            if not block:
-                continue
-            cut = bisect(block, bound, after=True)
-            parts.append(block[:cut])
-            current[i] = block[cut:]
-        parts = [p for p in parts if p]
-        if not parts:
-            # Only a peer's unsorted block gets here (its last line is not
-            # its largest): take the whole block that set the bound, so the
-            # merge always moves (unsorted in, unsorted out, never a hang).
-            i = min((i for i in range(len(sources)) if current[i]),
-                    key=lambda i: last_ulid(current[i]) if open_[i] else b"\xff")
-            parts, current[i] = [current[i]], b""
-        if len(parts) == 1:
-            yield parts[0]
-        else:
-            for out in merge_records([[p] for p in parts]):
-                yield out
-
-
 def stats_headers(gathered: Gathered, started: float) -> dict[str, str]:
     return {
         "X-Oklog-Nodes-Queried": str(gathered.nodes),
         "X-Oklog-Segments-Queried": str(gathered.total("X-Oklog-Segments-Queried")),
         "X-Oklog-Max-Data-Set-Size": str(gathered.total("X-Oklog-Max-Data-Set-Size")),
+        "X-Oklog-Blocks-Queried": str(gathered.total("X-Oklog-Blocks-Queried")),
+        "X-Oklog-Blocks-In-Range": str(gathered.total("X-Oklog-Blocks-In-Range")),
         "X-Oklog-Error-Count": str(len(gathered.errors)),
         "X-Oklog-Duration": f"{time.monotonic() - started:.6f}s",
     }

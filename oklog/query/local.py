@@ -1,41 +1,67 @@
 """Answering a query from this node's own segments (``/store/_query``).
 
-``plan`` only looks at the interval index (HEAD needs nothing more).
+Planning reads no record.  The interval index gives the segments of the
+query's range; each segment's table (``oklog.segment.table``) gives the
+blocks of the range by their first and last ULID, and its n-gram index
+drops the blocks that lack a literal every match needs (the query's
+``Required`` clauses: ``q`` itself, or the literals of a regex, plus the
+topic).  What is left is cut into *units* of a few blocks, the work a scan
+worker does at once (``oklog.query.workers``).  HEAD needs the plan only.
+
 ``prepare`` first makes every segment the query needs safe to read
 (``StoreLog.verify``: checked, or repaired, if this process has not done
-so yet) and plans from the index afterwards: a repair can rename a segment
-after its real content, which changes how segments group, so a plan made
-before it could return records out of order.  It runs before any header is
-sent, so a failure there is an error status, not a cut-short answer.
+so yet; that also rebuilds a missing sidecar) and plans afterwards: a
+repair can rename a segment after its real content, which changes how
+segments group, so a plan made before it could return records out of
+order.  It runs before any header is sent, so a failure there is an error
+status, not a cut-short answer.
 
-Running opens the planned segments through the segment reader seam and
-greps their blocks of the query's range.  Segments that overlap each other
-(not yet compacted) are k-way merged with de-duplication; a segment that
-overlaps no other streams straight through.  Files are opened when the
-scan reaches their group; a file removed in between (no code path removes
-one today; compaction will) is skipped, so compaction must only delete a
-segment once its records live in another file.
+Running hands the units to the scanner and streams the results in ULID
+order.  Segments that overlap each other (not yet compacted) are k-way
+merged with de-duplication; a segment that overlaps no other streams
+straight through.  A file removed after planning (compaction will do
+that, once its records live in another file) is skipped.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import trio
 
-from ..records.merge import merge_records
-from ..segment import SegmentReader, open_segment
+from ..segment.ngram import literal_grams
+from ..segment.table import Table
 from ..store.log import Segment, StoreLog
 from .params import Query
+from .streams import merge_streams
+from .unit import Unit
+from .workers import Scanner
+
+log = logging.getLogger("oklog.query")
+
+#: Raw bytes of blocks handed to a scan worker at once.
+UNIT_BYTES = 4 << 20
+
+
+@dataclass
+class SegmentPlan:
+    """What a query reads of one segment."""
+
+    segment: Segment
+    table: Table | None  # None: not verified yet (statistics only)
+    blocks: list[int] = field(default_factory=list)  # to read, ascending
+    in_range: int = 0  # blocks of the time range (before the n-gram index)
+    data_size: int = 0  # record bytes of the time range
 
 
 @dataclass
 class LocalPlan:
     query: Query
-    groups: list[list[Segment]]  # overlapping segments, in ULID order
+    groups: list[list[SegmentPlan]]  # overlapping segments, in ULID order
+    scanner: Scanner | None = None
 
     @property
     def segments(self) -> int:
@@ -43,54 +69,127 @@ class LocalPlan:
 
     @property
     def max_data_set_size(self) -> int:
-        return sum(s.size for g in self.groups for s in g)
+        return sum(s.data_size for g in self.groups for s in g)
+
+    @property
+    def blocks_read(self) -> int:
+        return sum(len(s.blocks) for g in self.groups for s in g)
+
+    @property
+    def blocks_in_range(self) -> int:
+        return sum(s.in_range for g in self.groups for s in g)
 
     def stats_headers(self) -> dict[str, str]:
-        """This node's share of the ``X-Oklog-*`` statistics."""
+        """This node's share of the ``X-Oklog-*`` statistics (the two block
+        counts are extensions: how much the index saved)."""
         return {
             "X-Oklog-Segments-Queried": str(self.segments),
             "X-Oklog-Max-Data-Set-Size": str(self.max_data_set_size),
+            "X-Oklog-Blocks-Queried": str(self.blocks_read),
+            "X-Oklog-Blocks-In-Range": str(self.blocks_in_range),
         }
 
 
-def plan(store: StoreLog, query: Query) -> LocalPlan:
-    """The segments to read, from the index alone (for statistics)."""
-    return LocalPlan(query, store.overlapping_groups(query.lo, query.hi))
+def _clauses(query: Query) -> list[list[list[list[int]]]]:
+    """The query's required literals as n-gram clauses for ``GramIndex``."""
+    required = query.matcher.required
+    clauses = [[literal_grams(lit, required.fold) for lit in clause] for clause in required.clauses]
+    if query.topic is not None:
+        clauses.append([literal_grams(query.topic + b" ")])
+    return [c for c in clauses if all(c)]  # a literal too short to index prunes nothing
 
 
-async def prepare(store: StoreLog, query: Query, *, stats_only: bool = False) -> LocalPlan:
+def plan_segment(segment: Segment, table: Table | None, query: Query,
+                 clauses: list[list[list[list[int]]]]) -> SegmentPlan:
+    """The blocks of one segment that ``query`` must read."""
+    if table is None:
+        return SegmentPlan(segment, None, [], 0, segment.size)
+    span = table.span(query.lo, query.hi)
+    p = SegmentPlan(segment, table, [], len(span), table.raw_bytes(span))
+    if query.matcher.strategy == "none":
+        return p
+    if clauses and table.index is not None and span:
+        mask = table.index.candidates(clauses) >> span.start
+        p.blocks = [i for i in span if mask >> (i - span.start) & 1]
+    else:
+        p.blocks = list(span)
+    return p
+
+
+def plan(store: StoreLog, query: Query, scanner: Scanner | None = None) -> LocalPlan:
+    """The blocks to read, from the index and the tables alone."""
+    clauses = _clauses(query)
+    groups = [
+        [plan_segment(s, store.table(s), query, clauses) for s in group]
+        for group in store.overlapping_groups(query.lo, query.hi)
+    ]
+    return LocalPlan(query, groups, scanner)
+
+
+async def prepare(store: StoreLog, query: Query, scanner: Scanner | None = None, *,
+                  stats_only: bool = False) -> LocalPlan:
     """``plan``, once every segment it names is safe to read (``stats_only``,
-    as for HEAD: the index alone, nothing read)."""
+    as for HEAD: the index and tables alone, nothing read)."""
     while True:
-        p = plan(store, query)
-        pending = [s for group in p.groups for s in group if not store.verified(s)]
+        p = plan(store, query, scanner)
+        pending = [s.segment for g in p.groups for s in g if not store.verified(s.segment)]
         if stats_only or not pending:
             return p
         await store.verify(pending)
 
 
-def _group_blocks(readers: list[SegmentReader], query: Query) -> Iterator[bytes]:
-    """Matching records of one group of overlapping segments, in ULID order."""
-    scans = [query.matcher.scan_blocks(r.blocks(query.lo, query.hi)) for r in readers]
-    if len(scans) == 1:
-        return scans[0]
-    # store segments are sound (checked or written by us): no ULID twice in one
-    return merge_records(scans, trusted_unique=True)
+def units(p: SegmentPlan, query: Query) -> Iterator[Unit]:
+    """The plan's blocks of one segment, a few at a time."""
+    t = p.table
+    if t is None:
+        return
+    held: list[tuple[int, int, bool]] = []
+    size = 0
+    for i in p.blocks:
+        held.append((t.offsets[i], t.lengths[i], t.firsts[i] < query.lo or t.lasts[i] > query.hi))
+        size += t.raw[i]
+        if size >= UNIT_BYTES:
+            yield _unit(p, query, held)
+            held, size = [], 0
+    if held:
+        yield _unit(p, query, held)
+
+
+def _unit(p: SegmentPlan, query: Query, blocks: list[tuple[int, int, bool]]) -> Unit:
+    assert p.table is not None
+    return Unit(str(p.segment.path), p.table.compression, tuple(blocks), query.lo, query.hi,
+                query.q, query.regex, query.topic)
+
+
+_fallback: list[Scanner] = []
+
+
+def _threads() -> Scanner:
+    """The scanner of plans made without one (tests, tools): threads."""
+    if not _fallback:
+        _fallback.append(Scanner(0))
+    return _fallback[0]
+
+
+async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query) -> AsyncIterator[bytes]:
+    try:
+        async for result in scanner.results(units(p, query)):
+            yield result
+    except FileNotFoundError:  # removed since planning (see the module docstring)
+        log.info("event=segment_gone segment=%s", p.segment.path.name)
 
 
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
+    scanner = local.scanner or _threads()
     for group in local.groups:
-        with ExitStack() as stack:
-            readers = []
-            for segment in group:
-                try:
-                    readers.append(stack.enter_context(open_segment(segment.path)))
-                except FileNotFoundError:
-                    continue  # removed since planning (see the module docstring)
-            if not readers:
-                continue
-            for block in _group_blocks(readers, local.query):
-                yield block
-                await trio.lowlevel.checkpoint()
+        readable = [p for p in group if p.blocks]
+        if not readable:
+            continue
+        if len(readable) == 1:
+            stream = _segment_results(scanner, readable[0], local.query)
+        else:
+            stream = merge_streams([_segment_results(scanner, p, local.query) for p in readable])
+        async for block in stream:
+            yield block
         await trio.lowlevel.checkpoint()

@@ -84,7 +84,11 @@ from re import _constants as _sre  # type: ignore[attr-defined]
 from re import _parser as _sre_parse  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
+import re2
+
 from oklog.errors import BadQuery
+from oklog.query import literals
+from oklog.query.literals import Required
 from oklog.records.search import Buffer, bisect, line_range, line_slices
 
 __all__ = ["BATCH", "CHUNK", "Matcher", "Scoped", "scan"]
@@ -177,35 +181,27 @@ def _walk(items: Any, shape: _Shape, dotall: bool) -> None:
             shape.newline = True
 
 
-def _flatten(items: Any, fold: bool) -> Iterator[tuple[Any, Any]]:
-    """Top-level ops, with groups opened up where literals compare as the
-    prefilter will: exactly, or (``fold``) ASCII case-insensitively."""
-    for op, av in items:
-        if op is _sre.SUBPATTERN and not av[1] & (re.LOCALE if fold else re.IGNORECASE):
-            yield from _flatten(av[3], fold)
-        else:
-            yield op, av
-
-
-def _required_literal(items: Any, fold: bool = False) -> tuple[bytes, bool]:
-    """The longest byte string every match must contain (may be empty;
-    lowercased if ``fold``), and whether the pattern starts with a literal
-    (then ``re`` finds candidates fast by itself)."""
-    ops = list(_flatten(items, fold))
-    best = b""
-    run = bytearray()
-    for op, av in ops + [(None, None)]:
-        if op is _sre.LITERAL:
-            run.append(av)
-        else:
-            if len(run) > len(best):
-                best = bytes(run)
-            run.clear()
-    led = not fold and bool(ops) and ops[0][0] is _sre.LITERAL
-    return (best.lower() if fold else best), led
-
-
 # --- the matcher -------------------------------------------------------------
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is the user's 400, not our log line
+
+
+def compile_regex(q: bytes) -> Any:
+    """``q`` compiled by RE2 (Go's regexp syntax, linear-time matching);
+    ``BadQuery`` with RE2's reason when it is not valid RE2 syntax."""
+    try:
+        return re2.compile(q, options=_RE2_OPTIONS)
+    except (re2.error, TypeError, ValueError) as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "backslashreplace")
+        msg = " ".join(str(reason).split())
+        hint = ""
+        if "escape sequence" in msg or "perl operator" in msg:
+            hint = " (RE2 syntax, as Go's regexp: no backreferences or lookarounds)"
+        raise BadQuery(f'invalid "q": bad regex: {msg}{hint}') from None
+
 
 
 class Matcher:
@@ -216,15 +212,16 @@ class Matcher:
     """
 
     __slots__ = (
-        "q", "regex", "topic", "pattern", "strategy", "_needle", "_fold", "_run", "_empty_ok",
-        "_payload_only",
+        "q", "regex", "topic", "pattern", "strategy", "required", "_needle", "_fold", "_run",
+        "_empty_ok", "_payload_only",
     )
 
     def __init__(self, q: bytes = b"", regex: bool = False, topic: bytes | None = None) -> None:
         self.q = bytes(q)
         self.regex = regex
         self.topic = topic
-        self.pattern: re.Pattern[bytes] | None = None
+        self.pattern: Any = None  # a compiled RE2 pattern
+        self.required = Required()  # what every match contains (for the block index)
         self._needle = b""
         self._fold = False
         self._run: re.Pattern[bytes] | None = None
@@ -243,25 +240,22 @@ class Matcher:
         if not q:
             return "all"
         if not self.regex:
+            self.required = Required(((q,),))
             return "none" if _NL in q else "literal"
-        try:
-            pattern = re.compile(q)
-        except (re.error, OverflowError, RecursionError, ValueError) as exc:
-            msg = " ".join(str(exc).split())
-            raise BadQuery(f'invalid "q": bad regex: {msg}') from None
-        self.pattern = pattern
+        self.pattern = pattern = compile_regex(q)
         self._empty_ok = pattern.search(b"") is not None
+        self.required = literals.required(q)
+        if not literals.whitelisted(q):  # Python's parser may read it otherwise
+            return "lines"
         try:
             parsed = _sre_parse.parse(q, 0)
             shape = _Shape()
-            _walk(parsed, shape, bool(pattern.flags & re.DOTALL))
-            fold = bool(pattern.flags & re.IGNORECASE)
-            if fold and pattern.flags & re.LOCALE:
-                literal, led = b"", False  # locale case folding: no prefilter
-            else:
-                literal, led = _required_literal(parsed, fold)
+            _walk(parsed, shape, bool(parsed.state.flags & re.DOTALL))
         except Exception:  # a parser we do not know: stay correct, go slow
             return "lines"
+        fold = self.required.fold
+        literal = self.required.longest()
+        led = not fold and bool(parsed) and parsed[0][0] is _sre.LITERAL
         if _NL in literal:
             return "none"
         local = shape.local and not shape.newline

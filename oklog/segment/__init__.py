@@ -4,9 +4,10 @@ Query, merge, consume and replicate never touch a segment file's bytes
 directly: they open a ``SegmentReader`` (time bounds, the blocks of a ULID
 range, the raw content for verification) and write through a
 ``SegmentWriter`` (fed a sorted stream of blocks).  ``open_segment`` and
-``create_segment`` pick the implementation; plain files
-(``oklog.segment.plain``) are the first one, so a new format (compressed
-blocks with a sidecar index) changes this package and nothing else.
+``create_segment`` pick the implementation: the block format of
+``oklog.segment.blocked`` (zstd frames or plain records, with a sidecar
+table from ``oklog.segment.table``), which also reads the plain files of
+earlier versions.
 
 A *block* is ``bytes`` of one or more whole records, each ending in LF.
 """
@@ -18,13 +19,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from oklog.segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, Frame, frames, sniff
 from oklog.segment.name import SegmentName
-from oklog.segment.plain import PlainReader, PlainWriter
+from oklog.segment.table import Table, load_sidecar
 
 __all__ = [
     "SegmentName",
     "SegmentReader",
     "SegmentWriter",
+    "Table",
+    "derive_table",
     "create_segment",
     "open_segment",
     "write_segment",
@@ -36,6 +40,7 @@ class SegmentReader(Protocol):
 
     path: Path
     size: int  # bytes on disk
+    table: Table
 
     def bounds(self) -> tuple[bytes, bytes] | None:
         """First and last ULID by content (None when it holds no record)."""
@@ -43,6 +48,17 @@ class SegmentReader(Protocol):
 
     def blocks(self, lo: bytes = b"", hi: bytes = b"\xff") -> Iterator[bytes]:
         """Blocks of the records whose ULID is in ``[lo, hi]``, in order."""
+        ...
+
+    def select(self, blocks: range | list[int], lo: bytes, hi: bytes) -> Iterator[bytes]:
+        """The records of the table's ``blocks`` (ascending) within ``[lo, hi]``."""
+        ...
+
+    @property
+    def compression(self) -> str: ...
+
+    def frames(self) -> Iterator[Frame]:
+        """Every block of the file, from the start, nothing trusted."""
         ...
 
     def raw_blocks(self) -> Iterator[bytes]:
@@ -65,6 +81,7 @@ class SegmentWriter(Protocol):
     path: Path
     records: int
     size: int
+    table: Table
 
     def write(self, block: bytes) -> None:
         """Append records; ULIDs must continue strictly increasing."""
@@ -79,19 +96,45 @@ class SegmentWriter(Protocol):
         ...
 
 
-def open_segment(path: Path) -> SegmentReader:
-    """A reader for the segment file at ``path``."""
-    return PlainReader(path)
+def derive_table(path: Path, block_size: int = BLOCK_SIZE) -> Table:
+    """A table for a segment file without a sidecar, from its content (no
+    index; blocks that cannot be decoded are left out)."""
+    from oklog.records.search import first_ulid, last_ulid, line_range
+
+    table = Table(sniff(path))
+    for frame in frames(path, block_size):
+        if frame.data is None:
+            continue
+        data, length = frame.data, frame.length
+        _, end = line_range(data)
+        if end < len(data):  # a torn tail: whole lines only (a plain file's can be cut off)
+            if table.compression != "none":
+                continue
+            data, length = data[:end], end
+        if end:
+            last = data.rfind(b"\n", 0, end - 1) + 1
+            table.add(frame.offset, length, data, first_ulid(data), last_ulid(data[last:end]))
+    return table
 
 
-def create_segment(path: Path) -> SegmentWriter:
+def open_segment(path: Path, table: Table | None = None) -> BlockReader:
+    """A reader for the segment file at ``path``: through ``table``, or its
+    sidecar, or (when it has neither) a table read off its content."""
+    if table is None:
+        table = load_sidecar(path) or derive_table(path)
+    return BlockReader(path, table)
+
+
+def create_segment(
+    path: Path, *, compression: str = "zstd", block_size: int = BLOCK_SIZE, durable: bool = True
+) -> BlockWriter:
     """A writer for a new segment file at ``path`` (which must not exist)."""
-    return PlainWriter(path)
+    return BlockWriter(path, compression=compression, block_size=block_size, durable=durable)
 
 
-def write_segment(path: Path, blocks: Iterable[bytes]) -> SegmentName | None:
+def write_segment(path: Path, blocks: Iterable[bytes], **options: object) -> SegmentName | None:
     """Write a sorted stream of blocks as a segment; its name, or None."""
-    writer = create_segment(path)
+    writer = create_segment(path, **options)  # type: ignore[arg-type]
     try:
         for block in blocks:
             writer.write(block)

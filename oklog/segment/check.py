@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 from oklog.records.format import is_valid_block, salvage as salvage_block
 from oklog.records.merge import is_strictly_sorted
 from oklog.records.search import first_ulid, last_ulid
-from oklog.segment import SegmentReader, SegmentWriter
+from oklog.segment import SegmentReader, SegmentWriter, ngram
+from oklog.segment.blocked import Frame
 from oklog.segment.name import SegmentName
+from oklog.segment.table import Table
 from oklog.segment.sort import sort_blocks
 
-__all__ = ["Verdict", "check", "good_blocks", "salvage"]
+__all__ = ["Verdict", "check", "good_blocks", "inspect", "salvage"]
 
 _LF = b"\n"
 
@@ -40,6 +43,7 @@ class Verdict:
     malformed: int = 0  # lines that are not records
     too_long: int = 0  # records over the ``max_line`` asked for (left out)
     torn: bool = False  # bytes after the last LF (a partial record)
+    unreadable: int = 0  # stretches of the file that could not be decoded
     unsorted: bool = False  # ULIDs not strictly increasing (or a ULID twice)
     first: bytes = b""  # first / last ULID (meaningful when sorted)
     last: bytes = b""
@@ -51,6 +55,8 @@ class Verdict:
             out.append("malformed")
         if self.torn:
             out.append("torn")
+        if self.unreadable:
+            out.append("unreadable")
         if self.unsorted:
             out.append("unsorted")
         if not self.records:
@@ -60,31 +66,69 @@ class Verdict:
         return out
 
 
-def good_blocks(reader: SegmentReader, verdict: Verdict, max_line: int | None = None) -> Iterator[bytes]:
+class Framed(Protocol):
+    """Anything whose blocks can be walked from the start (segment or spool)."""
+
+    def frames(self) -> Iterator[Frame]: ...
+
+
+def good_blocks(reader: Framed, verdict: Verdict, max_line: int | None = None) -> Iterator[bytes]:
     """The well-formed records of ``reader``, in file order, counting in
     ``verdict`` what was left out and whether the order holds.  With
     ``max_line``, a longer record is left out too (counted as too long)."""
-    prev = b""
-    for block in reader.raw_blocks():
-        if not block.endswith(_LF):  # raw_blocks hands out a torn tail on its own
-            verdict.torn = True
-            continue
-        if max_line is not None and len(block) > max_line + 1 and block.find(_LF) == len(block) - 1:
-            verdict.too_long += 1  # a line longer than a block: a block of its own
-            continue
-        if not is_valid_block(block):
-            block, dropped = salvage_block(block)
-            verdict.malformed += dropped
-            if not block:
-                continue
-        lo, hi = first_ulid(block), last_ulid(block)
-        if not verdict.unsorted and (lo <= prev or not is_strictly_sorted(block)):
-            verdict.unsorted = True
-        verdict.records += block.count(_LF)
-        verdict.first = min(verdict.first, lo) if verdict.first else lo
-        verdict.last = max(verdict.last, hi)
-        prev = max(prev, hi)
-        yield block
+    for frame in reader.frames():
+        yield from _good(frame, verdict, max_line)
+
+
+def _good(frame: Frame, verdict: Verdict, max_line: int | None) -> Iterator[bytes]:
+    block = frame.data
+    if block is None:
+        verdict.unreadable += 1
+        return
+    if not block.endswith(_LF):  # a torn tail: only the end of a file has one
+        verdict.torn = True
+        block = block[: block.rfind(_LF) + 1]
+        if not block:
+            return
+    if max_line is not None and len(block) > max_line + 1 and block.find(_LF) == len(block) - 1:
+        verdict.too_long += 1  # a line longer than a block: a block of its own
+        return
+    if not is_valid_block(block):
+        block, dropped = salvage_block(block)
+        verdict.malformed += dropped
+        if not block:
+            return
+    lo, hi = first_ulid(block), last_ulid(block)
+    if not verdict.unsorted and (lo <= verdict.last or not is_strictly_sorted(block)):
+        verdict.unsorted = True
+    verdict.records += block.count(_LF)
+    verdict.first = min(verdict.first, lo) if verdict.first else lo
+    verdict.last = max(verdict.last, hi)
+    yield block
+
+
+def inspect(reader: SegmentReader) -> tuple[Verdict, Table | None]:
+    """Read the whole segment once: what is wrong with it, and when nothing
+    is, its table with the n-gram index (what its sidecar holds)."""
+    verdict = Verdict()
+    table = Table(reader.compression)
+    grams = []
+    scratch = ngram.scratch()
+    sound = True
+    for frame in reader.frames():
+        before = (verdict.malformed, verdict.torn, verdict.unreadable, verdict.too_long)
+        for block in _good(frame, verdict, None):
+            if sound and block is frame.data:
+                table.add(frame.offset, frame.length, block, first_ulid(block), last_ulid(block))
+                grams.append(ngram.block_grams(block, scratch))
+            else:
+                sound = False
+        if before != (verdict.malformed, verdict.torn, verdict.unreadable, verdict.too_long):
+            sound = False
+    if not sound or verdict.unsorted or not verdict.records:
+        return verdict, None
+    table.index = ngram.from_grams(grams)
+    return verdict, table
 
 
 def check(reader: SegmentReader) -> Verdict:

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from oklog.records.search import bisect, first_ulid, last_ulid, line_range
+from oklog.segment.blocked import Frame
 from oklog.segment.name import SegmentName
 
 __all__ = ["READ_BLOCK", "PlainReader", "PlainWriter"]
@@ -68,6 +69,17 @@ class PlainReader:
         yield from self.span(0, end, size)
         if end < self.size:
             yield bytes(self._buf[end:])
+
+    def frames(self) -> Iterator[Frame]:
+        """``raw_blocks`` with where each one lies."""
+        pos = 0
+        for block in self.raw_blocks():
+            yield Frame(pos, len(block), block)
+            pos += len(block)
+
+    @property
+    def compression(self) -> str:
+        return "none"
 
     def span(self, start: int, stop: int, size: int = READ_BLOCK) -> Iterator[bytes]:
         """Whole lines ``[start, stop)`` (both line boundaries) as ``bytes``

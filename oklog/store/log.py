@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +52,11 @@ from ..lines import aiter_blocks
 from ..records.format import MAX_LINE, validate_block
 from ..records.merge import is_strictly_sorted, merge_records
 from ..records.search import first_ulid, last_ulid
-from ..segment import create_segment, open_segment, write_segment
-from ..segment.check import check, salvage
+from ..segment import Table, create_segment, ngram, open_segment
+from ..segment.blocked import BLOCK_SIZE, BlockWriter, sniff
+from ..segment.check import inspect, salvage
 from ..segment.sort import sort_blocks
+from ..segment.table import SIDECAR_SUFFIX, load_sidecar, sidecar_path, write_sidecar
 from ..ulid import Stamper
 from .index import IntervalIndex, SegmentName
 
@@ -65,6 +67,21 @@ log = logging.getLogger("oklog.store")
 MAX_UPLOAD_LINE = MAX_LINE
 #: Seconds before the background verifier retries after a failure.
 VERIFY_RETRY = 60.0
+#: Upload bytes validated and written per hop to a worker thread.
+WRITE_BATCH = 1 << 20
+
+
+class _Order:
+    """Whether a stream of blocks comes in strictly increasing ULID order."""
+
+    def __init__(self) -> None:
+        self.ordered = True
+        self._prev = b""
+
+    def see(self, block: bytes) -> None:
+        if self.ordered:
+            self.ordered = first_ulid(block) > self._prev and is_strictly_sorted(block)
+            self._prev = last_ulid(block)
 
 
 @dataclass(frozen=True)
@@ -79,8 +96,13 @@ class Segment:
 class StoreLog:
     """The segment files of one store node plus their interval index."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, compression: str = "zstd", block_size: int = BLOCK_SIZE) -> None:
         self.path = Path(path)
+        self.compression = compression
+        self.block_size = block_size
+        self._tables: dict[Segment, Table] = {}  # every verified segment's
+        self._unindexed: set[Segment] = set()  # written here, n-gram index not built yet
+        self._index_wanted = trio.Event()
         self.tmp = self.path / "tmp"
         self.index: IntervalIndex[Segment] = IntervalIndex()
         self._ids = Stamper()
@@ -99,7 +121,14 @@ class StoreLog:
             leftover.unlink()
         found: list[tuple[SegmentName, Segment]] = []
         quarantined = 0
-        for entry in sorted(self.path.iterdir()):
+        entries = sorted(self.path.iterdir())
+        names = {e.name for e in entries}
+        for entry in entries:
+            if entry.name.endswith((SIDECAR_SUFFIX, SIDECAR_SUFFIX + ".tmp")):
+                segment_name = entry.name[: entry.name.rindex(SIDECAR_SUFFIX)]
+                if entry.suffix == ".tmp" or segment_name not in names:
+                    entry.unlink()  # a sidecar of nothing (derived data)
+                continue
             if entry.suffix == ".active":
                 entry.unlink()  # an upload that never finished; its sender retries
                 continue
@@ -119,7 +148,15 @@ class StoreLog:
                 entry = target
             found.append((name, Segment(name, entry, entry.stat().st_size)))
         self.index.update(found)  # bulk build: ~5x faster than one add at a time
-        self._unverified = {segment for _, segment in found}
+        self._unverified = set()
+        for _, segment in found:
+            # a segment whose sidecar matches it was sound when the sidecar
+            # was written; anything else is checked (and the sidecar rebuilt)
+            table = load_sidecar(segment.path) if segment.path.suffix == ".flushed" else None
+            if table is None:
+                self._unverified.add(segment)
+            else:
+                self._tables[segment] = table
         log.info("event=store_opened path=%s segments=%d", self.path, len(self.index))
         if quarantined:
             log.warning("event=quarantined_segments path=%s files=%d (*.corrupt: originals of "
@@ -139,20 +176,32 @@ class StoreLog:
     async def write_segment(self, chunks: AsyncIterator[bytes]) -> Segment | None:
         """Store an uploaded body as a new segment; None when it held no records.
 
-        Raises ``CorruptSegment`` (and writes nothing) on any malformed line.
+        Blocks are validated, compressed and written as they arrive (in a
+        worker thread, about ``WRITE_BATCH`` bytes at a time: zstd releases
+        the GIL).  Raises ``CorruptSegment`` (and writes nothing) on any
+        malformed line.
         """
         path = self.path / f"{self._ids.one().decode()}.active"
-        writer = create_segment(path)
-        prev = b""
-        ordered = True
+        writer = self._writer(path)
+        order = _Order()
+
+        def put(blocks: list[bytes]) -> None:
+            for block in blocks:
+                validate_block(block)
+                order.see(block)
+                writer.write(block)
+
+        held: list[bytes] = []
+        size = 0
         try:
             async for block in aiter_blocks(chunks, final_tail="error", max_line=MAX_UPLOAD_LINE):
-                validate_block(block)
-                if ordered:
-                    ordered = first_ulid(block) > prev and is_strictly_sorted(block)
-                    prev = last_ulid(block)
-                writer.write(block)
-                await trio.lowlevel.checkpoint()
+                held.append(block)
+                size += len(block)
+                if size >= WRITE_BATCH:
+                    await trio.to_thread.run_sync(put, held)
+                    held, size = [], 0
+            if held:
+                await trio.to_thread.run_sync(put, held)
         except BaseException:
             writer.abort()
             raise
@@ -161,11 +210,11 @@ class StoreLog:
             written = await trio.to_thread.run_sync(writer.finish)
             if written is None:
                 return None
-            if ordered:
-                name = written
+            if order.ordered:
+                name, table = written, writer.table
             else:
-                path, name = await trio.to_thread.run_sync(self._sort_file, path)
-            segment = await self._install(path, name)
+                path, name, table = await trio.to_thread.run_sync(self._sort_file, path)
+            segment = await self._install(path, name, table)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -173,16 +222,32 @@ class StoreLog:
         metrics.replicate_records.inc(records)
         return segment
 
-    def _sort_file(self, path: Path) -> tuple[Path, SegmentName]:
+    def _writer(self, path: Path, durable: bool = True) -> BlockWriter:
+        return create_segment(path, compression=self.compression, block_size=self.block_size,
+                              durable=durable)
+
+    def _write(self, path: Path, blocks: Iterable[bytes]) -> tuple[SegmentName, Table] | None:
+        """Write a sorted stream as a segment file: its name and table."""
+        writer = self._writer(path)
+        try:
+            for block in blocks:
+                writer.write(block)
+        except BaseException:
+            writer.abort()
+            raise
+        name = writer.finish()
+        return None if name is None else (name, writer.table)
+
+    def _sort_file(self, path: Path) -> tuple[Path, SegmentName, Table]:
         """Sort (and de-duplicate) a segment file written out of order."""
         out = self.tmp_path(".sorted")
-        with open_segment(path) as reader:
-            name = write_segment(out, sort_blocks(reader.raw_blocks(), self.tmp_path(".sort")))
+        with open_segment(path, Table("none")) as reader:
+            written = self._write(out, sort_blocks(reader.raw_blocks(), self.tmp_path(".sort")))
         path.unlink()
-        assert name is not None, "records vanished in a sort"  # it held records before
-        return out, name
+        assert written is not None, "records vanished in a sort"  # it held records before
+        return out, *written
 
-    async def _install(self, path: Path, name: SegmentName) -> Segment:
+    async def _install(self, path: Path, name: SegmentName, table: Table) -> Segment:
         """Rename a complete, sound segment file into place and index it."""
         # A same-named file found at start may be damaged: fold it in only
         # once checked (a repair may give it another name).
@@ -192,13 +257,68 @@ class StoreLog:
             target = self.path / name.filename("flushed")
             existing = self._same_named(name)
             if existing:
-                await trio.to_thread.run_sync(_union_into, path, target, self.tmp_path(".union"))
+                table = await trio.to_thread.run_sync(
+                    self._union_into, path, target, self._tables[existing[0]])
                 for old in existing:
-                    self.index.remove(old.name, old)
+                    self._forget(old)
             await trio.to_thread.run_sync(_sync_and_rename, path, target)
             segment = Segment(name, target, target.stat().st_size)
             self.index.add(name, segment)
+            self._tables[segment] = table
+            self._unindexed.add(segment)
+            self._index_wanted.set()
             return segment
+
+    def _union_into(self, path: Path, existing: Path, existing_table: Table) -> Table:
+        """Merge ``existing`` into ``path`` (both sorted, the stored copy
+        wins): no record is dropped.  Returns the union's table."""
+        merged = self.tmp_path(".union")
+        with open_segment(existing, existing_table) as old, open_segment(path) as new:
+            written = self._write(merged, merge_records([old.blocks(), new.blocks()], trusted_unique=True))
+        assert written is not None, "a union of two segments is empty"
+        os.replace(merged, path)
+        return written[1]
+
+    def _forget(self, segment: Segment) -> None:
+        """Drop a segment from the index and the books (its file is gone,
+        renamed or about to be replaced), with its sidecar."""
+        self.index.discard(segment.name, segment)
+        self._tables.pop(segment, None)
+        self._unindexed.discard(segment)
+        sidecar_path(segment.path).unlink(missing_ok=True)
+
+    # -- the n-gram index ------------------------------------------------------------
+
+    def table(self, segment: Segment) -> Table | None:
+        """The block table of a verified segment (None until verified)."""
+        return self._tables.get(segment)
+
+    def unindexed(self) -> int:
+        return len(self._unindexed)
+
+    async def run_indexer(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        """Build the n-gram index of every segment written here, newest
+        first, in a worker thread, and save it with the table as the
+        segment's sidecar; forever.  Until then a query reads every block
+        of that segment's range (slower, the same answer)."""
+        task_status.started()
+        limiter = trio.CapacityLimiter(1)
+        while True:
+            if not self._unindexed:
+                self._index_wanted = trio.Event()
+                await self._index_wanted.wait()
+                continue
+            segment = max(self._unindexed, key=lambda s: s.name)
+            self._unindexed.discard(segment)
+            table = self._tables.get(segment)
+            if table is None:
+                continue
+            try:
+                await trio.to_thread.run_sync(_index_and_save, segment.path, table, limiter=limiter)
+            except FileNotFoundError:
+                continue  # replaced (a union) or removed meanwhile
+            except OSError as exc:
+                log.error("event=index_failed segment=%s error=%r", segment.path.name, exc)
 
     def _same_named(self, name: SegmentName) -> list[Segment]:
         return [s for _, s in self.index.query(name.lo, name.hi) if s.name == name]
@@ -247,19 +367,25 @@ class StoreLog:
             done.set()
 
     async def _check_and_repair(self, segment: Segment) -> None:
-        def check_file() -> list[str]:
-            with open_segment(segment.path) as reader:
-                return check(reader).problems(segment.name)
+        def check_file() -> tuple[list[str], Table | None]:
+            with open_segment(segment.path, Table(sniff(segment.path))) as reader:
+                verdict, table = inspect(reader)
+            problems = verdict.problems(segment.name)
+            if table is not None and not problems and segment.path.suffix == ".flushed":
+                write_sidecar(segment.path, table)
+            return problems, table
 
         try:
-            problems = await trio.to_thread.run_sync(check_file, limiter=self._check_limiter)
+            problems, table = await trio.to_thread.run_sync(check_file, limiter=self._check_limiter)
         except FileNotFoundError:  # removed under us: nothing to read
-            self.index.discard(segment.name, segment)
+            self._forget(segment)
             return
         if segment.path.suffix == ".repairing":
             problems = problems or ["interrupted_repair"]
-        if problems:
-            await self._repair(segment, problems)
+        if problems or table is None:
+            await self._repair(segment, problems or ["unreadable"])
+        else:
+            self._tables[segment] = table
 
     async def _repair(self, segment: Segment, problems: list[str]) -> None:
         """Salvage, quarantine and replace one damaged segment (see the
@@ -267,18 +393,19 @@ class StoreLog:
         original = segment.path
         salvaged = self.tmp_path(".salvage")
 
-        def salvage_file() -> tuple[SegmentName | None, int, int, bool]:
-            writer = create_segment(salvaged)
+        def salvage_file() -> tuple[SegmentName | None, Table, int, int, bool]:
+            writer = self._writer(salvaged)
             try:
-                with open_segment(original) as reader:
+                with open_segment(original, Table("none")) as reader:
                     verdict = salvage(reader, writer, self.tmp_path(".sort"))
             except BaseException:
                 writer.abort()
                 raise
-            return writer.finish(), verdict.records, verdict.malformed, verdict.torn
+            name = writer.finish()
+            return name, writer.table, verdict.records, verdict.malformed + verdict.unreadable, verdict.torn
 
         try:
-            name, records, malformed, torn = await trio.to_thread.run_sync(
+            name, table, records, malformed, torn = await trio.to_thread.run_sync(
                 salvage_file, limiter=self._check_limiter)
         except BaseException:
             salvaged.unlink(missing_ok=True)
@@ -289,8 +416,8 @@ class StoreLog:
                 if original != repairing:
                     os.rename(original, repairing)
                     fsync_path(self.path)
-                self.index.discard(segment.name, segment)
-                replacement = None if name is None else await self._install(salvaged, name)
+                self._forget(segment)
+                replacement = None if name is None else await self._install(salvaged, name, table)
             except BaseException:
                 self._keep_for_retry(segment, repairing, salvaged)
                 raise
@@ -342,14 +469,12 @@ class StoreLog:
         assert not self._verifying, "a check is running"
         indexed = {s for _, s in self.index}
         assert self._unverified <= indexed, "an unverified segment is not indexed"
+        assert set(self._tables) == indexed - self._unverified, "tables and verified segments differ"
+        for segment, table in self._tables.items():
+            table._check()
+            assert table.size == segment.size, segment.path
+            assert (table.firsts[0], table.lasts[-1]) == (segment.name.lo, segment.name.hi)
 
-
-def _union_into(path: Path, existing: Path, merged: Path) -> None:
-    """Merge ``existing`` into ``path`` (both sorted, the stored copy wins),
-    through the scratch file ``merged``: no record is dropped."""
-    with open_segment(existing) as old, open_segment(path) as new:
-        write_segment(merged, merge_records([old.blocks(), new.blocks()], trusted_unique=True))
-    os.replace(merged, path)
 
 
 def _unused(path: Path) -> Path:
@@ -359,6 +484,14 @@ def _unused(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
+
+
+def _index_and_save(path: Path, table: Table) -> None:
+    """Build a segment's n-gram index and write its sidecar (a worker thread)."""
+    with open_segment(path, table) as reader:
+        index = ngram.build(reader.select(range(len(table)), b"", b"\xff"))
+    table.index = index
+    write_sidecar(path, table)
 
 
 def _sync_and_rename(path: Path, target: Path) -> None:

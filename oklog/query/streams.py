@@ -1,0 +1,51 @@
+"""Merging sorted streams of record blocks, without holding them whole."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from ..records.merge import merge_records
+from ..records.search import bisect, last_ulid
+
+__all__ = ["merge_streams"]
+
+
+async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+    """Block-level k-way merge of sorted record streams, de-duplicated."""
+    if len(sources) == 1:  # one store: nothing to merge, blocks pass through
+        async for block in sources[0]:
+            yield block
+        return
+    current: list[bytes] = [b""] * len(sources)
+    open_: list[bool] = [True] * len(sources)
+    while True:
+        for i, src in enumerate(sources):
+            while open_[i] and not current[i]:
+                try:
+                    current[i] = await src.__anext__()
+                except StopAsyncIteration:
+                    open_[i] = False
+        if not any(current):
+            return
+        streaming = [last_ulid(current[i]) for i in range(len(sources)) if open_[i]]
+        bound = min(streaming) if streaming else b"\xff"  # above any line
+        parts: list[bytes] = []
+        for i, block in enumerate(current):
+            if not block:
+                continue
+            cut = bisect(block, bound, after=True)
+            parts.append(block[:cut])
+            current[i] = block[cut:]
+        parts = [p for p in parts if p]
+        if not parts:
+            # Only a peer's unsorted block gets here (its last line is not
+            # its largest): take the whole block that set the bound, so the
+            # merge always moves (unsorted in, unsorted out, never a hang).
+            i = min((i for i in range(len(sources)) if current[i]),
+                    key=lambda i: last_ulid(current[i]) if open_[i] else b"\xff")
+            parts, current[i] = [current[i]], b""
+        if len(parts) == 1:
+            yield parts[0]
+        else:
+            for out in merge_records([[p] for p in parts]):
+                yield out

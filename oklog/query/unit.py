@@ -1,0 +1,78 @@
+"""One unit of scan work: some blocks of one segment file, and a query.
+
+A ``Unit`` is a plain, picklable value so that it can run anywhere: in a
+worker thread of the node, or in a scan worker process (``oklog.query.workers``).
+``run_unit`` opens the file, reads and decompresses each block, cuts the
+first and last block of a time range by binary search, and greps them
+with the query's matcher.  It returns the matching records, whole lines in
+ULID order; memory is bounded by the unit's size, which the planner keeps
+to a few blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass
+
+import zstandard
+
+from oklog.query.scan import Matcher
+from oklog.records.search import bisect, line_range
+
+__all__ = ["Unit", "run_unit"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    path: str
+    compression: str  # "zstd" or "none"
+    # (offset, length, cut): cut is True for a block that reaches outside [lo, hi]
+    blocks: tuple[tuple[int, int, bool], ...]
+    lo: bytes
+    hi: bytes
+    q: bytes
+    regex: bool
+    topic: bytes | None
+
+    @property
+    def raw_hint(self) -> int:
+        return sum(length for _, length, _ in self.blocks)
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(q: bytes, regex: bool, topic: bytes | None) -> Matcher:
+    return Matcher(q, regex, topic)
+
+
+_local = threading.local()  # a ZstdDecompressor is not thread-safe: one per thread
+
+
+def _decompress(data: bytes) -> bytes:
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx.decompress(data)
+
+
+def run_unit(unit: Unit) -> bytes:
+    """The records of ``unit``'s blocks within ``[lo, hi]`` that match."""
+    matcher = _matcher(unit.q, unit.regex, unit.topic)
+    fd = os.open(unit.path, os.O_RDONLY)
+    try:
+        datas = []
+        for offset, length, cut in unit.blocks:
+            data = os.pread(fd, length, offset)
+            if unit.compression == "zstd":
+                data = _decompress(data)
+            if cut:
+                _, end = line_range(data)
+                start = bisect(data, unit.lo, 0, end)
+                stop = bisect(data, unit.hi, start, end, after=True)
+                data = data[start:stop]
+            if data:
+                datas.append(data)
+    finally:
+        os.close(fd)
+    return b"".join(matcher.scan_blocks(datas))

@@ -1,0 +1,156 @@
+"""Where scans run: never on the event loop.
+
+A query's units (``oklog.query.unit``) go to an executor: a pool of scan
+worker *processes* (the default), or worker threads of the node.  Processes
+because only decompression releases the GIL: matching in threads would
+still take the interpreter from the event loop that serves ingest.  The
+workers run at a lower CPU priority (``nice``), so a heavy query yields the
+cores to ingest instead of stalling it.
+
+``Scanner.results`` runs a query's units in order with a few in flight
+(``depth``) and hands the results back in order, so a query uses every
+worker while its memory stays bounded: ``depth`` units per query, and
+``limit`` units in flight on the whole node (a ``trio.CapacityLimiter``),
+whatever the number of queries.  Leaving the iterator early (a client that
+went away, a cancelled query) cancels the units not started; the ones
+running finish their few blocks and are dropped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+
+import trio
+
+from oklog.query.unit import Unit, run_unit
+
+__all__ = ["Scanner"]
+
+log = logging.getLogger("oklog.query")
+
+NICE = 10  # scan workers' CPU priority, relative to the node
+
+
+def _lower_priority() -> None:
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
+class Scanner:
+    """Runs scan units off the event loop (see the module docstring).
+
+    ``workers`` processes; 0 means threads of this process instead (what
+    tests and small nodes may prefer: nothing to start).
+    """
+
+    def __init__(self, workers: int = 2, *, depth: int = 4, limit: int | None = None) -> None:
+        self.workers = workers
+        self.depth = max(1, depth)
+        self.limiter = trio.CapacityLimiter(limit or max(2, workers) * 4)
+        self._pool: cf.Executor | None = None
+
+    def _executor(self) -> cf.Executor:
+        if self._pool is None:
+            if self.workers > 0:
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(["oklog.query.unit"])
+                self._pool = cf.ProcessPoolExecutor(
+                    self.workers, mp_context=ctx, initializer=_lower_priority)
+            else:
+                self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="oklog-scan")
+        return self._pool
+
+    async def start(self) -> None:
+        """Start the workers now rather than at the first query."""
+        pool = self._executor()
+        futures = [pool.submit(_warm) for _ in range(max(1, self.workers))]
+        for f in futures:
+            await _wait(f)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def run(self, unit: Unit) -> bytes:
+        """One unit's result."""
+        async with self.limiter:
+            return await _wait(self._executor().submit(run_unit, unit))
+
+    def _broken(self, pool: cf.Executor) -> None:
+        """A worker died (killed, out of memory): start a fresh pool."""
+        if self._pool is pool:
+            log.error("event=scan_worker_died action=restart_pool")
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def results(self, units: Iterable[Unit]) -> AsyncIterator[bytes]:
+        """The results of ``units``, in order, with up to ``depth`` running."""
+        pool = self._executor()
+        pending: deque[tuple[Unit, object, cf.Future[bytes], trio.Event]] = deque()
+        todo = iter(units)
+        token = trio.lowlevel.current_trio_token()
+        try:
+            while True:
+                while len(pending) < self.depth:
+                    unit = next(todo, None)
+                    if unit is None:
+                        break
+                    borrower = object()
+                    await self.limiter.acquire_on_behalf_of(borrower)
+                    try:
+                        future = pool.submit(run_unit, unit)
+                    except cf.BrokenExecutor:
+                        self._broken(pool)
+                        pool = self._executor()
+                        future = pool.submit(run_unit, unit)
+                    pending.append((unit, borrower, future, _event_for(future, token)))
+                if not pending:
+                    return
+                unit, borrower, future, done = pending.popleft()
+                try:
+                    await done.wait()
+                finally:
+                    self.limiter.release_on_behalf_of(borrower)
+                try:
+                    result = future.result()
+                except cf.BrokenExecutor:  # once more, in a fresh pool
+                    self._broken(pool)
+                    pool = self._executor()
+                    result = await self.run(unit)
+                if result:
+                    yield result
+        finally:
+            for _, borrower, future, _ in pending:
+                future.cancel()
+                self.limiter.release_on_behalf_of(borrower)
+
+
+def _event_for(future: cf.Future, token: trio.lowlevel.TrioToken) -> trio.Event:
+    """An event set (on the trio thread) when ``future`` is done."""
+    event = trio.Event()
+
+    def done(_: cf.Future) -> None:
+        try:
+            token.run_sync_soon(event.set)
+        except trio.RunFinishedError:
+            pass
+
+    future.add_done_callback(done)
+    return event
+
+
+async def _wait(future: cf.Future) -> bytes:
+    await _event_for(future, trio.lowlevel.current_trio_token()).wait()
+    return future.result()
