@@ -187,8 +187,9 @@ class NodeConfig:
     ingest_flush_size: int = setting("ingest.segment-flush-size", "16MiB",
                                      "flush the active segment after this many bytes", ("ingest",),
                                      parse=parse_size, metavar="SIZE")
-    ingest_flush_age: float = setting("ingest.segment-flush-age", "3s",
-                                      "flush the active segment after this long", ("ingest",),
+    ingest_flush_age: float = setting("ingest.segment-flush-age", "500ms",
+                                      "flush the active segment after this long (how fresh "
+                                      "queries are)", ("ingest",),
                                       parse=parse_seconds, metavar="DURATION")
     ingest_pending_timeout: float = setting(
         "ingest.segment-pending-timeout", "1m",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -173,8 +174,9 @@ def _threads() -> Scanner:
 
 async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query) -> AsyncIterator[bytes]:
     try:
-        async for result in scanner.results(units(p, query)):
-            yield result
+        async with aclosing(scanner.results(units(p, query))) as results:
+            async for result in results:
+                yield result
     except FileNotFoundError:  # removed since planning (see the module docstring)
         log.info("event=segment_gone segment=%s", p.segment.path.name)
 
@@ -190,6 +192,7 @@ async def run(local: LocalPlan) -> AsyncIterator[bytes]:
             stream = _segment_results(scanner, readable[0], local.query)
         else:
             stream = merge_streams([_segment_results(scanner, p, local.query) for p in readable])
-        async for block in stream:
-            yield block
+        async with aclosing(stream):  # a client gone: stop the scan now, not at GC
+            async for block in stream:
+                yield block
         await trio.lowlevel.checkpoint()

@@ -310,6 +310,26 @@ class Matcher:
         }[strategy]
         return _batched(map(grep, blocks))
 
+    def grep(self, blocks: list[bytes]) -> bytes:
+        """The matching records of ``blocks`` (as for ``scan_blocks``), joined
+        once into one ``bytes`` (what a scan unit returns)."""
+        strategy = self.strategy
+        if strategy == "none" or not blocks:
+            return b""
+        if strategy == "all":
+            return blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        grep = {
+            "literal": self._grep_literal,
+            "topic": self._grep_topic,
+            "regex": self._grep_regex,
+            "prefilter": self._grep_prefilter,
+            "lines": self._grep_lines,
+        }[strategy]
+        parts: list[bytes] = []
+        for block in blocks:
+            parts.extend(grep(block))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     # Each _grep_* takes one chunk (bytes of whole lines, ending in LF) and
     # returns the matching lines as a list of slices of it: runs of adjacent
     # matching lines are kept as one slice.  The loops walk hits, not lines:

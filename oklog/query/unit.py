@@ -75,4 +75,4 @@ def run_unit(unit: Unit) -> bytes:
                 datas.append(data)
     finally:
         os.close(fd)
-    return b"".join(matcher.scan_blocks(datas))
+    return matcher.grep(datas)

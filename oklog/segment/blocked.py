@@ -158,9 +158,10 @@ def _decode_frame(data: mmap.mmap, pos: int) -> tuple[int, bytes] | None:
 class BlockReader:
     """Reads a segment through its table (see ``oklog.segment.SegmentReader``)."""
 
-    def __init__(self, path: Path, table: Table) -> None:
+    def __init__(self, path: Path, table: Table, block_size: int = BLOCK_SIZE) -> None:
         self.path = Path(path)
         self.table = table
+        self.block_size = block_size  # how ``frames`` cuts a plain file
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
             self.size = os.fstat(self._fd).st_size
@@ -204,7 +205,7 @@ class BlockReader:
 
     def frames(self) -> Iterator[Frame]:
         """Every block of the file from the start, nothing trusted (``frames``)."""
-        return frames(self.path)
+        return frames(self.path, self.block_size)
 
     def raw_blocks(self) -> Iterator[bytes]:
         for frame in frames(self.path):

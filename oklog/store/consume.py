@@ -159,7 +159,7 @@ class Consumer:
         replication_factor: int = 2,
         target_size: int = 128 << 20,
         target_age: float = 3.0,
-        idle_sleep: float = 0.25,
+        idle_sleep: float = 0.1,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = trio.current_time,
         rng: random.Random | None = None,

@@ -53,7 +53,7 @@ from ..records.format import MAX_LINE, validate_block
 from ..records.merge import is_strictly_sorted, merge_records
 from ..records.search import first_ulid, last_ulid
 from ..segment import Table, create_segment, ngram, open_segment
-from ..segment.blocked import BLOCK_SIZE, BlockWriter, sniff
+from ..segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, sniff
 from ..segment.check import inspect, salvage
 from ..segment.sort import sort_blocks
 from ..segment.table import SIDECAR_SUFFIX, load_sidecar, sidecar_path, write_sidecar
@@ -103,6 +103,7 @@ class StoreLog:
         self._tables: dict[Segment, Table] = {}  # every verified segment's
         self._unindexed: set[Segment] = set()  # written here, n-gram index not built yet
         self._index_wanted = trio.Event()
+        self._index_limiter = trio.CapacityLimiter(1)
         self.tmp = self.path / "tmp"
         self.index: IntervalIndex[Segment] = IntervalIndex()
         self._ids = Stamper()
@@ -297,24 +298,29 @@ class StoreLog:
         return len(self._unindexed)
 
     async def run_indexer(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-        """Build the n-gram index of every segment written here, newest
-        first, in a worker thread, and save it with the table as the
-        segment's sidecar; forever.  Until then a query reads every block
-        of that segment's range (slower, the same answer)."""
+        """Build the n-gram index of every segment written here, in the
+        background, forever (see ``index_pending``)."""
         task_status.started()
-        limiter = trio.CapacityLimiter(1)
         while True:
+            await self.index_pending()
+            self._index_wanted = trio.Event()
             if not self._unindexed:
-                self._index_wanted = trio.Event()
                 await self._index_wanted.wait()
-                continue
+
+    async def index_pending(self) -> None:
+        """Build the n-gram index of each segment written here that has none
+        yet, newest first, in a worker thread, and save it with the table as
+        the segment's sidecar.  Until then a query reads every block of that
+        segment's range (slower, the same answer)."""
+        while self._unindexed:
             segment = max(self._unindexed, key=lambda s: s.name)
             self._unindexed.discard(segment)
             table = self._tables.get(segment)
             if table is None:
                 continue
             try:
-                await trio.to_thread.run_sync(_index_and_save, segment.path, table, limiter=limiter)
+                await trio.to_thread.run_sync(_index_and_save, segment.path, table,
+                                              limiter=self._index_limiter)
             except FileNotFoundError:
                 continue  # replaced (a union) or removed meanwhile
             except OSError as exc:
@@ -368,7 +374,7 @@ class StoreLog:
 
     async def _check_and_repair(self, segment: Segment) -> None:
         def check_file() -> tuple[list[str], Table | None]:
-            with open_segment(segment.path, Table(sniff(segment.path))) as reader:
+            with BlockReader(segment.path, Table(sniff(segment.path)), self.block_size) as reader:
                 verdict, table = inspect(reader)
             problems = verdict.problems(segment.name)
             if table is not None and not problems and segment.path.suffix == ".flushed":

@@ -1,0 +1,172 @@
+"""The query engine over real store segments: the same records as a brute-
+force scan, whatever the blocks, index, overlaps, compression or workers."""
+
+from __future__ import annotations
+
+import random
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from oklog.query import local
+from oklog.query.params import Query
+from oklog.query.scan import Matcher
+from oklog.query.unit import Unit
+from oklog.query.workers import Scanner
+from oklog.store.log import StoreLog
+from oklog.ulid import MAX_ULID, MIN_ULID
+from tests.recordutil import rec, ulid
+
+WORDS = [b"GET", b"ERROR", b"error", b"timeout", b"needle-7f3a9c", b"status=500", b"x", b"/api/v1",
+         b"\xc3\xa9t\xc3\xa9", b"HTTP/1.1", b"a b"]
+TOPICS = [b"default", b"web"]
+QUERIES = st.sampled_from([
+    (b"", False), (b"needle-7f3a9c", False), (b"status=500", False), (b"HTTP/1.1", False), (b"a b", False),
+    (b"ERROR.*timeout", True), (b"(?i)error", True), (b"^GET", True), (b"(ERROR|timeout) x", True),
+    (rb"\d+", True), (b"x$", True), (b"nothing-here", False), (b"(?i)\xc3\x89T\xc3\x89", True),
+])
+
+
+def brute(records: list[bytes], q: bytes, regex: bool, topic: bytes | None, lo: bytes, hi: bytes) -> bytes:
+    m = Matcher(q, regex, topic)
+    seen: dict[bytes, bytes] = {}
+    for r in records:
+        if lo <= r[:26] <= hi and m.match(r):
+            seen.setdefault(r[:26], r)
+    return b"".join(seen[k] for k in sorted(seen))
+
+
+def record(i: int) -> bytes:
+    """Record ``i``: the same bytes wherever it is stored (a ULID is one record)."""
+    r = random.Random(i)
+    return rec(i, b" ".join(r.choices(WORDS, k=r.randrange(1, 5)))).replace(
+        b" default ", b" " + r.choice(TOPICS) + b" ", 1)
+
+
+async def store_with(tmp: Path, rng: random.Random, compression: str, overlap: bool) -> tuple[StoreLog, list[bytes]]:
+    store = StoreLog(tmp, compression=compression, block_size=rng.choice([512, 2048, 8192]))
+    store.open()
+    everything: list[bytes] = []
+    n = 0
+    for _ in range(rng.randrange(1, 5)):
+        count = rng.randrange(1, 300)
+        if overlap and everything and rng.random() < 0.5:
+            ids = sorted(rng.sample(range(max(0, n - 200), n + count), count))  # overlaps earlier ones
+        else:
+            ids = list(range(n, n + count))
+        n = max(n, ids[-1] + 1)
+        body = b"".join(record(i) for i in ids)
+        everything.extend(body.splitlines(keepends=True))
+
+        async def chunks(body: bytes = body):
+            for i in range(0, len(body), 700):
+                yield body[i : i + 700]
+
+        await store.write_segment(chunks())
+    if rng.random() < 0.8:
+        await store.index_pending()  # else: no n-gram index yet, same answers
+    return store, everything
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), query=st.lists(QUERIES, min_size=1, max_size=4),
+       compression=st.sampled_from(["zstd", "none"]), overlap=st.booleans())
+def test_results_equal_a_brute_force_scan(tmp_path_factory: pytest.TempPathFactory, seed: int,
+                                          query: list, compression: str, overlap: bool) -> None:
+    tmp = tmp_path_factory.mktemp("engine")
+    rng = random.Random(seed)
+
+    async def main() -> None:
+        store, records = await store_with(tmp, rng, compression, overlap)
+        store._check()
+        for q, regex in query:
+            topic = rng.choice([None, None, b"web"])
+            a, b = sorted(rng.randrange(-5, 1300) for _ in range(2))
+            for lo, hi in ((MIN_ULID, MAX_ULID), (ulid(max(a, 0)), ulid(max(b, 0)))):
+                p = await local.prepare(store, Query(lo, hi, q, regex, topic))
+                got = b"".join([blk async for blk in local.run(p)])
+                assert got == brute(records, q, regex, topic, lo, hi), (q, regex, topic, lo, hi)
+        store.close()
+
+    trio.run(main)
+
+
+def test_worker_processes_give_the_same_answers(tmp_path: Path) -> None:
+    rng = random.Random(4)
+
+    async def main() -> None:
+        store, records = await store_with(tmp_path, rng, "zstd", overlap=True)
+        scanner = Scanner(2)
+        try:
+            await scanner.start()
+            for q, regex in [(b"", False), (b"needle-7f3a9c", False), (b"ERROR.*timeout", True)]:
+                p = await local.prepare(store, Query(MIN_ULID, MAX_ULID, q, regex), scanner)
+                got = b"".join([blk async for blk in local.run(p)])
+                assert got == brute(records, q, regex, None, MIN_ULID, MAX_ULID)
+        finally:
+            scanner.close()
+        store.close()
+
+    trio.run(main)
+
+
+def slow_units(tmp_path: Path, n: int) -> list[Unit]:
+    body = b"".join(rec(i, b"payload %d" % i) for i in range(20000))
+    path = tmp_path / "plain"
+    path.write_bytes(body)
+    return [Unit(str(path), "none", ((0, len(body), False),), MIN_ULID, MAX_ULID, b"payload", False, None)
+            for _ in range(n)]
+
+
+def test_a_scan_cancelled_mid_way_releases_everything(tmp_path: Path) -> None:
+    units = slow_units(tmp_path, 50)
+
+    async def main() -> None:
+        scanner = Scanner(0, depth=3, limit=4)
+        got = 0
+        async with aclosing(scanner.results(units)) as results:  # as the HTTP layer does
+            async for _ in results:
+                got += 1
+                if got == 2:
+                    break  # a client that went away
+        assert scanner.limiter.borrowed_tokens == 0
+        with trio.CancelScope() as scope:  # a cancelled query
+            async with aclosing(scanner.results(units)) as results:
+                async for _ in results:
+                    scope.cancel()
+                    await trio.sleep(0)
+        assert scanner.limiter.borrowed_tokens == 0
+        # the scanner still works afterwards, for everybody
+        results = [r async for r in scanner.results(units[:3])]
+        assert len(results) == 3 and all(r.count(b"\n") == 20000 for r in results)
+        scanner.close()
+
+    trio.run(main)
+
+
+def test_a_dead_worker_process_is_replaced(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    units = slow_units(tmp_path, 4)
+
+    async def main() -> None:
+        scanner = Scanner(1)
+        try:
+            await scanner.start()
+            pool = scanner._pool
+            assert pool is not None
+            for pid in list(pool._processes):  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGKILL)
+            await trio.sleep(0.5)
+            results = [r async for r in scanner.results(units)]
+            assert len(results) == 4 and all(r.count(b"\n") == 20000 for r in results)
+        finally:
+            scanner.close()
+
+    trio.run(main)
