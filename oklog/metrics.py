@@ -17,7 +17,7 @@ ingest_segments_flushed = Counter("oklog_ingest_segments_flushed", "Ingest segme
 
 consume_batches = Counter("oklog_store_consume_batches", "Consume transactions", ["outcome"])
 consume_segments = Counter("oklog_store_consumed_segments", "Ingest segments consumed")
-consume_records = Counter("oklog_store_consumed_records", "Records in committed composite segments")
+consume_bytes = Counter("oklog_store_consumed_bytes", "Bytes of records in committed batches")
 replicate_segments = Counter("oklog_store_replicated_segments", "Segments received by /store/replicate")
 replicate_records = Counter("oklog_store_replicated_records", "Records received by /store/replicate")
 replicate_rejected = Counter("oklog_store_replicate_rejected", "Malformed /store/replicate bodies")

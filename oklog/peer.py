@@ -58,16 +58,17 @@ class Peers(Protocol):
         """Claim the ingester's oldest flushed segment; None when it has none."""
         ...
 
-    async def read_into(self, ingester: str, seg_id: str, sink: BinaryIO) -> int:
-        """Stream a claimed segment into ``sink``; returns its size."""
+    async def read_to(self, ingester: str, seg_id: str, path: Path) -> int:
+        """Fetch a claimed segment into a new file ``path``; returns its size."""
         ...
 
     async def commit(self, ingester: str, seg_id: str) -> None: ...
 
     async def failed(self, ingester: str, seg_id: str) -> None: ...
 
-    async def replicate(self, store: str, path: Path) -> None:
-        """Upload a segment file to a store's ``/store/replicate``."""
+    async def replicate(self, store: str, paths: list[Path]) -> None:
+        """Upload a segment (the files ``paths``, one after another) to a
+        store's ``/store/replicate``."""
         ...
 
     async def open_query(self, store: str, raw_query: bytes, *, method: str = "GET") -> QueryAnswer:
@@ -121,6 +122,11 @@ class HttpPeers:
             raise PeerRejected(ingester, resp.status_code, resp.text[:200])
         return resp.text.strip()
 
+    async def read_to(self, ingester: str, seg_id: str, path: Path) -> int:
+        """Stream a pending segment into the new file ``path``; its size."""
+        with open(path, "xb") as sink:
+            return await self.read_into(ingester, seg_id, sink)
+
     async def read_into(self, ingester: str, seg_id: str, sink: BinaryIO) -> int:
         """Stream a pending segment into ``sink``; returns its size."""
         url = f"{ingester}/ingest/read"
@@ -150,11 +156,11 @@ class HttpPeers:
 
     # -- the store API -----------------------------------------------------------
 
-    async def replicate(self, store: str, path: Path) -> None:
-        """Upload a segment file to a store's ``/store/replicate``."""
+    async def replicate(self, store: str, paths: list[Path]) -> None:
+        """Upload a segment (``paths``, concatenated) to ``/store/replicate``."""
         url = f"{store}/store/replicate"
         try:
-            resp = await self.client.post(url, content=_file_chunks(path), timeout=STREAM)
+            resp = await self.client.post(url, content=file_chunks(paths), timeout=STREAM)
         except httpx.HTTPError as exc:
             raise PeerUnavailable(url, _describe(exc)) from exc
         if resp.status_code != 200:
@@ -177,14 +183,16 @@ class HttpPeers:
         return QueryResponse(store, resp.status_code, resp.headers, resp)
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(UPLOAD_CHUNK)
-            if not chunk:
-                return
-            yield chunk
-            await trio.lowlevel.checkpoint()
+async def file_chunks(paths: list[Path]) -> AsyncIterator[bytes]:
+    """The files' bytes one after another, in large chunks."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(UPLOAD_CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+                await trio.lowlevel.checkpoint()
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -1,7 +1,9 @@
 """End-to-end benchmark of one ingeststore node, reported as ratios.
 
 Run it with ``scripts/bench`` (``--quick`` for a smoke run, ``--help`` for
-options).  What it does, in order:
+options).  Everything runs on one fresh node in one run, and every number
+is set against a baseline measured in the same run.  What it does, in
+order (table rows in [brackets]):
 
 1. Generates N access-log lines (combined log format plus a few extra
    fields, ~290 bytes a line like FACTS.md's data set) into a temp file,
@@ -11,35 +13,76 @@ options).  What it does, in order:
    chosen so it can never occur in a record header (``ULID SP default SP``):
    they contain characters outside the ULID alphabet, so grep's whole-line
    counts must equal oklog's payload-only counts exactly.
-2. Ingest baselines, on the same file: ``cat FILE > /dev/null`` (raw read),
-   and a raw TCP send of the file's bytes over loopback to a sink that
-   discards them, and to one that writes them to a file (the least any
-   ingester must do).  Sender and sink are small Python processes doing
-   ``sendall``/``recv_into`` with large buffers: kernel-bound, no per-line
-   work.  Timed from connect to the sink closing after EOF.
+2. Ingest baselines, on the same file [raw read, raw TCP send → ...]:
+   ``cat FILE > /dev/null``, and a raw TCP send of the file's bytes over
+   loopback to a sink that discards them, and to one that writes them to a
+   file (the least any ingester must do).  Sender and sink are small
+   Python processes doing ``sendall``/``recv_into`` with large buffers:
+   kernel-bound, no per-line work.  Timed from connect to the sink closing
+   after EOF.
 3. Starts a fresh node in a temp dir on free 127.0.0.1 ports, runs
    ``oklog forward`` once with empty stdin (its fixed cost: interpreter start,
-   imports, connect, close), then forwards the file.  "forward" is the
-   forwarder's wall time minus that fixed cost (≈ connect → server done);
-   "queryable" is from the same start until ``HEAD /store/query`` reports a
-   data set of exactly the expected size (input + 35 header bytes a line),
-   confirmed by a GET for the token planted in the very last line.  Peak
-   RSS is the node's ``VmHWM``.
-4. Queries through ``GET /store/query`` (the client reads and saves the
-   whole body): rare literal, common literal, regex ``ERROR.*timeout``;
-   baseline ``LC_ALL=C grep -h -F``/``-E`` over the same ``*.flushed``
-   files with output captured to a file (grep to /dev/null stops at the
-   first match).  Counts must agree with grep and with the generator, and
-   the bodies must be byte-identical to grep's output (in ULID order).
-   ``HEAD`` (stats only) is compared with ``GET /readyz`` on the same node.
+   imports, connect, close), then forwards the file.  [oklog forward,
+   connect → done] is the forwarder's wall time minus that fixed cost
+   (≈ connect → server done); [connect → queryable] is from the same start
+   until ``HEAD /store/query`` reports a data set
+   (``X-Oklog-Max-Data-Set-Size``: uncompressed record bytes) of exactly
+   input + 35 header bytes a line, confirmed by a GET for the tokens
+   planted in the first and the very last line.  [node peak RSS] is the
+   node's ``VmHWM`` then.  The bench then waits until every segment has its
+   sidecar (``NAME.flushed.idx``: block table + n-gram index), so that what
+   follows meets an idle, indexed node.
+4. [bytes on disk]: every file under the store directory (segments,
+   sidecars, anything else) against the input size; [segments only]: the
+   ``*.flushed`` files alone.
+5. A plain copy of the store's records: ``zstdcat -f`` of every
+   ``*.flushed`` file (in name order; ``-f`` passes plain files through)
+   into ``records.txt``.  Acceptance check: it must hold exactly the
+   expected lines and record bytes.
+6. Queries through ``GET /store/query`` over the full range (the client
+   reads and saves the whole body): [rare literal], [common literal],
+   [regex] ``ERROR.*timeout`` and [match everything] (empty ``q``).
+   Baselines, each with its output captured to a file (grep to /dev/null
+   stops at the first match): ``LC_ALL=C grep -F``/``-E`` over
+   records.txt (the primary one), ripgrep ``rg -F``/``-e`` over records.txt
+   (skipped with a note when ``rg`` is not installed) and ``zstdgrep -h
+   -F``/``-E`` over the ``*.flushed`` files; for match everything
+   ``cat records.txt`` (in the grep column) and ``zstdcat`` of the segment
+   files (in the zstdgrep column).  Counts must agree with grep and with
+   the generator, our bodies must be byte-identical to grep's output (in
+   ULID order; match everything: to records.txt), and rg's and zstdgrep's
+   outputs must equal grep's.  [blocks] is ``X-Oklog-Blocks-Queried`` /
+   ``X-Oklog-Blocks-In-Range`` of our last response: blocks decompressed
+   and scanned, of those in the time range (the rest the n-gram index
+   pruned).
+7. [stats only (HEAD)]: ``HEAD /store/query`` against ``GET /readyz`` on the
+   same node; its data set size must equal the record bytes stored.
+8. [freshness]: one long-lived ``oklog forward`` whose stdin is a pipe kept
+   open; 7 times, after a random 0.5-2 s pause, one line holding a new
+   unique token (``fresh-`` and lowercase letters) is written and flushed,
+   then ``GET /store/query?q=TOKEN`` (a narrow time range) is polled every
+   ~20 ms until it returns exactly that one record; median and max seconds
+   from the write to that answer.  The forwarder is closed at the end and
+   must exit 0.
+9. [ingest, idle node] and [ingest while queries run]: two more data sets
+   (other seeds, no planted tokens, max(50,000, N/4) lines each) forwarded
+   into the same node, the first while it is idle, the second while a
+   background thread runs queries in a loop (common literal and regex in
+   turn, full range, whole bodies read).  Each is timed from connect until
+   ``HEAD`` shows the data set grew by exactly its record bytes; the ratio
+   is the loaded rate / the idle rate, with the queries the loop completed.
 
-Ratios are "our time / baseline time" (> 1 means slower than the baseline).
+Ratios are "our time / baseline time" (> 1 means slower than the baseline),
+except for bytes on disk (/ input size) and the loaded ingest (/ idle rate).
+The target column holds the goals of the store-format work (freshness,
+bytes on disk, the queries' ratios to grep, HEAD time, loaded / idle
+ingest); a row that misses its target is marked MISS and listed at the end.
 The Go OK Log column comes from FACTS.md (same kind of machine, not this
 run): its ingest rate, peak RSS / input, query time / grep's, HEAD time.
 
 Exit status: 0 when every check passed, 1 when the node or a client failed
 or a result is wrong, 2 on bad usage, 130 on Ctrl-C.  Never because
-something is slow.
+something is slow or misses a target.
 """
 
 from __future__ import annotations
@@ -56,9 +99,11 @@ import shutil
 import signal
 import socket
 import statistics
+import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -70,6 +115,7 @@ PY = sys.executable
 
 HEADER_BYTES = 26 + 1 + len("default") + 1  # "ULID SP default SP" before every payload
 FULL_RANGE = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # Planted tokens: lowercase letters and '-' never occur in a ULID or in "default".
 RARE_TOKEN = "needle-7f3a9c"
@@ -79,6 +125,11 @@ RARE_COUNT = 7
 COMMON_LITERAL = "HTTP/1.1"  # '/' and '.' are outside the ULID alphabet
 REGEX = "ERROR.*timeout"  # 'O' is outside the ULID alphabet
 
+FRESH_PROBES = 7
+FRESH_PAUSE = (0.5, 2.0)  # seconds between probes, uniformly random
+FRESH_POLL = 0.02  # seconds between GETs while waiting for a probe
+FRESH_TIMEOUT = 30.0  # a probe not queryable by then is a failure
+
 # OK Log (Go) on this kind of machine, from /work/shared/FACTS.md.
 GO: dict[str, Any] = {
     "forward_lines_per_s": 181_000,
@@ -86,6 +137,32 @@ GO: dict[str, Any] = {
     "peak_rss_per_input_byte": 1.24e9 / 578e6,
     "query_ratio_to_grep": {"rare literal": 0.215 / 0.25, "common literal": 1.58 / 0.82, "regex": 0.26 / 0.37},
     "head_s": 0.018,
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target from the store-format issue: ``value op limit`` must hold."""
+
+    op: str  # "<=" or ">="
+    limit: float
+    text: str  # as the table prints it
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        return value <= self.limit if self.op == "<=" else value >= self.limit
+
+
+GOALS: dict[str, Goal] = {
+    "freshness": Goal("<=", 1.0, "≤ 1.0 s"),  # median seconds
+    "bytes on disk": Goal("<=", 0.30, "≤ 0.30x"),  # all store files / input bytes
+    "rare literal": Goal("<=", 0.1, "≤ 0.10x"),  # ours / grep
+    "common literal": Goal("<=", 1.5, "≤ 1.50x"),
+    "regex": Goal("<=", 1.0, "≤ 1.00x"),
+    "match everything": Goal("<=", 3.0, "≤ 3.00x"),  # ours / cat
+    "stats HEAD": Goal("<=", 0.025, "≤ 25 ms"),  # median seconds
+    "ingest under queries": Goal(">=", 0.60, "≥ 60%"),  # loaded rate / idle rate
 }
 
 
@@ -185,6 +262,29 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def has_event_loop(pid: int) -> bool:
+    """Whether the process has an epoll fd open (trio's run loop has started)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[eventpoll]":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def tool_version(args: list[str]) -> str | None:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return None
+    return out.splitlines()[0] if out else None
+
+
 # --- data --------------------------------------------------------------------
 
 
@@ -195,6 +295,11 @@ class Dataset:
     bytes: int
     expected: dict[str, int]  # query name -> number of matching lines
     seconds: float
+
+    @property
+    def record_bytes(self) -> int:
+        """What the store holds for it: every line with its record header."""
+        return self.bytes + HEADER_BYTES * self.lines
 
 
 _UAS = [
@@ -222,16 +327,19 @@ _SERVICES = ["checkout-api", "payments", "search", "inventory", "auth", "gateway
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
-def generate(path: Path, n: int, seed: int) -> Dataset:
-    """Write ``n`` lines; returns the exact expected match count of every query."""
+def generate(path: Path, n: int, seed: int, plant: bool = True) -> Dataset:
+    """Write ``n`` lines; returns the exact expected match count of every query.
+
+    ``plant=False``: no planted tokens (for the extra data sets of the
+    ingest-under-load rows, which nothing looks up by token)."""
     t0 = time.perf_counter()
     rng = random.Random(seed)
     ips = [f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
            for _ in range(2000)]
     upstreams = [f"10.0.{rng.randrange(8)}.{rng.randrange(2, 250)}:{rng.choice((8080, 8443, 9000))}"
                  for _ in range(64)]
-    rare_at = set(rng.sample(range(1, max(2, n - 1)), min(RARE_COUNT, max(0, n - 2))))
-    expected = {"rare literal": 0, "common literal": 0, "regex": 0}
+    rare_at = set(rng.sample(range(1, max(2, n - 1)), min(RARE_COUNT, max(0, n - 2)))) if plant else set()
+    expected = {"rare literal": 0, "common literal": 0, "regex": 0, "match everything": n}
     t = int(dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
     clf_cache: dict[int, str] = {}
     iso_cache: dict[int, str] = {}
@@ -266,9 +374,9 @@ def generate(path: Path, n: int, seed: int) -> Dataset:
                     if i in rare_at:
                         p += ("&" if "?" in p else "?") + "trace=" + RARE_TOKEN
                         expected["rare literal"] += 1
-                    elif i == 0:
+                    elif plant and i == 0:
                         p += "?trace=" + FIRST_TOKEN
-                    elif i == n - 1:
+                    elif plant and i == n - 1:
                         p += "?trace=" + LAST_TOKEN
                     ts = clf_cache.get(sec)
                     if ts is None:
@@ -379,6 +487,7 @@ class Node:
     def __init__(self, procs: Procs, workdir: Path) -> None:
         self.procs = procs
         self.dir = workdir
+        self.store_dir = workdir / "store"
         self.api, self.fast, self.durable, self.bulk, self.cluster = free_ports(5)
         self.log_path = workdir / "node.log"
         self.proc: subprocess.Popen | None = None
@@ -390,7 +499,7 @@ class Node:
             "-api", f"127.0.0.1:{self.api}", "-ingest.fast", f"127.0.0.1:{self.fast}",
             "-ingest.durable", f"127.0.0.1:{self.durable}", "-ingest.bulk", f"127.0.0.1:{self.bulk}",
             "-cluster", f"127.0.0.1:{self.cluster}",
-            "-ingest.path", str(self.dir / "ingest"), "-store.path", str(self.dir / "store"),
+            "-ingest.path", str(self.dir / "ingest"), "-store.path", str(self.store_dir),
         ]
         self.logf = open(self.log_path, "wb")
         self.proc = self.procs.start(args, stdout=self.logf, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -431,14 +540,14 @@ class Node:
         finally:
             conn.close()
 
-    def query_path(self, q: str, regex: bool = False) -> str:
-        params = dict(FULL_RANGE, q=q)
+    def query_path(self, q: str, regex: bool = False, time_range: dict[str, str] = FULL_RANGE) -> str:
+        params = dict(time_range, q=q)
         if regex:
             params["regex"] = "true"
         return "/store/query?" + urllib.parse.urlencode(params)
 
-    def query_to_file(self, q: str, regex: bool, out: Path) -> tuple[float, int, int, int]:
-        """GET a query, saving the whole body; (seconds, status, lines, bytes)."""
+    def query_to_file(self, q: str, regex: bool, out: Path) -> tuple[float, int, int, int, dict[str, str]]:
+        """GET a query, saving the whole body; (seconds, status, lines, bytes, headers)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=600)
         lines = nbytes = 0
         try:
@@ -451,9 +560,16 @@ class Node:
                     lines += chunk.count(b"\n")
                     nbytes += len(chunk)
             secs = time.perf_counter() - t0
-            return secs, r.status, lines, nbytes
+            return secs, r.status, lines, nbytes, {k.lower(): v for k, v in r.getheaders()}
         finally:
             conn.close()
+
+    def data_set_size(self) -> int:
+        """``X-Oklog-Max-Data-Set-Size`` of the full range: the record bytes stored."""
+        status, headers, _ = self.request("HEAD", self.query_path(""), timeout=60)
+        if status != 200:
+            raise BenchFailure(f"HEAD /store/query answered {status}")
+        return int(headers.get("x-oklog-max-data-set-size", "0"))
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -463,7 +579,31 @@ class Node:
         return rc
 
     def store_files(self) -> list[str]:
-        return sorted(str(p) for p in (self.dir / "store").glob("*.flushed"))
+        """The segment files, by name."""
+        return sorted(str(p) for p in self.store_dir.glob("*.flushed"))
+
+    def unindexed(self) -> list[str]:
+        """Segment files without a sidecar (its n-gram index not built yet)."""
+        return [f for f in self.store_files() if not os.path.exists(f + ".idx")]
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes of every file under the store directory, by kind."""
+        use = {"segments": 0, "sidecars": 0, "other": 0, "total": 0, "segment_files": 0, "zstd_segments": 0}
+        for p in self.store_dir.rglob("*"):
+            try:
+                if not p.is_file():
+                    continue
+                size = p.stat().st_size
+            except OSError:
+                continue  # renamed or removed meanwhile
+            kind = "segments" if p.name.endswith(".flushed") else \
+                "sidecars" if p.name.endswith(".flushed.idx") else "other"
+            use[kind] += size
+            use["total"] += size
+            if kind == "segments":
+                use["segment_files"] += 1
+                use["zstd_segments"] += is_zstd(p)
+        return use
 
     def log_errors(self) -> list[str]:
         try:
@@ -471,6 +611,45 @@ class Node:
         except OSError:
             return []
         return [ln for ln in text.splitlines() if "level=ERROR" in ln or "Traceback" in ln]
+
+
+def is_zstd(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == ZSTD_MAGIC
+    except OSError:
+        return False
+
+
+def wait_queryable(node: Node, want: int, stall_timeout: float, poll: float = 0.05) -> int:
+    """Poll ``HEAD`` until the data set holds at least ``want`` record bytes;
+    returns the size seen then.  Fails when it makes no progress for
+    ``stall_timeout`` seconds."""
+    last_size, last_change = -1, time.monotonic()
+    while True:
+        node.check_alive()
+        size = node.data_set_size()
+        if size >= want:
+            return size
+        if size != last_size:
+            last_size, last_change = size, time.monotonic()
+        elif time.monotonic() - last_change > stall_timeout:
+            raise BenchFailure(f"store stuck at {size} of {want} bytes for {stall_timeout:.0f} s\n{node.log_tail()}")
+        time.sleep(poll)
+
+
+def wait_indexed(node: Node, timeout: float) -> float | None:
+    """Wait until every segment has its sidecar; seconds waited (None: timed out)."""
+    t0 = time.perf_counter()
+    while node.unindexed():
+        node.check_alive()
+        if time.perf_counter() - t0 > timeout:
+            return None
+        time.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+# --- the forwarder -----------------------------------------------------------
 
 
 def established_to(port: int) -> bool:
@@ -531,24 +710,220 @@ def run_forward(procs: Procs, node: Node, stdin_path: str) -> ForwardRun:
     text = log.read_text(errors="replace")
     if p.returncode != 0:
         raise BenchFailure(f"oklog forward exited with status {p.returncode}:\n{text[-2000:]}")
+    return ForwardRun(start, connect, done, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, lines_sent(text))
+
+
+def lines_sent(forward_log: str) -> int | None:
+    """``lines_sent=N`` from the forwarder's final log line."""
     sent = None
-    for word in text.split():
+    for word in forward_log.split():
         if word.startswith("lines_sent="):
             sent = int(word.split("=", 1)[1])
-    return ForwardRun(start, connect, done, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, sent)
+    return sent
 
 
-# --- grep --------------------------------------------------------------------
+def ingest(procs: Procs, node: Node, data: Dataset, before: int, fwd_fixed: float, stall_timeout: float,
+           res: Results, label: str) -> tuple[ForwardRun, float, float]:
+    """Forward a data set into a store that holds ``before`` record bytes;
+    (the forwarder run, its start time, seconds to queryable).
+
+    The start is the forwarder's connect; queryable is when ``HEAD`` first
+    shows the data set grown by exactly the set's record bytes."""
+    base = node.data_set_size()
+    if base != before:
+        res.problem(f"{label}: store held {base} record bytes before, expected {before}")
+    fwd = run_forward(procs, node, data.path)
+    node.check_alive()
+    if fwd.lines_sent != data.lines:
+        res.problem(f"{label}: forward sent {fwd.lines_sent} lines, not {data.lines}")
+    if fwd.connect is None:
+        say("  did not see the forwarder connect (too fast?): subtracting the empty run's wall time instead")
+        t0 = fwd.start + fwd_fixed
+    else:
+        t0 = fwd.connect
+    want = base + data.record_bytes
+    say(f"  forward done in {fwd.done - t0:.2f} s after connecting; waiting until {fmt_b(want)} are queryable")
+    size = wait_queryable(node, want, stall_timeout)
+    queryable_s = time.perf_counter() - t0
+    if size != want:
+        res.problem(f"{label}: store holds {size} bytes, expected exactly {want} (duplicates?)")
+    return fwd, t0, queryable_s
 
 
-def grep_to_file(procs: Procs, q: str, regex: bool, files: list[str], out: Path) -> tuple[float, int, int]:
-    """(seconds, lines, bytes) of ``LC_ALL=C grep -h -F|-E q FILES > out``."""
+# --- freshness ---------------------------------------------------------------
+
+
+def rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fresh_token(rng: random.Random) -> str:
+    """A token no generated line holds (and no record header: lowercase and '-')."""
+    return "fresh-" + "".join(rng.choices(string.ascii_lowercase, k=16))
+
+
+def probe(node: Node, stdin: Any, line: bytes, token: str) -> tuple[float | None, str | None]:
+    """Write one line to the forwarder, then poll until its record is
+    returned: (seconds from the write, what went wrong or None)."""
+    now = time.time()
+    path = node.query_path(token, time_range={"from": rfc3339(now - 60), "to": rfc3339(now + 3600)})
+    t0 = time.perf_counter()
+    stdin.write(line + b"\n")
+    stdin.flush()
+    while True:
+        t = time.perf_counter()
+        status, _, body = node.request("GET", path, timeout=FRESH_TIMEOUT)
+        if status != 200:
+            return None, f"GET /store/query answered {status}"
+        records = body.splitlines()
+        if records:
+            secs = time.perf_counter() - t0
+            if len(records) != 1 or records[0][HEADER_BYTES:] != line:
+                return secs, f"{len(records)} records returned, want exactly the one written: {body[:300]!r}"
+            return secs, None
+        if t - t0 > FRESH_TIMEOUT:
+            return None, f"not queryable within {FRESH_TIMEOUT:.0f} s"
+        node.check_alive()
+        time.sleep(max(0.0, FRESH_POLL - (time.perf_counter() - t)))
+
+
+def freshness(procs: Procs, node: Node, res: Results) -> dict:
+    """Single lines through one long-lived forwarder on a pipe: how soon each is queryable."""
+    rng = random.SystemRandom()
+    log = node.dir / "forward-fresh.log"
+    with open(log, "wb") as errf:
+        p = procs.start([PY, "-m", "oklog", "forward", f"127.0.0.1:{node.fast}"],
+                        stdin=subprocess.PIPE, stdout=errf, stderr=subprocess.STDOUT, cwd=ROOT)
+    assert p.stdin is not None
+    deadline = time.monotonic() + 60
+    while not has_event_loop(p.pid) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # start-up (interpreter, imports) is not what we measure
+    times: list[float] = []
+    written: list[bytes] = []
+    for i in range(FRESH_PROBES):
+        time.sleep(rng.uniform(*FRESH_PAUSE))
+        token = fresh_token(rng)
+        line = f"bench freshness probe {i + 1} {token}".encode()
+        try:
+            secs, trouble = probe(node, p.stdin, line, token)
+        except BrokenPipeError:
+            raise BenchFailure(f"oklog forward (freshness) died:\n{log.read_text(errors='replace')[-2000:]}") from None
+        written.append(line)
+        if trouble:
+            res.problem(f"freshness probe {i + 1} ({token}): {trouble}")
+        if secs is None:
+            break
+        times.append(secs)
+    p.stdin.close()
+    rc: int | None
+    try:
+        rc = p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        rc = procs.stop(p)
+        res.problem("freshness: oklog forward did not exit within 30 s of its stdin closing")
+    text = log.read_text(errors="replace")
+    if rc != 0:
+        res.problem(f"freshness: oklog forward exited with status {rc}:\n{text[-2000:]}")
+    sent = lines_sent(text)
+    if sent != len(written):
+        res.problem(f"freshness: oklog forward sent {sent} lines, not {len(written)}")
+    return {
+        "probes": len(written), "probes_s": times,
+        "median_s": statistics.median(times) if times else None, "max_s": max(times) if times else None,
+        "record_bytes": sum(HEADER_BYTES + len(line) + 1 for line in written),
+        "forwarder_exit_status": rc, "lines_sent": sent,
+    }
+
+
+# --- ingest while queries run ------------------------------------------------
+
+
+class QueryLoop(threading.Thread):
+    """Full-range queries in a loop (common literal and regex in turn, whole
+    bodies read) until stopped."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(name="query-loop", daemon=True)
+        self.node = node
+        self.halt = threading.Event()
+        self.completed = 0
+        self.body_bytes = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        queries = [(COMMON_LITERAL, False), (REGEX, True)]
+        while not self.halt.is_set():
+            q, regex = queries[self.completed % 2]
+            try:
+                _, status, _, nbytes, _ = self.node.query_to_file(q, regex, Path(os.devnull))
+            except Exception as exc:  # noqa: BLE001 - reported by the caller
+                self.error = repr(exc)
+                return
+            if status != 200:
+                self.error = f"/store/query answered {status}"
+                return
+            self.completed += 1
+            self.body_bytes += nbytes
+
+    def stop(self) -> int:
+        """Stop after the query in flight; how many completed before this call."""
+        done = self.completed
+        self.halt.set()
+        self.join()
+        return done
+
+
+# --- query baselines ---------------------------------------------------------
+
+QUERIES = [  # (name, q, regex)
+    ("rare literal", RARE_TOKEN, False),
+    ("common literal", COMMON_LITERAL, False),
+    ("regex", REGEX, True),
+    ("match everything", "", False),
+]
+BASELINES = ("grep", "rg", "zstdgrep")  # the columns; match everything: cat, -, zstdcat
+
+
+def copy_records(procs: Procs, files: list[str], out: Path) -> float:
+    """``zstdcat -f FILES > out`` (plain files pass through); its seconds."""
+    with open(out, "wb") as f:
+        p, secs = procs.run(["zstdcat", "-f", "--", *files], stdout=f, timeout=3600)
+    if p.returncode:
+        raise BenchFailure(f"zstdcat -f over the store's segment files failed with status {p.returncode}")
+    return secs
+
+
+def baseline_commands(q: str, regex: bool, records: Path, files: list[str],
+                      rg: str | None, zstd: bool) -> dict[str, list[str] | None]:
+    """Each baseline column's command for one query (None: skipped)."""
+    if q == "":  # match everything
+        return {"grep": ["cat", str(records)], "rg": None,
+                "zstdgrep": ["zstdcat", "-f", "--", *files]}
+    mode = "-E" if regex else "-F"
+    return {
+        "grep": ["grep", "-h", mode, "-e", q, "--", str(records)],
+        "rg": None if rg is None else [rg, "--no-config", "--no-filename", "--no-line-number",
+                                       *([] if regex else ["-F"]), "-e", q, "--", str(records)],
+        # zstdgrep takes everything after "-e PATTERN" as files: no "--"
+        "zstdgrep": ["zstdgrep", "-h", mode, "-e", q, *files] if zstd else None,
+    }
+
+
+def shown(argv: list[str], files: list[str]) -> str:
+    """A command as the JSON shows it, the segment files as one word."""
+    out = [a for a in argv if a not in files]
+    if len(out) < len(argv):
+        out.append(f"<{len(files)} segment files>")
+    return " ".join(out)
+
+
+def run_to_file(procs: Procs, argv: list[str], out: Path) -> tuple[float, int, int]:
+    """(seconds, lines, bytes) of ``LC_ALL=C argv > out``; status 1 (no match) is fine."""
     env = dict(os.environ, LC_ALL="C")
     with open(out, "wb") as f:
-        p, secs = procs.run(["grep", "-h", "-E" if regex else "-F", "-e", q, "--", *files],
-                            stdout=f, env=env, timeout=3600)
+        p, secs = procs.run(argv, stdout=f, env=env, timeout=3600)
     if p.returncode not in (0, 1):
-        raise BenchFailure(f"grep failed with status {p.returncode}")
+        raise BenchFailure(f"{' '.join(argv[:4])} ... failed with status {p.returncode}")
     return secs, count_lines(out), out.stat().st_size
 
 
@@ -572,6 +947,13 @@ def same_records(ours: Path, grep: Path) -> str:
     if sa == sb:
         return "same records, different order" if len(a) == len(b) else "same records, duplicates differ"
     return f"different records: {len(sa - sb)} only in ours, {len(sb - sa)} only in grep's"
+
+
+def header_int(headers: dict[str, str], name: str) -> int | None:
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return None
 
 
 # --- helpers -----------------------------------------------------------------
@@ -607,6 +989,14 @@ def fmt_r(r: float | None) -> str:
     return "-" if r is None else (f"{r:.1f}x" if r >= 10 else f"{r:.2f}x")
 
 
+def fmt_pct(r: float | None) -> str:
+    return "-" if r is None else f"{r * 100:.0f}%"
+
+
+def lines_s(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate / 1e3:>7.0f}k lines/s"
+
+
 def timed_runs(fn: Callable[[], Any], repeat: int) -> tuple[float, float, list[float], Any]:
     """Run ``fn`` (returning (seconds, ...)) ``repeat`` times: median, min, all, last result."""
     times: list[float] = []
@@ -624,12 +1014,17 @@ def timed_runs(fn: Callable[[], Any], repeat: int) -> tuple[float, float, list[f
 class Results:
     ok: bool = True
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
 
     def problem(self, msg: str) -> None:
         self.ok = False
         self.problems.append(msg)
         print(f"PROBLEM: {msg}", file=sys.stderr, flush=True)
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+        say(f"note: {msg}")
 
 
 def say(msg: str) -> None:
@@ -638,25 +1033,63 @@ def say(msg: str) -> None:
 
 def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> None:
     d = res.data
+    rg = shutil.which("rg")
     d["machine"] = {
         "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-        "grep": subprocess.run(["grep", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
+        "grep": tool_version(["grep", "--version"]), "rg": rg and tool_version([rg, "--version"]),
+        "zstd": tool_version(["zstd", "--version"]),
     }
     d["config"] = {"lines": args.lines, "seed": args.seed, "repeat": args.repeat, "quick": args.quick}
+    for tool in ("zstdcat", "zstdgrep"):
+        if shutil.which(tool) is None:
+            raise BenchFailure(f"{tool} is not installed (Debian/Ubuntu: apt-get install zstd)")
+    if rg is None:
+        res.note("rg (ripgrep) is not installed: the rg column is skipped")
 
     say(f"generating {args.lines:,} lines")
     data = generate(work / "input.log", args.lines, args.seed)
-    d["input"] = asdict(data) | {"path": None}
+    d["input"] = asdict(data) | {"path": None, "record_bytes": data.record_bytes}
     say(f"  {fmt_b(data.bytes)} in {data.seconds:.1f} s; expected matches {data.expected}")
 
-    # -- ingest baselines
+    node = Node(procs, work)
+    fwd_fixed = measure_ingest(args, procs, node, data, res)
+    stored = data.record_bytes  # record bytes the store holds from here on
+
+    files, records = measure_store(args, procs, node, data, res)
+    measure_queries(args, procs, node, data, files, records, rg, res)
+    records.unlink(missing_ok=True)
+    measure_head(args, node, stored, res)
+
+    say(f"freshness: {FRESH_PROBES} single lines through one open forwarder, idle node")
+    d["freshness"] = fresh = freshness(procs, node, res)
+    stored += fresh["record_bytes"]
+    say(f"  median {fmt_s(fresh['median_s'])}, max {fmt_s(fresh['max_s'])}")
+
+    measure_ingest_under_queries(args, procs, node, work, stored, fwd_fixed, res)
+
+    d["ingest"]["node_rss"]["peak_hwm_end"] = proc_status(node.pid, "VmHWM")
+    node.check_alive()
+    errors = node.log_errors()
+    d["node_log_errors"] = errors[:20]
+    say("stopping node")
+    rc = node.stop()
+    if rc is None:
+        res.problem("node did not stop within 30 s of SIGTERM (killed)")
+    elif rc != 0:
+        res.problem(f"node exited with status {rc} on SIGTERM\n{node.log_tail()}")
+    if errors:
+        res.note(f"node log has {len(errors)} ERROR/Traceback lines (see node_log_errors in the JSON)")
+
+
+def measure_ingest(args: argparse.Namespace, procs: Procs, node: Node, data: Dataset, res: Results) -> float:
+    """Ingest baselines, then the main ingest into a fresh node; returns the
+    forwarder's fixed cost (an empty run's wall time)."""
+    work = node.dir
     say("ingest baselines: cat, raw TCP (discard / write to file)")
     read_s = statistics.median(raw_read(procs, data.path) for _ in range(3))
     tcp_s = statistics.median(raw_tcp(procs, data.path, data.bytes, None) for _ in range(3))
     tcp_file_s = statistics.median(raw_tcp(procs, data.path, data.bytes, str(work / "sink.out")) for _ in range(3))
 
-    # -- ingest
-    node = Node(procs, work)
     say(f"starting node (api 127.0.0.1:{node.api}, data {work})")
     node.start()
     idle_hwm = proc_status(node.pid, "VmHWM")
@@ -667,48 +1100,17 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
     cpu0 = proc_cpu(node.pid)
 
     say("forwarding")
-    fwd = run_forward(procs, node, data.path)
-    node.check_alive()
-    if fwd.lines_sent != data.lines:
-        res.problem(f"forward sent {fwd.lines_sent} lines, not {data.lines}")
-    if fwd.connect is None:
-        say("  did not see the forwarder connect (too fast?): subtracting the empty run's wall time instead")
-        t0 = fwd.start + fwd_fixed
-    else:
-        t0 = fwd.connect
-    expected_store = data.bytes + HEADER_BYTES * data.lines
-    say(f"  forward done in {fwd.done - t0:.2f} s after connecting; waiting until {fmt_b(expected_store)} are queryable")
-    last_size, last_change = -1, time.monotonic()
-    head_path = node.query_path("")
-    while True:
-        node.check_alive()
-        status, headers, _ = node.request("HEAD", head_path, timeout=60)
-        size = int(headers.get("x-oklog-max-data-set-size", "0"))
-        if status != 200:
-            raise BenchFailure(f"HEAD /store/query answered {status}")
-        if size >= expected_store:
-            break
-        if size != last_size:
-            last_size, last_change = size, time.monotonic()
-        elif time.monotonic() - last_change > args.stall_timeout:
-            raise BenchFailure(
-                f"store stuck at {size} of {expected_store} bytes for {args.stall_timeout:.0f} s\n{node.log_tail()}")
-        time.sleep(0.1)
-    queryable_s = time.perf_counter() - t0
+    fwd, t0, queryable_s = ingest(procs, node, data, 0, fwd_fixed, args.stall_timeout, res, "ingest")
     cpu1 = proc_cpu(node.pid)
     peak_hwm = proc_status(node.pid, "VmHWM")
-    if size != expected_store:
-        res.problem(f"store holds {size} bytes, expected exactly {expected_store} (duplicates?)")
     for token in (FIRST_TOKEN, LAST_TOKEN):
         st, _, body = node.request("GET", node.query_path(token))
         hits = body.count(b"\n")
         if st != 200 or hits != 1:
             res.problem(f"first/last planted token {token!r}: status {st}, {hits} lines (want 1)")
-    files = node.store_files()
-    store_bytes = sum(os.path.getsize(f) for f in files)
 
     fwd_s = fwd.done - t0
-    d["ingest"] = {
+    res.data["ingest"] = {
         "baseline": {"raw_read_s": read_s, "raw_tcp_discard_s": tcp_s, "raw_tcp_to_file_s": tcp_file_s},
         "forward_s": fwd_s,
         "queryable_s": queryable_s,
@@ -731,44 +1133,106 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
             "go_queryable_time_ratio": GO["queryable_lines_per_s"] / (data.lines / queryable_s),
         },
     }
-    d["store"] = {"segments": len(files), "bytes": store_bytes, "expected_bytes": expected_store}
-    say(f"  queryable {queryable_s:.2f} s after connecting; {len(files)} segments, {fmt_b(store_bytes)}; "
-        f"node peak RSS {fmt_b(peak_hwm)}")
+    say(f"  queryable {queryable_s:.2f} s after connecting; node peak RSS {fmt_b(peak_hwm)}")
+    return fwd_fixed
 
-    # -- queries
-    queries = [("rare literal", RARE_TOKEN, False), ("common literal", COMMON_LITERAL, False), ("regex", REGEX, True)]
-    d["queries"] = []
-    for name, q, regex in queries:
-        say(f"query {name}: {q!r} (x{args.repeat}, and grep)")
-        ours_out, grep_out = work / "ours.out", work / "grep.out"
-        # grep first, then ours: both see the same warm page cache
-        g_med, g_min, g_all, (_, g_lines, g_bytes) = timed_runs(
-            lambda: grep_to_file(procs, q, regex, files, grep_out), args.repeat)
-        o_med, o_min, o_all, (_, status, o_lines, o_bytes) = timed_runs(
+
+def measure_store(args: argparse.Namespace, procs: Procs, node: Node, data: Dataset,
+                  res: Results) -> tuple[list[str], Path]:
+    """Bytes on disk once every segment is indexed, and the plain copy of the
+    records (the acceptance check); returns the segment files and the copy."""
+    say("waiting until every segment has its sidecar (n-gram index)")
+    index_s = wait_indexed(node, args.stall_timeout)
+    if index_s is None:
+        res.note(f"segments still without a sidecar after {args.stall_timeout:.0f} s: {node.unindexed()}")
+    use = node.disk_usage()
+    files = node.store_files()
+    say(f"  {use['segment_files']} segments ({use['zstd_segments']} zstd), {fmt_b(use['segments'])}; "
+        f"sidecars {fmt_b(use['sidecars'])}; all store files {fmt_b(use['total'])}")
+
+    records = node.dir / "records.txt"
+    say("plain copy of the records: zstdcat -f over the segment files")
+    copy_s = copy_records(procs, files, records)
+    lines, size = count_lines(records), records.stat().st_size
+    copy_ok = lines == data.lines and size == data.record_bytes
+    if not copy_ok:
+        res.problem(f"acceptance: zstdcat over the store's .flushed files yields {lines} lines, {size} bytes; "
+                    f"want every record: {data.lines} lines, {data.record_bytes} bytes")
+    res.data["store"] = use | {
+        "index_wait_s": index_s,
+        "expected_record_bytes": data.record_bytes,
+        "total_per_input": ratio(use["total"], data.bytes),
+        "segments_per_input": ratio(use["segments"], data.bytes),
+        "records_copy": {"seconds": copy_s, "lines": lines, "bytes": size, "every_record": copy_ok},
+    }
+    return files, records
+
+
+def measure_queries(args: argparse.Namespace, procs: Procs, node: Node, data: Dataset, files: list[str],
+                    records: Path, rg: str | None, res: Results) -> None:
+    work = node.dir
+    zstd = res.data["store"]["zstd_segments"] == len(files)
+    if not zstd:
+        res.note("not every segment is zstd-compressed: the zstdgrep column is skipped")
+    res.data["queries"] = []
+    for name, q, regex in QUERIES:
+        say(f"query {name}: {q!r} (x{args.repeat}, and the baselines)")
+        commands = baseline_commands(q, regex, records, files, rg, zstd)
+        entry: dict[str, Any] = {"name": name, "q": q, "regex": regex, "expected_count": data.expected[name]}
+        outs: dict[str, Path] = {}
+        # the baselines first, then ours: all see the same warm page cache
+        for col, argv in commands.items():
+            if argv is None:
+                entry[col] = None
+                continue
+            outs[col] = work / f"{col}.out"
+            entry[col] = time_baseline(procs, argv, outs[col], files, args.repeat)
+        ours_out = work / "ours.out"
+        o_med, o_min, o_all, (_, status, o_lines, o_bytes, headers) = timed_runs(
             lambda: node.query_to_file(q, regex, ours_out), args.repeat)
         node.check_alive()
-        want = data.expected[name]
-        agree = status == 200 and o_lines == g_lines == want
-        content = same_records(ours_out, grep_out) if status == 200 else f"status {status}"
-        if status != 200:
-            res.problem(f"{name}: /store/query answered {status}")
-        if not (o_lines == g_lines == want):
-            res.problem(f"{name}: counts disagree: oklog {o_lines}, grep {g_lines}, generated {want}")
-        if content != "identical":
-            res.problem(f"{name}: bodies differ from grep's output: {content}")
-        d["queries"].append({
-            "name": name, "q": q, "regex": regex, "expected_count": want,
-            "ours": {"median_s": o_med, "min_s": o_min, "runs_s": o_all, "status": status,
-                     "count": o_lines, "bytes": o_bytes, "mb_per_s_scanned": store_bytes / o_med / 1e6},
-            "grep": {"median_s": g_med, "min_s": g_min, "runs_s": g_all, "count": g_lines, "bytes": g_bytes},
-            "ratio_to_grep": ratio(o_med, g_med),
-            "go_ratio_to_grep": GO["query_ratio_to_grep"][name],
-            "counts_agree": agree, "content": content,
-        })
-        for p in (ours_out, grep_out):
+        entry["ours"] = {"median_s": o_med, "min_s": o_min, "runs_s": o_all, "status": status,
+                         "count": o_lines, "bytes": o_bytes,
+                         "record_mb_per_s": data.record_bytes / o_med / 1e6,
+                         "blocks_queried": header_int(headers, "x-oklog-blocks-queried"),
+                         "blocks_in_range": header_int(headers, "x-oklog-blocks-in-range")}
+        check_query(entry, ours_out, records if q == "" else outs["grep"], outs, res)
+        entry["ratio_to"] = {col: ratio(o_med, entry[col] and entry[col]["median_s"]) for col in BASELINES}
+        entry["ratio_to_grep"] = entry["ratio_to"]["grep"]  # match everything: to cat
+        entry["go_ratio_to_grep"] = GO["query_ratio_to_grep"].get(name)
+        res.data["queries"].append(entry)
+        for p in (ours_out, *outs.values()):
             p.unlink(missing_ok=True)
 
-    # -- stats only
+
+def time_baseline(procs: Procs, argv: list[str], out: Path, files: list[str], repeat: int) -> dict:
+    med, mn, runs, (_, lines, nbytes) = timed_runs(lambda: run_to_file(procs, argv, out), repeat)
+    return {"command": shown(argv, files), "median_s": med, "min_s": mn, "runs_s": runs,
+            "count": lines, "bytes": nbytes}
+
+
+def check_query(entry: dict, ours: Path, reference: Path, outs: dict[str, Path], res: Results) -> None:
+    """Our answer against the generator's count and the reference output
+    (grep's, or records.txt for match everything); the other baselines'
+    outputs against grep's."""
+    name, o, g = entry["name"], entry["ours"], entry["grep"]
+    want = entry["expected_count"]
+    if o["status"] != 200:
+        res.problem(f"{name}: /store/query answered {o['status']}")
+    if not (o["count"] == g["count"] == want):
+        res.problem(f"{name}: counts disagree: oklog {o['count']}, {g['command'].split()[0]} {g['count']}, "
+                    f"generated {want}")
+    entry["content"] = same_records(ours, reference) if o["status"] == 200 else f"status {o['status']}"
+    if entry["content"] != "identical":
+        res.problem(f"{name}: bodies differ from {reference.name}: {entry['content']}")
+    entry["counts_agree"] = o["status"] == 200 and o["count"] == g["count"] == want
+    for col in ("rg", "zstdgrep"):
+        if col in outs and not filecmp.cmp(outs[col], outs["grep"], shallow=False):
+            res.problem(f"{name}: the {col} baseline's output differs from grep's "
+                        f"({entry[col]['count']} lines, grep {g['count']})")
+
+
+def measure_head(args: argparse.Namespace, node: Node, stored: int, res: Results) -> None:
     say("stats-only HEAD vs GET /readyz")
     n = max(10, args.repeat * 5)
 
@@ -779,69 +1243,197 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
 
     ready_med, ready_min, _, _ = timed_runs(lambda: timed("GET", "/readyz"), n)
     head_med, head_min, _, (_, st, h) = timed_runs(lambda: timed("HEAD", node.query_path(REGEX, True)), n)
-    if st != 200 or int(h.get("x-oklog-max-data-set-size", -1)) != store_bytes:
-        res.problem(f"HEAD: status {st}, data set size {h.get('x-oklog-max-data-set-size')} != {store_bytes}")
-    d["stats_head"] = {"median_s": head_med, "min_s": head_min, "readyz_median_s": ready_med,
-                       "ratio_to_readyz": ratio(head_med, ready_med), "go_head_s": GO["head_s"],
-                       "segments_queried": int(h.get("x-oklog-segments-queried", -1))}
+    size = header_int(h, "x-oklog-max-data-set-size")
+    if st != 200 or size != stored:
+        res.problem(f"HEAD: status {st}, data set size {size} != {stored} record bytes stored")
+    res.data["stats_head"] = {
+        "median_s": head_med, "min_s": head_min, "readyz_median_s": ready_med,
+        "ratio_to_readyz": ratio(head_med, ready_med), "go_head_s": GO["head_s"],
+        "max_data_set_size": size, "expected_record_bytes": stored,
+        "segments_queried": header_int(h, "x-oklog-segments-queried"),
+        "blocks_queried": header_int(h, "x-oklog-blocks-queried"),
+        "blocks_in_range": header_int(h, "x-oklog-blocks-in-range"),
+    }
 
-    d["ingest"]["node_rss"]["peak_hwm_end"] = proc_status(node.pid, "VmHWM")
-    node.check_alive()
-    errors = node.log_errors()
-    d["node_log_errors"] = errors[:20]
-    say("stopping node")
-    rc = node.stop()
-    if rc is None:
-        res.problem("node did not stop within 30 s of SIGTERM (killed)")
-    elif rc != 0:
-        res.problem(f"node exited with status {rc} on SIGTERM\n{node.log_tail()}")
-    if errors:
-        say(f"note: node log has {len(errors)} ERROR/Traceback lines (see JSON)")
+
+def measure_ingest_under_queries(args: argparse.Namespace, procs: Procs, node: Node, work: Path, stored: int,
+                                 fwd_fixed: float, res: Results) -> None:
+    """Two more data sets: one ingested into the idle node, one while a query loop runs."""
+    n = max(50_000, args.lines // 4)
+    say(f"ingest while queries run: generating two more data sets of {n:,} lines")
+    sets = [generate(work / f"more-{k}.log", n, args.seed + 1000 + k, plant=False) for k in (1, 2)]
+    runs: dict[str, dict] = {}
+    for label, data in zip(("idle", "loaded"), sets):
+        if wait_indexed(node, args.stall_timeout) is None:
+            res.note(f"ingest {label}: segments still without a sidecar before it: {node.unindexed()}")
+        loop = QueryLoop(node) if label == "loaded" else None
+        if loop is not None:
+            loop.start()
+            time.sleep(0.2)  # the first query is under way
+        say(f"  forwarding {fmt_b(data.bytes)}, {label}")
+        try:
+            fwd, t0, secs = ingest(procs, node, data, stored, fwd_fixed, args.stall_timeout, res, f"ingest {label}")
+        finally:
+            done = loop.stop() if loop is not None else None
+        stored += data.record_bytes
+        runs[label] = {"lines": data.lines, "bytes": data.bytes, "queryable_s": secs, "lines_per_s": data.lines / secs,
+                       "forward_s": fwd.done - t0}
+        if loop is not None:
+            runs[label] |= {"queries_completed": done, "query_body_bytes": loop.body_bytes, "query_error": loop.error}
+            if loop.error:
+                res.problem(f"query loop during the loaded ingest failed: {loop.error}")
+            elif not done:
+                res.note("the query loop completed no query during the loaded ingest")
+        say(f"  {label}: {secs:.2f} s, {data.lines / secs / 1e3:.0f}k lines/s")
+        Path(data.path).unlink(missing_ok=True)
+    res.data["ingest_under_queries"] = runs | {
+        "loaded_per_idle": ratio(runs["loaded"]["lines_per_s"], runs["idle"]["lines_per_s"]),
+        "forward_loaded_per_idle": ratio(runs["idle"]["forward_s"], runs["loaded"]["forward_s"]),
+    }
+
+
+def check_goals(d: dict) -> None:
+    """The target of every row that has one, the value measured, and whether it was met."""
+    queries = {q["name"]: q for q in d.get("queries", [])}
+    values = {
+        "freshness": d.get("freshness", {}).get("median_s"),
+        "bytes on disk": d.get("store", {}).get("total_per_input"),
+        **{name: q["ratio_to_grep"] for name, q in queries.items()},
+        "stats HEAD": d.get("stats_head", {}).get("median_s"),
+        "ingest under queries": d.get("ingest_under_queries", {}).get("loaded_per_idle"),
+    }
+    d["targets"] = {key: {"target": g.text, "value": values.get(key), "met": g.met(values.get(key))}
+                    for key, g in GOALS.items()}
+
+
+def missed(d: dict) -> list[str]:
+    return [key for key, t in d.get("targets", {}).items() if t["met"] is False]
+
+
+# --- the table ---------------------------------------------------------------
+
+
+def _row(label: str = "", time: str = "", rate: str = "", ratio: str = "", base: str = "",
+         go: str = "", target: str = "") -> str:
+    return f"{label:38} {time:>9} {rate:>14}  {ratio:>7} {base:<15} {go:>12}  {target}".rstrip()
+
+
+def _target(d: dict, key: str) -> str:
+    t = d.get("targets", {}).get(key)
+    if t is None:
+        return ""
+    return t["target"] + ("  MISS" if t["met"] is False else "")
 
 
 def table(d: dict) -> str:
+    rows: list[str] = []
+    inp, st = d["input"], d["store"]
+    rows.append(f"oklog bench: {inp['lines']:,} lines, {fmt_b(inp['bytes'])} input; store {st['segment_files']} "
+                f"segments ({st['zstd_segments']} zstd), {fmt_b(st['total'])} on disk; {d['machine']['cpus']} CPUs")
+    rows += ingest_rows(d)
+    rows += store_rows(d)
+    rows += query_rows(d)
+    rows.append("")
+    rows.append("ratio = our time / the baseline's time in this run (> 1: slower than the baseline); bytes on disk:")
+    rows.append("/ input size; ingest while queries run: / the idle rate.  Go OK Log = the original's numbers from")
+    rows.append("FACTS.md (same kind of machine, not this run): its rate, its RSS / input, its query time / grep's,")
+    rows.append("its HEAD time.  MISS: the row misses its target (slow is never a failure).")
+    miss = missed(d)
+    rows.append(f"targets missed: {', '.join(miss)}" if miss else "every target met")
+    return "\n".join(rows)
+
+
+def ingest_rows(d: dict) -> list[str]:
     inp, ing = d["input"], d["ingest"]
     b, r = ing["baseline"], ing["ratios"]
-    rows: list[str] = []
-    add = rows.append
     mbs = lambda secs: f"{inp['bytes'] / secs / 1e6:>9.0f} MB/s"  # noqa: E731
-    add(f"oklog bench: {inp['lines']:,} lines, {fmt_b(inp['bytes'])} input; store {d['store']['segments']} "
-        f"segments, {fmt_b(d['store']['bytes'])}; {d['machine']['cpus']} CPUs")
-    add("")
-    add(f"{'ingest':36} {'time':>9} {'rate':>14}  {'ratio':>7} {'baseline':<15} {'Go OK Log':>12}")
-    add(f"{'  raw read (cat > /dev/null)':36} {fmt_s(b['raw_read_s']):>9} {mbs(b['raw_read_s'])}")
-    add(f"{'  raw TCP send → discarding sink':36} {fmt_s(b['raw_tcp_discard_s']):>9} {mbs(b['raw_tcp_discard_s'])}")
-    add(f"{'  raw TCP send → sink writing file':36} {fmt_s(b['raw_tcp_to_file_s']):>9} {mbs(b['raw_tcp_to_file_s'])}")
-    add(f"{'  oklog forward, connect → done':36} {fmt_s(ing['forward_s']):>9} "
-        f"{ing['forward_lines_per_s'] / 1e3:>7.0f}k lines/s  {fmt_r(r['forward_vs_raw_tcp_to_file']):>7} "
-        f"{'TCP → file':<15} {GO['forward_lines_per_s'] / 1e3:>3.0f}k lines/s")
-    add(f"{'':36} {'':>9} {ing['forward_mb_per_s']:>9.0f} MB/s  {fmt_r(r['forward_vs_raw_tcp_discard']):>7} "
-        f"{'TCP → discard':<15}")
-    add(f"{'  oklog forward, connect → queryable':36} {fmt_s(ing['queryable_s']):>9} "
-        f"{ing['queryable_lines_per_s'] / 1e3:>7.0f}k lines/s  {fmt_r(r['queryable_vs_raw_tcp_to_file']):>7} "
-        f"{'TCP → file':<15} {GO['queryable_lines_per_s'] / 1e3:>3.0f}k lines/s")
-    rss = ing["node_rss"]
-    add(f"{'  node peak RSS (VmHWM)':36} {fmt_b(rss['peak_hwm_after_ingest']):>9} {'':>14}  "
-        f"{fmt_r(rss['peak_per_input_byte']):>7} {'input size':<15} {fmt_r(GO['peak_rss_per_input_byte']):>12}")
-    fp = ing["forward_process"]
-    add(f"  (forwarder start-up before connecting, {fmt_s(fp['start_to_connect_s'])}, not counted;"
-        f" CPU: node {ing['node_cpu_s']:.1f} s, forwarder {fp['cpu_s']:.1f} s)")
-    add("")
-    add(f"{'query (client reads whole body)':36} {'oklog':>9} {'grep':>9} {'hits':>9}  {'ratio':>7} "
-        f"{'check':<15} {'Go OK Log':>12}")
-    for q in d["queries"]:
+    rss, fp = ing["node_rss"], ing["forward_process"]
+    rows = [
+        "",
+        _row("ingest", "time", "rate", "ratio", "baseline", "Go OK Log", "target"),
+        _row("  raw read (cat > /dev/null)", fmt_s(b["raw_read_s"]), mbs(b["raw_read_s"])),
+        _row("  raw TCP send → discarding sink", fmt_s(b["raw_tcp_discard_s"]), mbs(b["raw_tcp_discard_s"])),
+        _row("  raw TCP send → sink writing file", fmt_s(b["raw_tcp_to_file_s"]), mbs(b["raw_tcp_to_file_s"])),
+        _row("  oklog forward, connect → done", fmt_s(ing["forward_s"]), lines_s(ing["forward_lines_per_s"]),
+             fmt_r(r["forward_vs_raw_tcp_to_file"]), "TCP → file", lines_s(GO["forward_lines_per_s"]).strip()),
+        _row("", "", f"{ing['forward_mb_per_s']:>9.0f} MB/s", fmt_r(r["forward_vs_raw_tcp_discard"]), "TCP → discard"),
+        _row("  oklog forward, connect → queryable", fmt_s(ing["queryable_s"]), lines_s(ing["queryable_lines_per_s"]),
+             fmt_r(r["queryable_vs_raw_tcp_to_file"]), "TCP → file", lines_s(GO["queryable_lines_per_s"]).strip()),
+        _row("  node peak RSS (VmHWM)", fmt_b(rss["peak_hwm_after_ingest"]), "",
+             fmt_r(rss["peak_per_input_byte"]), "input size", fmt_r(GO["peak_rss_per_input_byte"])),
+        f"  (forwarder start-up before connecting, {fmt_s(fp['start_to_connect_s'])}, not counted;"
+        f" CPU: node {ing['node_cpu_s']:.1f} s, forwarder {fp['cpu_s']:.1f} s)",
+    ]
+    load = d.get("ingest_under_queries")
+    if load:
+        idle, loaded = load["idle"], load["loaded"]
+        rows += [
+            _row(f"  ingest {idle['lines']:,} more lines, idle node", fmt_s(idle["queryable_s"]),
+                 lines_s(idle["lines_per_s"])),
+            _row(f"  ingest {loaded['lines']:,} more, queries running", fmt_s(loaded["queryable_s"]),
+                 lines_s(loaded["lines_per_s"]), fmt_pct(load["loaded_per_idle"]), "of idle rate", "",
+                 _target(d, "ingest under queries")),
+            f"  (other data sets, each connect → queryable; connect → done: {fmt_s(idle['forward_s'])} idle,"
+            f" {fmt_s(loaded['forward_s'])} loaded; meanwhile",
+            f"   a loop completed {loaded['queries_completed']} full-range queries, common literal / regex in turn)",
+        ]
+    return rows
+
+
+def store_rows(d: dict) -> list[str]:
+    st = d["store"]
+    rows = [
+        "",
+        _row("freshness, storage, stats", "time/size", "", "ratio", "baseline", "Go OK Log", "target"),
+    ]
+    fr = d.get("freshness")
+    if fr:
+        rows.append(_row(f"  freshness: line → queryable (x{len(fr['probes_s'])})", fmt_s(fr["median_s"]),
+                         f"max {fmt_s(fr['max_s'])}", "", "median, idle", "", _target(d, "freshness")))
+    rows += [
+        _row("  bytes on disk (all store files)", fmt_b(st["total"]), "", fmt_r(st["total_per_input"]),
+             "input size", "", _target(d, "bytes on disk")),
+        _row("  segments only (*.flushed)", fmt_b(st["segments"]), "", fmt_r(st["segments_per_input"]), "input size"),
+    ]
+    h = d.get("stats_head")
+    if h:
+        rows.append(_row("  stats only (HEAD /store/query)", fmt_s(h["median_s"]), "", fmt_r(h["ratio_to_readyz"]),
+                         "GET /readyz", fmt_s(GO["head_s"]), _target(d, "stats HEAD")))
+    copy = st["records_copy"]
+    rows.append(f"  (zstdcat over the .flushed files: {copy['lines']:,} lines, {fmt_b(copy['bytes'])}: "
+                f"{'every record' if copy['every_record'] else 'NOT every record'}; "
+                f"indexes written {fmt_s(st['index_wait_s'])} after queryable)")
+    return rows
+
+
+def query_rows(d: dict) -> list[str]:
+    qs = d["queries"]
+    secs = lambda q, col: fmt_s(q[col]["median_s"]) if q.get(col) else "-"  # noqa: E731
+    rows = [
+        "",
+        f"{'query (client reads whole body)':36} {'oklog':>9} {'grep':>9} {'rg':>9} {'zstdgrep':>9} "
+        f"{'hits':>10} {'blocks read':>14}",
+    ]
+    for q in qs:
+        o = q["ours"]
+        blocks = f"{o['blocks_queried']}/{o['blocks_in_range']}"
+        rows.append(f"  {q['name'] + ' ' + repr(q['q']):34} {fmt_s(o['median_s']):>9} {secs(q, 'grep'):>9} "
+                    f"{secs(q, 'rg'):>9} {secs(q, 'zstdgrep'):>9} {o['count']:>10,} {blocks:>14}")
+    rows += [
+        "",
+        f"{'query ratios (oklog / baseline)':36} {'/ grep':>9} {'/ rg':>9} {'/ zstdgrep':>10}  {'check':<9} "
+        f"{'Go OK Log':>10}  target",
+    ]
+    for q in qs:
+        rt = q["ratio_to"]
         check = "ok" if q["counts_agree"] and q["content"] == "identical" else "MISMATCH"
-        add(f"  {q['name'] + ' ' + repr(q['q']):34} {fmt_s(q['ours']['median_s']):>9} "
-            f"{fmt_s(q['grep']['median_s']):>9} {q['ours']['count']:>9,}  {fmt_r(q['ratio_to_grep']):>7} "
-            f"{check:<15} {fmt_r(q['go_ratio_to_grep']):>12}")
-    h = d["stats_head"]
-    add(f"  {'stats only (HEAD); vs GET /readyz':34} {fmt_s(h['median_s']):>9} {fmt_s(h['readyz_median_s']):>9} "
-        f"{'':>9}  {fmt_r(h['ratio_to_readyz']):>7} {'':<15} {fmt_s(GO['head_s']):>12}")
-    add("")
-    add("ratio = our time / the baseline's time in this run (> 1: slower than the baseline).")
-    add("Go OK Log = the original's numbers from FACTS.md (same kind of machine, not this run):")
-    add("its rate, its RSS / input, its query time / grep's, its HEAD time.")
-    return "\n".join(rows)
+        rows.append(f"  {q['name']:34} {fmt_r(rt['grep']):>9} {fmt_r(rt['rg']):>9} {fmt_r(rt['zstdgrep']):>10}  "
+                    f"{check:<9} {fmt_r(q['go_ratio_to_grep']):>10}  {_target(d, q['name'])}".rstrip())
+    rows.append("  (match everything: the grep column is `cat records.txt`, zstdgrep's is zstdcat of the segments;")
+    rows.append("   blocks read = X-Oklog-Blocks-Queried / X-Oklog-Blocks-In-Range of our response)")
+    if not any(q.get("rg") for q in qs):
+        rows.append("  (rg is not installed: its column is skipped)")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -852,7 +1444,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=None, help="runs per query (median reported; default 3)")
     ap.add_argument("--seed", type=int, default=1, help="data generator seed")
     ap.add_argument("--output", default="bench-results/latest.json", help="JSON results file")
-    ap.add_argument("--tmpdir", default=None, help="where the temp work dir goes (needs ~4x the input size)")
+    ap.add_argument("--tmpdir", default=None, help="where the temp work dir goes (needs ~7x the input size)")
     ap.add_argument("--keep", action="store_true", help="keep the temp work dir (input, node data, logs)")
     ap.add_argument("--stall-timeout", type=float, default=120.0,
                     help="fail when the store makes no progress for this many seconds")
@@ -888,8 +1480,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    check_goals(res.data)
     res.data["ok"] = res.ok
     res.data["problems"] = res.problems
+    res.data["notes"] = res.notes
     res.data["started"] = dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat()
     res.data["duration_s"] = time.time() - started
     out = Path(args.output)
@@ -899,6 +1493,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(res.data, indent=2) + "\n")
     if "queries" in res.data and "stats_head" in res.data:
         print(table(res.data))
+    for note in res.notes:
+        print(f"note: {note.splitlines()[0]}")
     print(f"\n{'OK' if res.ok else 'FAILED: ' + '; '.join(p.splitlines()[0] for p in res.problems)}"
           f" — results in {out}")
     return 0 if res.ok else 1

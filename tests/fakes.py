@@ -86,12 +86,12 @@ class FakeCluster:
         self.pending[seg_id] = ingester
         return seg_id
 
-    async def read_into(self, ingester: str, seg_id: str, sink: BinaryIO) -> int:
+    async def read_to(self, ingester: str, seg_id: str, path: Path) -> int:
         await trio.lowlevel.checkpoint()
         if seg_id in self.broken_reads:
             raise PeerUnavailable(ingester, "connection reset")
         data = self.segments[ingester][seg_id]
-        sink.write(data)
+        path.write_bytes(data)
         return len(data)
 
     async def commit(self, ingester: str, seg_id: str) -> None:
@@ -101,13 +101,13 @@ class FakeCluster:
         self.failed_back.append(seg_id)
         self.queue[ingester].append(seg_id)
 
-    async def replicate(self, store: str, path: Path) -> None:
+    async def replicate(self, store: str, paths: list[Path]) -> None:
         await trio.lowlevel.checkpoint()
         if store in self.broken_stores:
             raise PeerRejected(store, 500, "disk full")
         if store in self.rejecting_stores:
             raise PeerRejected(store, 400, "line 1 is not a record")
-        body = path.read_bytes()
+        body = b"".join(p.read_bytes() for p in paths)
         try:
             validate_block(body)  # as /store/replicate does
             if len(body) > MAX_LINE and max(map(len, body.split(b"\n"))) > MAX_LINE:

@@ -182,11 +182,11 @@ def test_a_bug_in_a_batch_fails_it_back_and_the_consumer_goes_on(tmp_path, caplo
     consumer = make(tmp_path, cluster, rf=1)
     calls = []
 
-    async def explode(store: str, path) -> None:  # type: ignore[no-untyped-def]
+    async def explode(store: str, paths) -> None:  # type: ignore[no-untyped-def]
         calls.append(store)
         if len(calls) == 1:
             raise RuntimeError("a bug")
-        cluster.received[store].append(path.read_bytes())
+        cluster.received[store].append(b"".join(p.read_bytes() for p in paths))
 
     cluster.replicate = explode  # type: ignore[method-assign]
 
@@ -218,7 +218,7 @@ def test_cancelled_mid_batch_fails_the_sources_back(tmp_path):
     cluster = FakeCluster({"http://i1": segments(2, 10, Stamper())}, ["http://s1"])
     consumer = make(tmp_path, cluster, rf=1)
 
-    async def stuck(store: str, path) -> None:  # type: ignore[no-untyped-def]
+    async def stuck(store: str, paths) -> None:  # type: ignore[no-untyped-def]
         await trio.sleep_forever()
 
     cluster.replicate = stuck  # type: ignore[method-assign]

@@ -297,3 +297,36 @@ def test_a_second_signal_skips_the_drain(tmp_path):
         assert list((tmp_path / "n" / "ingest").glob("*.flushed"))
     finally:
         n.kill()
+
+
+def test_ingest_goes_on_while_heavy_queries_run(node):
+    """Scans run in worker processes, never on the event loop: records keep
+    becoming queryable while a loop of CPU-heavy queries runs."""
+    import threading
+
+    forward(b"".join(b"bulk %d ERROR x%d timeout %s\n" % (i, i % 7, b"z" * 150) for i in range(150_000)),
+            f"127.0.0.1:{node.fast_port}")
+    wait_for_records(node.api, 150_000, timeout=60)
+    stop = threading.Event()
+    done = []
+
+    def heavy() -> None:
+        with httpx.Client(timeout=120) as c:
+            while not stop.is_set():
+                r = c.get(f"{node.api}/store/query", params=dict(ALL, q=r"(?i)e.*r.*o.*x\d", regex="true"))
+                assert r.status_code == 200 and r.content.count(b"\n") == 150_000
+                done.append(1)
+
+    loop = threading.Thread(target=heavy, daemon=True)
+    loop.start()
+    try:
+        for batch in range(4):
+            t0 = time.monotonic()
+            forward(b"".join(b"live-%d-%d\n" % (batch, i) for i in range(1000)), f"127.0.0.1:{node.fast_port}")
+            body = wait_for_records(node.api, 1000, timeout=30, q=f"live-{batch}-")
+            assert body.count(b"\n") == 1000 and time.monotonic() - t0 < 30
+    finally:
+        stop.set()
+        loop.join(120)
+    assert done, "no heavy query finished"
+    assert "Traceback" not in node.log()

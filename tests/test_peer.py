@@ -87,7 +87,7 @@ def test_replicate_and_query_rejections(tmp_path):
 
     async def main() -> None:
         with pytest.raises(PeerRejected) as info:
-            await peers.replicate("http://s", seg)
+            await peers.replicate("http://s", [seg])
         assert "not a record" in str(info.value)
         with pytest.raises(PeerRejected):
             await peers.open_query("http://s", b"from=x")

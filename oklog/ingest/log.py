@@ -73,6 +73,7 @@ class IngestLog:
         self._active: ActiveSegment | None = None
         self._lock_file: int | None = None
         self._flushing = 0
+        self._stamped: set[str] = set()  # segments this process wrote (not recovered)
         self.changed = trio.Event()  # set (and replaced) when segments are consumed
 
     # -- open / close -----------------------------------------------------------
@@ -121,6 +122,7 @@ class IngestLog:
             seg_id = self._ids.one().decode()
             self.book.activate(seg_id)
             self._active = ActiveSegment(self.path, seg_id, self.clock())
+            self._stamped.add(seg_id)
         self._active.write(block)
         return self._active.size >= self.flush_size
 
@@ -189,8 +191,16 @@ class IngestLog:
         """The whole segment went out: from now on it may be committed."""
         self.book.mark_read(_checked_id(seg_id))
 
+    def stamped_here(self, seg_id: str) -> bool:
+        """Whether this process wrote the segment itself, in this run: every
+        line of it is a record by construction (``stamp``).  Segments found
+        on disk at start are not: a crash or a hand edit may have left
+        anything in them."""
+        return seg_id in self._stamped
+
     def commit(self, seg_id: str) -> None:
         self.book.commit(_checked_id(seg_id))
+        self._stamped.discard(seg_id)
         os.unlink(self.path / f"{seg_id}.pending")
         self._changed()
 

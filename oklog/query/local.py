@@ -29,7 +29,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -172,7 +172,7 @@ def _threads() -> Scanner:
     return _fallback[0]
 
 
-async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query) -> AsyncIterator[bytes]:
+async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query) -> AsyncGenerator[bytes, None]:
     try:
         async with aclosing(scanner.results(units(p, query))) as results:
             async for result in results:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 from ..records.merge import merge_records
 from ..records.search import bisect, last_ulid
@@ -10,7 +10,7 @@ from ..records.search import bisect, last_ulid
 __all__ = ["merge_streams"]
 
 
-async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncGenerator[bytes, None]:
     """Block-level k-way merge of sorted record streams, de-duplicated."""
     if len(sources) == 1:  # one store: nothing to merge, blocks pass through
         async for block in sources[0]:

@@ -23,7 +23,8 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any, TypeVar
 
 import trio
 
@@ -32,6 +33,8 @@ from oklog.query.unit import Unit, run_unit
 __all__ = ["Scanner"]
 
 log = logging.getLogger("oklog.query")
+
+T = TypeVar("T")
 
 NICE = 10  # scan workers' CPU priority, relative to the node
 
@@ -64,7 +67,7 @@ class Scanner:
         if self._pool is None:
             if self.workers > 0:
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["oklog.query.unit"])
+                ctx.set_forkserver_preload(["oklog.query.unit", "oklog.segment"])
                 self._pool = cf.ProcessPoolExecutor(
                     self.workers, mp_context=ctx, initializer=_lower_priority)
             else:
@@ -85,8 +88,17 @@ class Scanner:
 
     async def run(self, unit: Unit) -> bytes:
         """One unit's result."""
+        return await self.call(run_unit, unit)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker (a module-level function: it is pickled
+        by name), e.g. building a segment's n-gram index."""
         async with self.limiter:
-            return await _wait(self._executor().submit(run_unit, unit))
+            try:
+                return await _wait(self._executor().submit(fn, *args))
+            except cf.BrokenExecutor:  # once more, in a fresh pool
+                self._broken(self._executor())
+                return await _wait(self._executor().submit(fn, *args))
 
     def _broken(self, pool: cf.Executor) -> None:
         """A worker died (killed, out of memory): start a fresh pool."""
@@ -95,7 +107,7 @@ class Scanner:
             pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def results(self, units: Iterable[Unit]) -> AsyncIterator[bytes]:
+    async def results(self, units: Iterable[Unit]) -> AsyncGenerator[bytes, None]:
         """The results of ``units``, in order, with up to ``depth`` running."""
         pool = self._executor()
         pending: deque[tuple[Unit, object, cf.Future[bytes], trio.Event]] = deque()
@@ -151,6 +163,6 @@ def _event_for(future: cf.Future, token: trio.lowlevel.TrioToken) -> trio.Event:
     return event
 
 
-async def _wait(future: cf.Future) -> bytes:
+async def _wait(future: cf.Future[T]) -> T:
     await _event_for(future, trio.lowlevel.current_trio_token()).wait()
     return future.result()

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Protocol
 
 from oklog.segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, Frame, frames, sniff
+from oklog.segment import ngram
 from oklog.segment.name import SegmentName
 from oklog.segment.table import Table, load_sidecar
 
@@ -29,6 +30,7 @@ __all__ = [
     "SegmentWriter",
     "Table",
     "derive_table",
+    "index_segment",
     "create_segment",
     "open_segment",
     "write_segment",
@@ -115,6 +117,14 @@ def derive_table(path: Path, block_size: int = BLOCK_SIZE) -> Table:
             last = data.rfind(b"\n", 0, end - 1) + 1
             table.add(frame.offset, length, data, first_ulid(data), last_ulid(data[last:end]))
     return table
+
+
+def index_segment(path: str | Path, table: Table) -> bytes:
+    """The serialized n-gram index of a sound segment (what runs in a scan
+    worker process: it reads and decompresses every block)."""
+    with BlockReader(Path(path), table) as reader:
+        index = ngram.build(reader.select(range(len(table)), b"", b"\xff"))
+    return index.bitmap.serialize()
 
 
 def open_segment(path: Path, table: Table | None = None) -> BlockReader:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -53,11 +54,14 @@ from ..errors import (
 from ..peer import Peers
 from ..records.format import MAX_LINE
 from ..records.merge import merge_records
+from ..ulid import ULID_LEN
 from ..segment.check import Verdict, good_blocks
 from ..segment.plain import PlainReader, PlainWriter
 from .log import StoreLog
 
 log = logging.getLogger("oklog.consume")
+
+TAIL = 1 << 16  # bytes read from a spool's end to find its last line
 
 
 class Phase(enum.Enum):
@@ -139,6 +143,31 @@ def _salvaged(reader: PlainReader, source: Source) -> Iterator[bytes]:
                     ",".join(r for r, n in counts.items() if n))
 
 
+def _one_run(spools: list[Path]) -> bool:
+    """Whether ``spools``, one after another, are already in strictly
+    increasing ULID order by their first and last lines (the usual case: one
+    ingester's segments, from one monotonic stamper); False when they
+    overlap or look odd, and need a merge.  Inside a file the order is not
+    checked here: the store checks every line (and sorts if it must)."""
+    prev = b""
+    for path in spools:
+        with open(path, "rb") as f:
+            head = f.read(ULID_LEN)
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - TAIL))
+            tail = f.read()
+            if not tail.endswith(b"\n") or len(head) < ULID_LEN:
+                return False
+            start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+            if start == 0 and size > TAIL:
+                return False  # a last line longer than TAIL: let the merge deal with it
+            last = tail[start : start + ULID_LEN]
+            if head <= prev or last < head:
+                return False
+            prev = last
+    return bool(spools)
+
+
 def replication_order(stores: list[str], rng: random.Random) -> list[str]:
     """Distinct stores in random order: the first ones are tried first, the
     rest are fallbacks when one of those fails."""
@@ -201,7 +230,7 @@ class Consumer:
             if not txn.sources:
                 return False
             txn.replicate()
-            records = await self._merge_and_replicate(txn, files, stores)
+            await self._merge_and_replicate(txn, files, stores)
         except Exception as exc:
             with trio.CancelScope(shield=True):
                 await self._finish(txn, ok=False, reason=exc)
@@ -218,7 +247,7 @@ class Consumer:
                 f.unlink(missing_ok=True)
         await self._finish(txn, ok=True)
         self.failures = 0
-        metrics.consume_records.inc(records)
+        metrics.consume_bytes.inc(txn.size)
         return True
 
     async def _gather(self, txn: ConsumeTxn, ingesters: list[str], files: list[Path]) -> None:
@@ -235,8 +264,7 @@ class Consumer:
                 path = self.store.tmp_path(".gather")
                 files.append(path)
                 try:
-                    with open(path, "wb") as sink:
-                        size = await self.peers.read_into(ingester, seg_id, sink)
+                    size = await self.peers.read_to(ingester, seg_id, path)
                 except PeerError as exc:
                     log.warning("event=read_failed ingester=%s segment=%s error=%s", ingester, seg_id, exc)
                     await self._tell(ingester, seg_id, ok=False)
@@ -250,27 +278,29 @@ class Consumer:
             if not got:
                 return  # the ingesters have nothing more right now
 
-    async def _merge_and_replicate(self, txn: ConsumeTxn, files: list[Path], stores: list[str]) -> int:
-        """Build the composite and replicate it; if a store refuses it (or it
-        cannot even be merged), build it again from the salvaged sources.
-        Returns its records.  ``files`` holds the spooled sources, in
-        ``txn.sources`` order; composites are added to it, for the caller
-        to clean up."""
+    async def _merge_and_replicate(self, txn: ConsumeTxn, files: list[Path], stores: list[str]) -> None:
+        """Replicate the batch as one sorted segment; if a store refuses it
+        (or it cannot even be merged), build it again from the salvaged
+        sources.  ``files`` holds the spooled sources, in ``txn.sources``
+        order; composites are added to it, for the caller to clean up."""
         spools = list(files)
         try:
             return await self._send(txn.sources, spools, files, stores, salvage=False)
         except (PeerRejected, CorruptSegment) as exc:  # a damaged source: keep what is valid
             log.warning("event=composite_refused error=%s action=salvage", exc)
-        return await self._send(txn.sources, spools, files, stores, salvage=True)
+        await self._send(txn.sources, spools, files, stores, salvage=True)
 
     async def _send(self, sources: list[Source], spools: list[Path], files: list[Path],
-                    stores: list[str], *, salvage: bool) -> int:
+                    stores: list[str], *, salvage: bool) -> None:
+        if not salvage and await trio.to_thread.run_sync(_one_run, spools):
+            # already one sorted run: the spools are the body as they are (no copy)
+            await self._replicate(spools, stores)
+            return
         composite = self.store.tmp_path(".composite")
         files.append(composite)
         records = await trio.to_thread.run_sync(self._merge, sources, spools, composite, salvage)
         if records:
-            await self._replicate(composite, stores)
-        return records
+            await self._replicate([composite], stores)
 
     def _merge(self, sources: list[Source], spools: list[Path], out: Path, salvage: bool) -> int:
         """Merge the spooled segments into one sorted, de-duplicated file
@@ -291,7 +321,7 @@ class Consumer:
             writer.finish()
             return writer.records
 
-    async def _replicate(self, composite: Path, stores: list[str]) -> None:
+    async def _replicate(self, body: list[Path], stores: list[str]) -> None:
         """Upload to ``rf`` distinct stores, trying others when one fails.
 
         A store answering that the body is malformed (400) is raised at
@@ -300,7 +330,7 @@ class Consumer:
         done = 0
         for store in replication_order(stores, self.rng):
             try:
-                await self.peers.replicate(store, composite)
+                await self.peers.replicate(store, body)
             except PeerRejected as exc:
                 if exc.status == 400:
                     raise

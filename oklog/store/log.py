@@ -42,6 +42,9 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from pyroaring import BitMap64
 
 import trio
 
@@ -52,7 +55,7 @@ from ..lines import aiter_blocks
 from ..records.format import MAX_LINE, validate_block
 from ..records.merge import is_strictly_sorted, merge_records
 from ..records.search import first_ulid, last_ulid
-from ..segment import Table, create_segment, ngram, open_segment
+from ..segment import Table, create_segment, index_segment, ngram, open_segment
 from ..segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, sniff
 from ..segment.check import inspect, salvage
 from ..segment.sort import sort_blocks
@@ -69,6 +72,10 @@ MAX_UPLOAD_LINE = MAX_LINE
 VERIFY_RETRY = 60.0
 #: Upload bytes validated and written per hop to a worker thread.
 WRITE_BATCH = 1 << 20
+
+
+#: Runs a function somewhere off the event loop and returns its result.
+Offload = Callable[..., Awaitable[Any]]
 
 
 class _Order:
@@ -96,8 +103,12 @@ class Segment:
 class StoreLog:
     """The segment files of one store node plus their interval index."""
 
-    def __init__(self, path: Path, *, compression: str = "zstd", block_size: int = BLOCK_SIZE) -> None:
+    def __init__(self, path: Path, *, compression: str = "zstd", block_size: int = BLOCK_SIZE,
+                 offload: Offload | None = None) -> None:
         self.path = Path(path)
+        # where the n-gram indexes are built: a worker thread unless told
+        # (a node hands its scan worker processes: off this process's GIL)
+        self.offload: Offload = offload or self._in_thread
         self.compression = compression
         self.block_size = block_size
         self._tables: dict[Segment, Table] = {}  # every verified segment's
@@ -174,13 +185,16 @@ class StoreLog:
 
     # -- writing -----------------------------------------------------------------
 
-    async def write_segment(self, chunks: AsyncIterator[bytes]) -> Segment | None:
+    async def write_segment(self, chunks: AsyncIterator[bytes], *, validated: bool = False) -> Segment | None:
         """Store an uploaded body as a new segment; None when it held no records.
 
         Blocks are validated, compressed and written as they arrive (in a
         worker thread, about ``WRITE_BATCH`` bytes at a time: zstd releases
         the GIL).  Raises ``CorruptSegment`` (and writes nothing) on any
-        malformed line.
+        malformed line.  ``validated``: the body is known to be records
+        already (segments this very process stamped; see
+        ``oklog.localpeers``), so the per-line check is skipped; the order
+        is checked either way.
         """
         path = self.path / f"{self._ids.one().decode()}.active"
         writer = self._writer(path)
@@ -188,7 +202,8 @@ class StoreLog:
 
         def put(blocks: list[bytes]) -> None:
             for block in blocks:
-                validate_block(block)
+                if not validated:
+                    validate_block(block)
                 order.see(block)
                 writer.write(block)
 
@@ -294,6 +309,9 @@ class StoreLog:
         """The block table of a verified segment (None until verified)."""
         return self._tables.get(segment)
 
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._index_limiter)
+
     def unindexed(self) -> int:
         return len(self._unindexed)
 
@@ -319,8 +337,9 @@ class StoreLog:
             if table is None:
                 continue
             try:
-                await trio.to_thread.run_sync(_index_and_save, segment.path, table,
-                                              limiter=self._index_limiter)
+                data = await self.offload(index_segment, str(segment.path), table)
+                table.index = ngram.GramIndex(BitMap64.deserialize(data), len(table))
+                await trio.to_thread.run_sync(write_sidecar, segment.path, table)
             except FileNotFoundError:
                 continue  # replaced (a union) or removed meanwhile
             except OSError as exc:
@@ -490,14 +509,6 @@ def _unused(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
-
-
-def _index_and_save(path: Path, table: Table) -> None:
-    """Build a segment's n-gram index and write its sidecar (a worker thread)."""
-    with open_segment(path, table) as reader:
-        index = ngram.build(reader.select(range(len(table)), b"", b"\xff"))
-    table.index = index
-    write_sidecar(path, table)
 
 
 def _sync_and_rename(path: Path, target: Path) -> None:
