@@ -22,13 +22,15 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, TypeVar
 
 import trio
 
-from oklog.query.unit import Unit, run_unit
+from oklog.query.unit import Unit, collect, discard, run_unit, run_unit_spilled
 
 __all__ = ["Scanner"]
 
@@ -39,7 +41,12 @@ T = TypeVar("T")
 NICE = 10  # scan workers' CPU priority, relative to the node
 
 
-def _lower_priority() -> None:
+def _init_worker() -> None:
+    """A scan worker: dies with the fork server (so with the node), and
+    yields the CPU to the node."""
+    from oklog.query.worker_init import die_with_parent
+
+    die_with_parent()
     try:
         os.nice(NICE)
     except OSError:
@@ -62,14 +69,18 @@ class Scanner:
         self.depth = max(1, depth)
         self.limiter = trio.CapacityLimiter(limit or max(2, workers) * 4)
         self._pool: cf.Executor | None = None
+        self._spill: str | None = None  # where worker processes leave big results
 
     def _executor(self) -> cf.Executor:
         if self._pool is None:
             if self.workers > 0:
+                if self._spill is None:
+                    self._spill = _spill_dir()
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["oklog.query.unit", "oklog.segment"])
+                # the first module ties the fork server's life to the node's
+                ctx.set_forkserver_preload(["oklog.query.worker_init", "oklog.query.unit", "oklog.segment"])
                 self._pool = cf.ProcessPoolExecutor(
-                    self.workers, mp_context=ctx, initializer=_lower_priority)
+                    self.workers, mp_context=ctx, initializer=_init_worker)
             else:
                 self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="oklog-scan")
         return self._pool
@@ -85,9 +96,21 @@ class Scanner:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
+            self._spill = None
+
+    def _submit(self, pool: cf.Executor, unit: Unit) -> cf.Future[Any]:
+        if isinstance(pool, cf.ProcessPoolExecutor):
+            assert self._spill is not None
+            return pool.submit(run_unit_spilled, unit, self._spill)
+        return pool.submit(run_unit, unit)
 
     async def run(self, unit: Unit) -> bytes:
         """One unit's result."""
+        if self.workers > 0:
+            self._executor()
+            return collect(await self.call(run_unit_spilled, unit, self._spill))
         return await self.call(run_unit, unit)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -122,11 +145,11 @@ class Scanner:
                     borrower = object()
                     await self.limiter.acquire_on_behalf_of(borrower)
                     try:
-                        future = pool.submit(run_unit, unit)
+                        future = self._submit(pool, unit)
                     except cf.BrokenExecutor:
                         self._broken(pool)
                         pool = self._executor()
-                        future = pool.submit(run_unit, unit)
+                        future = self._submit(pool, unit)
                     pending.append((unit, borrower, future, _event_for(future, token)))
                 if not pending:
                     return
@@ -136,7 +159,7 @@ class Scanner:
                 finally:
                     self.limiter.release_on_behalf_of(borrower)
                 try:
-                    result = future.result()
+                    result = collect(future.result())
                 except cf.BrokenExecutor:  # once more, in a fresh pool
                     self._broken(pool)
                     pool = self._executor()
@@ -145,8 +168,26 @@ class Scanner:
                     yield result
         finally:
             for _, borrower, future, _ in pending:
-                future.cancel()
+                if not future.cancel():  # running: drop its result when it comes
+                    future.add_done_callback(_discard_result)
                 self.limiter.release_on_behalf_of(borrower)
+
+
+def _spill_dir() -> str:
+    """A fresh directory for big results, in shared memory where there is
+    some; those of nodes that died without cleaning up are removed."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    for entry in os.listdir(base):
+        if entry.startswith("oklog-scan-"):
+            pid = entry.split("-")[2]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"oklog-scan-{os.getpid()}-", dir=base)
+
+
+def _discard_result(future: cf.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        discard(future.result())
 
 
 def _event_for(future: cf.Future, token: trio.lowlevel.TrioToken) -> trio.Event:
