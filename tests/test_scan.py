@@ -637,3 +637,17 @@ def test_garbage_buffers_never_crash(buf: bytes, q: bytes, regex: bool, topic: b
     assert all(any(got == line for line in lines) for got in out.split(b"\n")[:-1])
     bisect_ulid(buf, b"0" * 26)
 
+
+
+def test_a_dense_literal_in_big_chunks_equals_reference() -> None:
+    """More than a third of the lines hit: the split-and-filter path."""
+    import random as _random
+
+    rng = _random.Random(5)
+    lines = [(b"default", b"GET /x HTTP/1.1 %d" % i if rng.random() < 0.8 else b"GET /y HTTP/2.0 %d" % i)
+             for i in range(20000)]
+    seg = segment(*lines)
+    assert len(seg) > 4 * scan_mod._SAMPLE
+    assert Matcher(b"HTTP/1.1")._payload_only
+    assert grep(seg, b"HTTP/1.1") == reference(seg, b"HTTP/1.1", False, None)
+    assert Matcher(b"HTTP/1.1").grep([seg]) == reference(seg, b"HTTP/1.1", False, None)
