@@ -484,8 +484,9 @@ def raw_read(procs: Procs, path: str) -> float:
 
 
 class Node:
-    def __init__(self, procs: Procs, workdir: Path) -> None:
+    def __init__(self, procs: Procs, workdir: Path, extra: list[str] | None = None) -> None:
         self.procs = procs
+        self.extra = [part for flag in (extra or []) for part in flag.split("=", 1)]
         self.dir = workdir
         self.store_dir = workdir / "store"
         self.api, self.fast, self.durable, self.bulk, self.cluster = free_ports(5)
@@ -500,6 +501,7 @@ class Node:
             "-ingest.durable", f"127.0.0.1:{self.durable}", "-ingest.bulk", f"127.0.0.1:{self.bulk}",
             "-cluster", f"127.0.0.1:{self.cluster}",
             "-ingest.path", str(self.dir / "ingest"), "-store.path", str(self.store_dir),
+            *self.extra,
         ]
         self.logf = open(self.log_path, "wb")
         self.proc = self.procs.start(args, stdout=self.logf, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -1041,7 +1043,8 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
         "grep": tool_version(["grep", "--version"]), "rg": rg and tool_version([rg, "--version"]),
         "zstd": tool_version(["zstd", "--version"]),
     }
-    d["config"] = {"lines": args.lines, "seed": args.seed, "repeat": args.repeat, "quick": args.quick}
+    d["config"] = {"lines": args.lines, "seed": args.seed, "repeat": args.repeat, "quick": args.quick,
+                   "node_flags": args.node_flag}
     for tool in ("zstdcat", "zstdgrep"):
         if shutil.which(tool) is None:
             raise BenchFailure(f"{tool} is not installed (Debian/Ubuntu: apt-get install zstd)")
@@ -1053,7 +1056,7 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
     d["input"] = asdict(data) | {"path": None, "record_bytes": data.record_bytes}
     say(f"  {fmt_b(data.bytes)} in {data.seconds:.1f} s; expected matches {data.expected}")
 
-    node = Node(procs, work)
+    node = Node(procs, work, args.node_flag)
     fwd_fixed = measure_ingest(args, procs, node, data, res)
     stored = data.record_bytes  # record bytes the store holds from here on
 
@@ -1448,6 +1451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="bench-results/latest.json", help="JSON results file")
     ap.add_argument("--tmpdir", default=None, help="where the temp work dir goes (needs ~7x the input size)")
     ap.add_argument("--keep", action="store_true", help="keep the temp work dir (input, node data, logs)")
+    ap.add_argument("--node-flag", action="append", default=[], metavar="FLAG",
+                    help="extra flag for the node, e.g. --node-flag=-store.scan-workers=0 (repeatable)")
     ap.add_argument("--stall-timeout", type=float, default=120.0,
                     help="fail when the store makes no progress for this many seconds")
     args = ap.parse_args(argv)

@@ -116,7 +116,9 @@ async def scatter(
 async def merged_body(gathered: Gathered) -> AsyncIterator[bytes]:
     """The union of every store's records, in ULID order, each ULID once."""
     try:
-        sources = [_safe_blocks(r) for r in gathered.responses]
+        # this node's own answer is whole-line blocks already: no re-splitting
+        sources = [r.chunks() if isinstance(r, LocalAnswer) else _safe_blocks(r)
+                   for r in gathered.responses]
         async for block in merge_streams(sources):
             yield block
     finally:

@@ -45,6 +45,8 @@ log = logging.getLogger("oklog.query")
 
 #: Raw bytes of blocks handed to a scan worker at once.
 UNIT_BYTES = 4 << 20
+#: A query reading no more than this is light work: scanned in threads.
+LIGHT_BYTES = 16 << 20
 
 
 @dataclass
@@ -75,6 +77,11 @@ class LocalPlan:
     @property
     def blocks_read(self) -> int:
         return sum(len(s.blocks) for g in self.groups for s in g)
+
+    @property
+    def bytes_to_read(self) -> int:
+        """Record bytes of the blocks the scan reads."""
+        return sum(s.table.raw[i] for g in self.groups for s in g if s.table for i in s.blocks)
 
     @property
     def blocks_in_range(self) -> int:
@@ -172,9 +179,10 @@ def _threads() -> Scanner:
     return _fallback[0]
 
 
-async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query) -> AsyncGenerator[bytes, None]:
+async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query,
+                           light: bool) -> AsyncGenerator[bytes, None]:
     try:
-        async with aclosing(scanner.results(units(p, query))) as results:
+        async with aclosing(scanner.results(units(p, query), light=light)) as results:
             async for result in results:
                 yield result
     except FileNotFoundError:  # removed since planning (see the module docstring)
@@ -184,14 +192,16 @@ async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query) -> As
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
     scanner = local.scanner or _threads()
+    # decompression-only (every record kept) or a few blocks: threads
+    light = local.query.matcher.strategy == "all" or local.bytes_to_read <= LIGHT_BYTES
     for group in local.groups:
         readable = [p for p in group if p.blocks]
         if not readable:
             continue
         if len(readable) == 1:
-            stream = _segment_results(scanner, readable[0], local.query)
+            stream = _segment_results(scanner, readable[0], local.query, light)
         else:
-            stream = merge_streams([_segment_results(scanner, p, local.query) for p in readable])
+            stream = merge_streams([_segment_results(scanner, p, local.query, light) for p in readable])
         async with aclosing(stream):  # a client gone: stop the scan now, not at GC
             async for block in stream:
                 yield block

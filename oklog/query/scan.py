@@ -316,12 +316,17 @@ class Matcher:
 
     def grep(self, blocks: list[bytes]) -> bytes:
         """The matching records of ``blocks`` (as for ``scan_blocks``), joined
-        once into one ``bytes`` (what a scan unit returns)."""
+        once into one ``bytes``."""
+        return b"".join(self.grep_parts(blocks))
+
+    def grep_parts(self, blocks: list[bytes]) -> list[bytes]:
+        """The matching records of ``blocks`` as a list of whole-line pieces
+        (what a scan unit returns: joining them is left to whoever must)."""
         strategy = self.strategy
         if strategy == "none" or not blocks:
-            return b""
+            return []
         if strategy == "all":
-            return blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            return blocks
         grep = {
             "literal": self._grep_literal,
             "topic": self._grep_topic,
@@ -332,7 +337,7 @@ class Matcher:
         parts: list[bytes] = []
         for block in blocks:
             parts.extend(grep(block))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts
 
     # Each _grep_* takes one chunk (bytes of whole lines, ending in LF) and
     # returns the matching lines as a list of slices of it: runs of adjacent

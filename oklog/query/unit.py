@@ -62,8 +62,9 @@ def _decompress(data: bytes) -> bytes:
     return dctx.decompress(data)
 
 
-def run_unit(unit: Unit) -> bytes:
-    """The records of ``unit``'s blocks within ``[lo, hi]`` that match."""
+def run_unit(unit: Unit) -> list[bytes]:
+    """The records of ``unit``'s blocks within ``[lo, hi]`` that match, as
+    whole-line pieces in order."""
     matcher = _matcher(unit.q, unit.regex, unit.topic)
     fd = os.open(unit.path, os.O_RDONLY)
     try:
@@ -81,13 +82,31 @@ def run_unit(unit: Unit) -> bytes:
                 datas.append(data)
     finally:
         os.close(fd)
-    return matcher.grep(datas)
+    return _coalesce(matcher.grep_parts(datas))
+
+
+def _coalesce(parts: list[bytes], small: int = 64 << 10) -> list[bytes]:
+    """Join runs of small pieces (each would be an HTTP chunk of its own);
+    big ones (whole blocks) pass as they are, uncopied."""
+    out: list[bytes] = []
+    held: list[bytes] = []
+    for part in parts:
+        if len(part) >= small:
+            if held:
+                out.append(b"".join(held))
+                held = []
+            out.append(part)
+        else:
+            held.append(part)
+    if held:
+        out.append(held[0] if len(held) == 1 else b"".join(held))
+    return out
 
 
 def run_unit_spilled(unit: Unit, spill_dir: str) -> bytes | str:
-    """``run_unit`` in a worker process: a big result is written to a file
-    in ``spill_dir`` and its path returned instead (see ``collect``)."""
-    data = run_unit(unit)
+    """``run_unit`` in a worker process, joined: a big result is written to
+    a file in ``spill_dir`` and its path returned instead (see ``collect``)."""
+    data = b"".join(run_unit(unit))
     if len(data) < SPILL:
         return data
     fd, path = tempfile.mkstemp(dir=spill_dir)
@@ -96,9 +115,10 @@ def run_unit_spilled(unit: Unit, spill_dir: str) -> bytes | str:
     return path
 
 
-def collect(result: bytes | str) -> bytes:
-    """The bytes of a ``run_unit_spilled`` result (its file is removed)."""
-    if isinstance(result, bytes):
+def collect(result: bytes | str | list[bytes]) -> bytes | list[bytes]:
+    """The records of a ``run_unit`` (pieces) or ``run_unit_spilled``
+    result (its file is removed)."""
+    if isinstance(result, (bytes, list)):
         return result
     try:
         with open(result, "rb") as f:
