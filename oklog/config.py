@@ -102,24 +102,22 @@ def _block_size(s: str) -> int:
     return size
 
 
-def _count(s: str | int) -> int:
+def _number(s: str | int, least: int) -> int:
     try:
         n = int(s)
     except ValueError:
         raise ConfigError(f"invalid number {s!r}") from None
-    if n < 0:
-        raise ConfigError(f"{s!r}: must not be negative")
+    if n < least:
+        raise ConfigError(f"{s!r}: must be at least {least}")
     return n
+
+
+def _count(s: str | int) -> int:
+    return _number(s, 0)
 
 
 def _positive(s: str | int) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise ConfigError(f"invalid number {s!r}") from None
-    if n < 1:
-        raise ConfigError(f"{s!r}: must be at least 1")
-    return n
+    return _number(s, 1)
 
 
 # --- the settings ------------------------------------------------------------------------

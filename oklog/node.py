@@ -6,8 +6,10 @@ store, query) before anything listens, so no peer ever meets a half-built
 node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
 durable TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
-consumers and the segment verifier (store role).  It then waits for
-SIGINT/SIGTERM and shuts down in order:
+consumers, the segment verifier, the n-gram indexer and the scan workers
+(store role; the workers are processes of their own, which die with the
+node).  Calls the node makes to itself go through ``LocalPeers``, without
+HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
 
 1. stop the TCP listeners (closing forwarder connections), flush the
    active segment;
@@ -15,7 +17,8 @@ SIGINT/SIGTERM and shuts down in order:
    consumed or ``ingest_shutdown_timeout`` passes (a second signal skips
    the wait);
 3. stop the consumers (a batch in flight is failed back to its ingesters),
-   leave the cluster, stop the API, unlock the directories.
+   leave the cluster, stop the API, stop the scan workers, unlock the
+   directories.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
     roles = cfg.roles
     ingest_log: IngestLog | None = None
     store: StoreLog | None = None
+    scanner = Scanner(cfg.store_scan_workers)  # starts nothing until asked to
     if stop is None:
         stop = trio.Event()
     try:
@@ -163,6 +167,7 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
             store = StoreLog(cfg.store_path, compression=cfg.store_compression,
                              block_size=cfg.store_block_size)
             store.open()
+            store.offload = scanner.call  # n-gram indexes are built by the scan workers
         api_host, api_port = parse_addr(cfg.api, 7650)
         api_socks = tcp_sockets(api_host, api_port, "-api")
         try:
@@ -174,8 +179,9 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
         async with open_peers() as http_peers:
             # calls to this node itself skip HTTP (same semantics, half the work)
             peers = LocalPeers(http_peers, cluster.membership.self_url(), ingest=ingest_log, store=store)
-            await _serve(cfg, cluster, api_socks, ingest_log, store, peers, stop, task_status)
+            await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status)
     finally:
+        scanner.close()
         if ingest_log is not None:
             ingest_log.close()
         if store is not None:
@@ -184,8 +190,8 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
 
 
 async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
-                 ingest_log: IngestLog | None, store: StoreLog | None, peers: Peers,
-                 stop: trio.Event, task_status: Any) -> None:
+                 ingest_log: IngestLog | None, store: StoreLog | None, scanner: Scanner,
+                 peers: Peers, stop: trio.Event, task_status: Any) -> None:
     membership = cluster.membership
 
     def warnings() -> list[str]:
@@ -197,21 +203,6 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             state["replication"] = replication_state(cfg, membership)
         return state
 
-    scanner = Scanner(cfg.store_scan_workers)  # starts nothing until asked to
-    if store is not None:
-        store.offload = scanner.call  # n-gram indexes are built by the scan workers
-    try:
-        await _serve_with(cfg, cluster, api_socks, ingest_log, store, peers, stop, task_status,
-                          membership, warnings, cluster_state, scanner)
-    finally:
-        scanner.close()
-
-
-async def _serve_with(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
-                      ingest_log: IngestLog | None, store: StoreLog | None, peers: Peers,
-                      stop: trio.Event, task_status: Any, membership: Membership,
-                      warnings: Callable[[], list[str]], cluster_state: Callable[[], dict[str, Any]],
-                      scanner: Scanner) -> None:
     api_port = api_socks[0].getsockname()[1]
     ready = False
     router = Router()

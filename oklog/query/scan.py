@@ -79,7 +79,7 @@ itself whatever the strategy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, repeat
 from operator import contains
 from re import _constants as _sre  # type: ignore[attr-defined]
@@ -305,14 +305,17 @@ class Matcher:
             return iter(())
         if strategy == "all":
             return iter(blocks)
-        grep = {
+        return _batched(map(self._grep_chunk(), blocks))
+
+    def _grep_chunk(self) -> Callable[[bytes], list[bytes]]:
+        """The ``_grep_*`` of this matcher's strategy (not ``all``/``none``)."""
+        return {
             "literal": self._grep_literal,
             "topic": self._grep_topic,
             "regex": self._grep_regex,
             "prefilter": self._grep_prefilter,
             "lines": self._grep_lines,
-        }[strategy]
-        return _batched(map(grep, blocks))
+        }[self.strategy]
 
     def grep(self, blocks: list[bytes]) -> bytes:
         """The matching records of ``blocks`` (as for ``scan_blocks``), joined
@@ -327,13 +330,7 @@ class Matcher:
             return []
         if strategy == "all":
             return blocks
-        grep = {
-            "literal": self._grep_literal,
-            "topic": self._grep_topic,
-            "regex": self._grep_regex,
-            "prefilter": self._grep_prefilter,
-            "lines": self._grep_lines,
-        }[strategy]
+        grep = self._grep_chunk()
         parts: list[bytes] = []
         for block in blocks:
             parts.extend(grep(block))

@@ -33,6 +33,7 @@ __all__ = [
     "index_segment",
     "create_segment",
     "open_segment",
+    "write_all",
     "write_segment",
 ]
 
@@ -144,7 +145,12 @@ def create_segment(
 
 def write_segment(path: Path, blocks: Iterable[bytes], **options: object) -> SegmentName | None:
     """Write a sorted stream of blocks as a segment; its name, or None."""
-    writer = create_segment(path, **options)  # type: ignore[arg-type]
+    return write_all(create_segment(path, **options), blocks)  # type: ignore[arg-type]
+
+
+def write_all(writer: BlockWriter, blocks: Iterable[bytes]) -> SegmentName | None:
+    """Feed ``writer`` every block and finish it (or remove its file on any
+    error); the segment's name, or None when it holds no record."""
     try:
         for block in blocks:
             writer.write(block)

@@ -1,8 +1,9 @@
-"""The plain segment format: records sorted by ULID, one per LF, nothing else.
+"""Plain record files: records one per LF, nothing else.
 
-It is what earlier versions wrote, what ``grep`` and ``cat`` read as is, and
-also the wire format of ``/store/replicate`` bodies and query answers.  A
-reader maps the file, finds a ULID range by binary search
+The format of ingest segments, of the consumer's spools and composites,
+and the wire format of ``/store/replicate`` bodies and query answers.
+(Store segments are ``oklog.segment.blocked``, which reads the plain store
+segments of earlier versions too.)  A reader maps the file, finds a ULID range by binary search
 (``oklog.records.search``) and copies out blocks of about ``READ_BLOCK``
 bytes cut at line ends.  Pages it has read are dropped from the process
 right behind it (``madvise(MADV_DONTNEED)``; they stay in the page cache):

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A replicate upload is streamed through a segment writer into ``ID.active``
-while every block is validated (a malformed body leaves nothing behind);
+(blocks compressed as they arrive) while every block is validated (a
+malformed body leaves nothing behind);
 if the records did not arrive strictly sorted they are sorted and
 de-duplicated afterwards (an external sort: memory stays bounded), then
 the file is synced and renamed ``FROMULID-TOULID.flushed``.  Should a file
@@ -12,12 +13,20 @@ are merged into their union first, so nothing is ever overwritten.  The
 in-memory interval index maps ``[FROM, TO]`` to files and is rebuilt from
 file names at start; there is no other metadata to lose.
 
-Segments found on disk at start are *unverified*: a crash, a failing disk
-or a hand edit may have damaged them, and a damaged file must never be
-read as it is.  Each is checked once (``oklog.segment.check``): by a
-background pass at start, newest first, and on demand by the first query
-that needs it (``verify``, before that query plans), whichever comes
-first.  A segment that is not sound is repaired without losing a valid
+Every segment has a *table* (``oklog.segment.table``: its blocks, their
+ULID ranges, its trigram index), kept in memory and saved as the sidecar
+``NAME.idx``.  A segment written here gets its table from the writer; its
+n-gram index is built in the background (``index_pending``, in a scan
+worker) and the sidecar written then.
+
+Segments found on disk at start whose sidecar matches them (checksum, size
+and mtime) were sound when it was written and are read through it.  Every
+other one is *unverified*: a crash, a failing disk or a hand edit may have
+damaged it, and a damaged file must never be read as it is.  Each is
+checked once (``oklog.segment.check.inspect``, which also rebuilds its
+table and sidecar): by a background pass at start, newest first, and on
+demand by the first query that needs it (``verify``, before that query
+plans), whichever comes first.  A segment that is not sound is repaired without losing a valid
 record, crash-safely (a repair that fails half-way leaves the original to
 be retried):
 
@@ -55,7 +64,7 @@ from ..lines import aiter_blocks
 from ..records.format import MAX_LINE, validate_block
 from ..records.merge import is_strictly_sorted, merge_records
 from ..records.search import first_ulid, last_ulid
-from ..segment import Table, create_segment, index_segment, ngram, open_segment
+from ..segment import Table, create_segment, index_segment, ngram, open_segment, write_all
 from ..segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, sniff
 from ..segment.check import inspect, salvage
 from ..segment.sort import sort_blocks
@@ -245,13 +254,7 @@ class StoreLog:
     def _write(self, path: Path, blocks: Iterable[bytes]) -> tuple[SegmentName, Table] | None:
         """Write a sorted stream as a segment file: its name and table."""
         writer = self._writer(path)
-        try:
-            for block in blocks:
-                writer.write(block)
-        except BaseException:
-            writer.abort()
-            raise
-        name = writer.finish()
+        name = write_all(writer, blocks)
         return None if name is None else (name, writer.table)
 
     def _sort_file(self, path: Path) -> tuple[Path, SegmentName, Table]:
