@@ -355,9 +355,21 @@ class StoreLog:
 
     async def verify(self, segments: list[Segment]) -> None:
         """Make ``segments`` safe to read: check (and repair) each one not
-        checked yet.  A repair changes the index: plan again afterwards."""
-        for segment in segments:
-            await self._verify(segment)
+        checked yet, two at a time (the check limiter).  A repair changes
+        the index: plan again afterwards."""
+        errors: list[Exception] = []
+
+        async def one(segment: Segment) -> None:
+            try:
+                await self._verify(segment)
+            except Exception as exc:  # the caller gets the first, as from a loop
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for segment in segments:
+                nursery.start_soon(one, segment)
+        if errors:
+            raise errors[0]
 
     def unverified(self) -> int:
         return len(self._unverified)
