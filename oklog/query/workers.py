@@ -147,7 +147,7 @@ class Scanner:
         """The results of ``units``, in order, with up to ``depth`` running
         (``light``: in threads, see the module docstring)."""
         pool: cf.Executor = self._thread_pool() if light else self._executor()
-        pending: deque[tuple[Unit, object, cf.Future[bytes], trio.Event]] = deque()
+        pending: deque[tuple[Unit, object, cf.Future[Any], trio.Event]] = deque()
         todo = iter(units)
         token = trio.lowlevel.current_trio_token()
         try:
@@ -170,6 +170,10 @@ class Scanner:
                 unit, borrower, future, done = pending.popleft()
                 try:
                     await done.wait()
+                except BaseException:  # cancelled while waiting for it
+                    if not future.cancel():
+                        future.add_done_callback(_discard_result)
+                    raise
                 finally:
                     self.limiter.release_on_behalf_of(borrower)
                 try:
