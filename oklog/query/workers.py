@@ -103,8 +103,11 @@ class Scanner:
             await _wait(f)
 
     def close(self) -> None:
+        """Stop the workers.  Waits for the units already running (a few
+        blocks each): a pool left running at exit makes CPython's own exit
+        hook fail with a traceback (a closed wake-up pipe)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
