@@ -37,6 +37,11 @@ class CorruptSegment(ClientError):
     """A segment body (replicate upload or file) or a record in it does not parse."""
 
 
+class SegmentChanged(OklogError):
+    """A segment file was replaced while a query was reading it (its answer
+    is cut short: never a mix of two files)."""
+
+
 class BadQuery(ClientError):
     """Query parameters are missing, unparsable or contradictory."""
 

@@ -4,11 +4,14 @@ An ``ingeststore`` node consumes its own ingest segments and usually
 replicates to itself too.  Going through its own HTTP API for that costs a
 send and a receive of every byte (measured: about a third of the node's CPU
 on the ingest benchmark) for the same result.  ``LocalPeers`` keeps the one
-``Peers`` interface and the same semantics -- ``next`` claims, ``read_into``
-marks the segment read only once all of it is copied, ``replicate``
-validates the body exactly like ``/store/replicate`` and refuses a
-malformed one with the same ``PeerRejected(400)`` -- and hands every call
-for another node to the HTTP implementation.
+``Peers`` interface and the same semantics -- ``next`` claims, ``read_to``
+marks the segment read only once all of it is there, ``replicate``
+validates the body like ``/store/replicate`` and refuses a malformed one
+with the same ``PeerRejected(400)`` (a local write error is a 500) -- and
+hands every call for another node to the HTTP implementation.  One
+difference: segments this very process stamped are records by
+construction (``IngestLog.stamped_here``), so their lines are not checked
+again.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class LocalPeers:
         except CorruptSegment as exc:
             metrics.replicate_rejected.inc()
             raise PeerRejected(store, 400, str(exc)) from exc
+        except OSError as exc:  # a full disk, as a 500 would say: try another store
+            raise PeerRejected(store, 500, f"store failed: {exc}") from exc
 
     async def open_query(self, store: str, raw_query: bytes, *, method: str = "GET") -> QueryAnswer:
         return await self.remote.open_query(store, raw_query, method=method)

@@ -53,7 +53,7 @@ def test_whitelist() -> None:
 
 
 ATOMS = [b"a", b"b", b"ab", b"ERROR", b"err", b"x", b" ", b".", rb"\d", rb"\w", rb"\s", b"[a-c]",
-         b"[^a]", b"^", b"$", rb"\b", b"K", b"s", b"(?i:ab)", "é".encode()]
+         b"[^a]", b"^", b"$", rb"\b", b"K", b"s", b"(?i:ab)", "é".encode(), "xé?".encode()]
 QUANTS = [b"", b"", b"*", b"+", b"?", b"{2}", b"{1,3}", b"*?"]
 
 
@@ -92,3 +92,21 @@ def test_every_match_holds_every_clause(pattern: bytes, texts: list[bytes]) -> N
         hay = text.lower() if req.fold else text
         for clause in req.clauses:
             assert any(lit in hay for lit in clause), (pattern, text, req)
+
+
+def test_non_ascii_characters_end_a_literal() -> None:
+    """RE2 sees UTF-8 characters where Python's parser sees bytes."""
+    assert required("abcé?d".encode()).clauses == ((b"abc",), (b"d",))
+    assert required("café".encode()).clauses == ((b"caf",),)
+    assert not whitelisted(rb"caf\xe9")  # U+00E9 to RE2, the byte E9 to Python
+    assert compile_regex("abcé?d".encode()).search(b"abcd")
+
+
+def test_three_nul_bytes_are_never_looked_up() -> None:
+    from oklog.segment import ngram
+    from tests.recordutil import rec
+
+    index = ngram.build([rec(1, b"a\x00\x00\x00b")])
+    grams = ngram.literal_grams(b"\x00\x00\x00")
+    assert grams == [] or index.candidates([[grams]]) == 1
+    assert index.candidates([[ngram.literal_grams(b"a\x00\x00\x00b")]]) == 1

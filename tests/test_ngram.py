@@ -84,3 +84,14 @@ def test_case_variants() -> None:
     index = ngram.build(blocks)
     assert index.candidates([[ngram.literal_grams(b"error", fold=True)]]) == 0b01
     assert index.candidates([[ngram.literal_grams(b"error")]]) == 0
+
+
+def test_a_block_of_random_bytes_is_not_indexed_but_always_read() -> None:
+    rng = random.Random(1)
+    noise = b"".join(rec(i, bytes(rng.randrange(32, 127) for _ in range(2000))) for i in range(300))
+    plain = rec(1000, b"just words here")
+    index = ngram.build([noise, plain])
+    assert index.wild == [0] and len(ngram.block_grams(noise)) > ngram.MAX_GRAMS
+    assert index.candidates([[ngram.literal_grams(b"just words")]]) == 0b11  # block 0: maybe
+    assert index.candidates([[ngram.literal_grams(b"zzzzqqqq-nowhere")]]) == 0b01
+    assert len(index.bitmap.serialize()) < 4096  # the noise cost nothing

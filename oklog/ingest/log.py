@@ -123,7 +123,13 @@ class IngestLog:
             self.book.activate(seg_id)
             self._active = ActiveSegment(self.path, seg_id, self.clock())
             self._stamped.add(seg_id)
-        self._active.write(block)
+        try:
+            self._active.write(block)
+        except BaseException:
+            # a write cut short (disk full) may leave part of a record: the
+            # segment is no longer records by construction
+            self._stamped.discard(self._active.id)
+            raise
         return self._active.size >= self.flush_size
 
     async def sync(self) -> None:

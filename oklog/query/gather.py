@@ -117,7 +117,7 @@ async def merged_body(gathered: Gathered) -> AsyncIterator[bytes]:
     """The union of every store's records, in ULID order, each ULID once."""
     try:
         # this node's own answer is whole-line blocks already: no re-splitting
-        sources = [r.chunks() if isinstance(r, LocalAnswer) else _safe_blocks(r)
+        sources = [_guarded(r) if isinstance(r, LocalAnswer) else _safe_blocks(r)
                    for r in gathered.responses]
         async for block in merge_streams(sources):
             yield block
@@ -125,6 +125,17 @@ async def merged_body(gathered: Gathered) -> AsyncIterator[bytes]:
         with trio.CancelScope(shield=True):
             for r in gathered.responses:
                 await r.aclose()
+
+
+async def _guarded(response: QueryAnswer) -> AsyncIterator[bytes]:
+    """This node's own answer; one that breaks (a segment found damaged)
+    ends its share, as a peer's broken stream does."""
+    try:
+        async for block in response.chunks():
+            yield block
+    except (OklogError, OSError) as exc:
+        metrics.query_errors.inc()
+        log.warning("event=query_local_broken error=%r", exc)
 
 
 async def _safe_blocks(response: QueryAnswer) -> AsyncIterator[bytes]:

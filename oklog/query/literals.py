@@ -14,7 +14,9 @@ syntax only.  So a pattern is first tokenised against a whitelist of
 constructs both read the same way; anything else (``[[:alpha:]]``,
 ``\\pL``, ``\\Q...\\E``, ``{,3}``, ``\\z``, ``(?U)``, unknown escapes...)
 yields no clauses: the pattern is then matched against every record,
-slower and never wrong.  With case folding (``(?i)``), RE2 also folds
+slower and never wrong.  RE2 reads a pattern as UTF-8 and Python as
+bytes, so a non-ASCII byte ends a literal (``é?`` makes the whole
+character optional in RE2, one byte of it in Python).  With case folding (``(?i)``), RE2 also folds
 some ASCII letters to non-ASCII ones (``k`` and the Kelvin sign, ``s`` and
 the long s), so folded literals holding those give no clause either.
 """
@@ -62,8 +64,8 @@ def whitelisted(pattern: bytes) -> bool:
             if i + 1 >= n:
                 return False
             e = pattern[i + 1]
-            if e == 0x78:  # \xHH
-                if not re.fullmatch(rb"[0-9A-Fa-f]{2}", pattern[i + 2 : i + 4]):
+            if e == 0x78:  # \xHH: RE2 reads it as a code point, so ASCII only
+                if not re.fullmatch(rb"[0-7][0-9A-Fa-f]", pattern[i + 2 : i + 4]):
                     return False
                 i += 4
                 continue
@@ -160,13 +162,16 @@ def _clauses(items: list[tuple[Any, Any]], fold: bool) -> list[Clause]:
             run.clear()
 
     for op, av in items:
-        if op is _sre.LITERAL:
+        if op is _sre.LITERAL and av < 0x80:
             run.append(av)
+            continue
+        if op is _sre.LITERAL:  # a byte of a UTF-8 character: RE2 sees the whole
+            close()  # character (é? makes all of it optional), Python one byte
             continue
         if op is _sre.SUBPATTERN:
             inner = list(av[3])
             # a plain group continues the run of literals around it
-            if all(o is _sre.LITERAL for o, _ in inner):
+            if all(o is _sre.LITERAL and a < 0x80 for o, a in inner):
                 run.extend(a for _, a in inner)
                 continue
             close()

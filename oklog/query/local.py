@@ -19,8 +19,10 @@ status, not a cut-short answer.
 Running hands the units to the scanner and streams the results in ULID
 order.  Segments that overlap each other (not yet compacted) are k-way
 merged with de-duplication; a segment that overlaps no other streams
-straight through.  A file removed after planning (compaction will do
-that, once its records live in another file) is skipped.
+straight through.  A file removed after planning is skipped; one replaced
+(a same-named upload's union) or found damaged cuts the answer short
+(``SegmentChanged``, ``CorruptSegment``: the latter also has the segment
+checked again), so an answer is never a mix of two files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import AsyncGenerator, AsyncIterator
 
 import trio
 
+from ..errors import CorruptSegment
 from ..segment.ngram import literal_grams
 from ..segment.table import Table
 from ..store.log import Segment, StoreLog
@@ -65,6 +68,7 @@ class LocalPlan:
     query: Query
     groups: list[list[SegmentPlan]]  # overlapping segments, in ULID order
     scanner: Scanner | None = None
+    store: StoreLog | None = None  # told about a segment found damaged while read
 
     @property
     def segments(self) -> int:
@@ -131,7 +135,7 @@ def plan(store: StoreLog, query: Query, scanner: Scanner | None = None) -> Local
         [plan_segment(s, store.table(s), query, clauses) for s in group]
         for group in store.overlapping_groups(query.lo, query.hi)
     ]
-    return LocalPlan(query, groups, scanner)
+    return LocalPlan(query, groups, scanner, store)
 
 
 async def prepare(store: StoreLog, query: Query, scanner: Scanner | None = None, *,
@@ -166,7 +170,7 @@ def units(p: SegmentPlan, query: Query) -> Iterator[Unit]:
 def _unit(p: SegmentPlan, query: Query, blocks: list[tuple[int, int, bool]]) -> Unit:
     assert p.table is not None
     return Unit(str(p.segment.path), p.table.compression, tuple(blocks), query.lo, query.hi,
-                query.q, query.regex, query.topic)
+                query.q, query.regex, query.topic, p.segment.size)
 
 
 _fallback: list[Scanner] = []
@@ -179,14 +183,19 @@ def _threads() -> Scanner:
     return _fallback[0]
 
 
-async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query,
-                           light: bool) -> AsyncGenerator[bytes, None]:
+async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query, light: bool,
+                           store: StoreLog | None) -> AsyncGenerator[bytes, None]:
     try:
         async with aclosing(scanner.results(units(p, query), light=light)) as results:
             async for result in results:
                 yield result
     except FileNotFoundError:  # removed since planning (see the module docstring)
         log.info("event=segment_gone segment=%s", p.segment.path.name)
+    except CorruptSegment as exc:  # damaged behind its sidecar's back: check it again
+        log.error("event=segment_damaged segment=%s error=%s action=recheck", p.segment.path.name, exc)
+        if store is not None:
+            store.suspect(p.segment)
+        raise
 
 
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
@@ -199,9 +208,10 @@ async def run(local: LocalPlan) -> AsyncIterator[bytes]:
         if not readable:
             continue
         if len(readable) == 1:
-            stream = _segment_results(scanner, readable[0], local.query, light)
+            stream = _segment_results(scanner, readable[0], local.query, light, local.store)
         else:
-            stream = merge_streams([_segment_results(scanner, p, local.query, light) for p in readable])
+            stream = merge_streams([_segment_results(scanner, p, local.query, light, local.store)
+                                    for p in readable])
         async with aclosing(stream):  # a client gone: stop the scan now, not at GC
             async for block in stream:
                 yield block

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import zstandard
 
+from oklog.errors import CorruptSegment, SegmentChanged
 from oklog.query.scan import Matcher
-from oklog.records.search import bisect, line_range
+from oklog.segment.blocked import clip
 
 __all__ = ["SPILL", "Unit", "collect", "run_unit", "run_unit_spilled"]
 
@@ -41,10 +42,7 @@ class Unit:
     q: bytes
     regex: bool
     topic: bytes | None
-
-    @property
-    def raw_hint(self) -> int:
-        return sum(length for _, length, _ in self.blocks)
+    size: int = -1  # the file's size when planned (-1: do not check)
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,16 +66,22 @@ def run_unit(unit: Unit) -> list[bytes]:
     matcher = _matcher(unit.q, unit.regex, unit.topic)
     fd = os.open(unit.path, os.O_RDONLY)
     try:
+        if unit.size >= 0 and os.fstat(fd).st_size != unit.size:
+            # replaced since planning (a same-named upload's union): the
+            # planned offsets mean nothing in the new file
+            raise SegmentChanged(f"{unit.path} changed since the query was planned")
         datas = []
         for offset, length, cut in unit.blocks:
             data = os.pread(fd, length, offset)
-            if unit.compression == "zstd":
-                data = _decompress(data)
+            try:
+                if unit.compression == "zstd":
+                    data = _decompress(data)
+                if len(data) < 1 or data[-1] != 10:
+                    raise ValueError("not whole records")
+            except (zstandard.ZstdError, ValueError) as exc:  # damaged since its sidecar was written
+                raise CorruptSegment(f"{unit.path}: block at {offset}: {exc}") from None
             if cut:
-                _, end = line_range(data)
-                start = bisect(data, unit.lo, 0, end)
-                stop = bisect(data, unit.hi, start, end, after=True)
-                data = data[start:stop]
+                data = clip(data, unit.lo, unit.hi)
             if data:
                 datas.append(data)
     finally:
@@ -110,8 +114,12 @@ def run_unit_spilled(unit: Unit, spill_dir: str) -> bytes | str:
     if len(data) < SPILL:
         return data
     fd, path = tempfile.mkstemp(dir=spill_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        os.unlink(path)
+        raise
     return path
 
 

@@ -11,11 +11,13 @@ threads, 76% in processes).  The workers run at a lower CPU priority
 work is decompression, which runs outside the GIL): there a process only
 adds the cost of moving the result (measured: match-everything 2x slower).
 
-``Scanner.results`` runs a query's units in order with a few in flight
+``Scanner.results`` runs a query's units in order with a few started ahead
 (``depth``) and hands the results back in order, so a query uses every
-worker while its memory stays bounded: ``depth`` units per query, and
-``limit`` units in flight on the whole node (a ``trio.CapacityLimiter``),
-whatever the number of queries.  Leaving the iterator early (a client that
+worker while its memory stays bounded: at most ``depth`` results per
+stream, and at most ``limit`` units *running* on the whole node (a
+``trio.CapacityLimiter`` token per unit, given back as soon as the unit is
+done, read or not: a stream suspended by a slow client, or one of several
+merged streams, never holds tokens others wait for).  Leaving the iterator early (a client that
 went away, a cancelled query) cancels the units not started; the ones
 running finish their few blocks and are dropped.
 """
@@ -123,7 +125,7 @@ class Scanner:
         return pool.submit(run_unit, unit)
 
     async def run(self, unit: Unit) -> bytes | list[bytes]:
-        """One unit's result (joined, or pieces)."""
+        """One unit's result (joined, or pieces), in a worker process."""
         if self.workers > 0:
             self._executor()
             return collect(await self.call(run_unit_spilled, unit, self._spill))
@@ -131,56 +133,75 @@ class Scanner:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker (a module-level function: it is pickled
-        by name), e.g. building a segment's n-gram index."""
-        async with self.limiter:
+        by name), e.g. building a segment's n-gram index; once more in a
+        fresh pool if the worker died."""
+        for attempt in (1, 2):
+            pool = self._executor()
+            job = await self._start(lambda: pool.submit(fn, *args))
             try:
-                return await _wait(self._executor().submit(fn, *args))
-            except cf.BrokenExecutor:  # once more, in a fresh pool
-                self._broken(self._executor())
-                return await _wait(self._executor().submit(fn, *args))
+                await job.done.wait()
+            except BaseException:  # cancelled: nobody takes the result
+                job.drop()
+                raise
+            try:
+                return job.future.result()
+            except cf.BrokenExecutor:
+                self._broken(pool)  # the pool it ran in, not whichever is current
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _start(self, submit: Callable[[], cf.Future[Any]]) -> _Job:
+        """Take a token (waiting for one) and submit; the token goes back
+        when the work is done, read or not, so tokens bound running work
+        (memory of finished results is bounded per stream, by ``depth``)."""
+        job = _Job(self.limiter, trio.lowlevel.current_trio_token())
+        await self.limiter.acquire_on_behalf_of(job)
+        try:
+            job.future = submit()
+        except BaseException:
+            self.limiter.release_on_behalf_of(job)
+            raise
+        job.future.add_done_callback(job.finished)
+        return job
+
+    async def _submit_unit(self, pool: cf.Executor, unit: Unit) -> _Job:
+        try:
+            return await self._start(lambda: self._submit(pool, unit))
+        except cf.BrokenExecutor:
+            self._broken(pool)
+            fresh = self._executor()
+            return await self._start(lambda: self._submit(fresh, unit))
 
     def _broken(self, pool: cf.Executor) -> None:
-        """A worker died (killed, out of memory): start a fresh pool."""
+        """A worker died (killed, out of memory): start a fresh pool
+        (unless another caller already did)."""
         if self._pool is pool:
             log.error("event=scan_worker_died action=restart_pool")
             pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     async def results(self, units: Iterable[Unit], *, light: bool = False) -> AsyncGenerator[bytes, None]:
-        """The results of ``units``, in order, with up to ``depth`` running
-        (``light``: in threads, see the module docstring)."""
+        """The results of ``units``, in order, with up to ``depth`` started
+        ahead (``light``: in threads, see the module docstring)."""
         pool: cf.Executor = self._thread_pool() if light else self._executor()
-        pending: deque[tuple[Unit, object, cf.Future[Any], trio.Event]] = deque()
+        pending: deque[tuple[Unit, _Job]] = deque()
         todo = iter(units)
-        token = trio.lowlevel.current_trio_token()
         try:
             while True:
                 while len(pending) < self.depth:
-                    unit = next(todo, None)
-                    if unit is None:
+                    nxt = next(todo, None)
+                    if nxt is None:
                         break
-                    borrower = object()
-                    await self.limiter.acquire_on_behalf_of(borrower)
-                    try:
-                        future = self._submit(pool, unit)
-                    except cf.BrokenExecutor:
-                        self._broken(pool)
-                        pool = self._executor()
-                        future = self._submit(pool, unit)
-                    pending.append((unit, borrower, future, _event_for(future, token)))
+                    pool = self._thread_pool() if light else self._executor()  # a fresh one after a death
+                    pending.append((nxt, await self._submit_unit(pool, nxt)))
                 if not pending:
                     return
-                unit, borrower, future, done = pending.popleft()
+                unit, job = pending[0]
+                await job.done.wait()
+                pending.popleft()
                 try:
-                    await done.wait()
-                except BaseException:  # cancelled while waiting for it
-                    if not future.cancel():
-                        future.add_done_callback(_discard_result)
-                    raise
-                finally:
-                    self.limiter.release_on_behalf_of(borrower)
-                try:
-                    result = collect(future.result())
+                    result = collect(job.future.result())
                 except cf.BrokenExecutor:  # once more, in a fresh pool
                     self._broken(pool)
                     pool = self._executor()
@@ -192,10 +213,40 @@ class Scanner:
                     for piece in result:
                         yield piece
         finally:
-            for _, borrower, future, _ in pending:
-                if not future.cancel():  # running: drop its result when it comes
-                    future.add_done_callback(_discard_result)
-                self.limiter.release_on_behalf_of(borrower)
+            for _, job in pending:
+                job.drop()
+
+
+class _Job:
+    """One submitted unit: its future, its limiter token, its done event."""
+
+    def __init__(self, limiter: trio.CapacityLimiter, token: trio.lowlevel.TrioToken) -> None:
+        self.limiter = limiter
+        self.token = token
+        self.done = trio.Event()
+        self.future: cf.Future[Any] = cf.Future()
+        self._released = False
+
+    def finished(self, _: cf.Future[Any]) -> None:
+        """The done-callback (any thread): give the token back, wake the reader."""
+        try:
+            self.token.run_sync_soon(self._on_trio)
+        except trio.RunFinishedError:
+            pass
+
+    def _on_trio(self) -> None:
+        if not self._released:
+            self._released = True
+            self.limiter.release_on_behalf_of(self)
+        self.done.set()
+
+    def drop(self) -> None:
+        """Nobody will read this result: cancel it, or discard it (a spill
+        file) when it comes."""
+        if not self.future.cancel() and not self.future.done():
+            self.future.add_done_callback(_discard_result)
+        elif self.future.done() and not self.future.cancelled():
+            _discard_result(self.future)
 
 
 def _spill_dir() -> str:

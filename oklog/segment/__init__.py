@@ -120,12 +120,13 @@ def derive_table(path: Path, block_size: int = BLOCK_SIZE) -> Table:
     return table
 
 
-def index_segment(path: str | Path, table: Table) -> bytes:
-    """The serialized n-gram index of a sound segment (what runs in a scan
-    worker process: it reads and decompresses every block)."""
+def index_segment(path: str | Path, table: Table) -> tuple[list[int], bytes]:
+    """The n-gram index of a sound segment, as (blocks not indexed, the
+    serialized bitmap): what runs in a scan worker process, reading and
+    decompressing every block."""
     with BlockReader(Path(path), table) as reader:
         index = ngram.build(reader.select(range(len(table)), b"", b"\xff"))
-    return index.bitmap.serialize()
+    return index.wild, index.bitmap.serialize()
 
 
 def open_segment(path: Path, table: Table | None = None) -> BlockReader:

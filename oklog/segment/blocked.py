@@ -38,6 +38,7 @@ __all__ = [
     "BlockWriter",
     "Frame",
     "ZSTD_LEVEL",
+    "clip",
     "frames",
     "sniff",
 ]
@@ -50,6 +51,14 @@ COMPRESSIONS = ("zstd", "none")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _LF = b"\n"
 _READ = 1 << 20  # bytes read at a time when walking a file without a table
+
+
+def clip(block: bytes, lo: bytes, hi: bytes) -> bytes:
+    """The records of a sorted block whose ULID is in ``[lo, hi]`` (binary
+    search: only the first and last block of a range need it)."""
+    _, end = line_range(block)
+    start = bisect(block, lo, 0, end)
+    return block[start : bisect(block, hi, start, end, after=True)]
 
 
 def sniff(path: Path) -> str:
@@ -107,9 +116,8 @@ def _plain_frames(f, block_size: int) -> Iterator[Frame]:  # type: ignore[no-unt
         pos = 0
         while pos < len(buf):
             end = cut(buf, pos, block_size)
-            whole = end - pos >= block_size and buf[end - 1 : end] == _LF
-            if not (whole or eof):
-                break  # wait for more bytes
+            if end == len(buf) and not eof:
+                break  # the block may go on in the bytes not read yet
             yield Frame(offset + pos, end - pos, buf[pos:end])  # at EOF maybe torn
             pos = end
         offset += pos
@@ -192,10 +200,7 @@ class BlockReader:
         for i in blocks:
             data = self.block(i)
             if t.firsts[i] < lo or t.lasts[i] > hi:  # an edge block: cut it
-                _, end = line_range(data)
-                start = bisect(data, lo, 0, end) if t.firsts[i] < lo else 0
-                stop = bisect(data, hi, start, end, after=True) if t.lasts[i] > hi else end
-                data = data[start:stop]
+                data = clip(data, lo, hi)
             if data:
                 yield data
 
@@ -208,7 +213,7 @@ class BlockReader:
         return frames(self.path, self.block_size)
 
     def raw_blocks(self) -> Iterator[bytes]:
-        for frame in frames(self.path):
+        for frame in frames(self.path, self.block_size):
             if frame.data is not None:
                 yield frame.data
 

@@ -32,6 +32,9 @@ __all__ = ["HEADER", "GramIndex", "block_grams", "build", "from_grams", "literal
 
 HEADER = 27  # ULID + SP: not indexed
 _N = 3
+#: Distinct trigrams beyond which a block is not indexed (access logs: ~7-10
+#: thousand per MiB; random bytes: millions).
+MAX_GRAMS = 1 << 16
 _OFFSETS = np.arange(HEADER, dtype=np.int64)
 _MASK24 = np.uint32(0xFFFFFF)
 
@@ -68,11 +71,15 @@ def scratch() -> np.ndarray:
 
 
 def from_grams(grams: Sequence[np.ndarray]) -> GramIndex:
-    """The index of a segment whose block ``i`` holds ``grams[i]``."""
-    parts = [(g.astype(np.uint64) << np.uint64(32)) | np.uint64(i) for i, g in enumerate(grams)]
+    """The index of a segment whose block ``i`` holds ``grams[i]``.  A block
+    with more than ``MAX_GRAMS`` distinct trigrams (random bytes, base64)
+    is left out and always read: indexing it would cost more than the data."""
+    wild = [i for i, g in enumerate(grams) if len(g) > MAX_GRAMS]
+    parts = [(g.astype(np.uint64) << np.uint64(32)) | np.uint64(i)
+             for i, g in enumerate(grams) if len(g) <= MAX_GRAMS]
     bitmap = BitMap64(np.concatenate(parts)) if parts else BitMap64()
     bitmap.run_optimize()
-    return GramIndex(bitmap, len(grams))
+    return GramIndex(bitmap, len(grams), wild)
 
 
 def build(blocks: Iterable[bytes]) -> GramIndex:
@@ -92,7 +99,7 @@ def literal_grams(literal: bytes, fold: bool = False) -> list[list[int]]:
     out = []
     for i in range(len(literal) - _N + 1):
         gram = literal[i : i + _N]
-        if b"\n" in gram:
+        if b"\n" in gram or gram == b"\0\0\0":  # code 0 marks the headers: never indexed
             continue
         if not fold:
             out.append([_code(gram)])
@@ -109,15 +116,17 @@ def literal_grams(literal: bytes, fold: bool = False) -> list[list[int]]:
 class GramIndex:
     """A segment's index, answering "which blocks can hold these grams"."""
 
-    __slots__ = ("bitmap", "blocks")
+    __slots__ = ("bitmap", "blocks", "wild", "_wild_mask")
 
-    def __init__(self, bitmap: BitMap64, blocks: int) -> None:
+    def __init__(self, bitmap: BitMap64, blocks: int, wild: Sequence[int] = ()) -> None:
         self.bitmap = bitmap
         self.blocks = blocks
+        self.wild = list(wild)  # blocks not indexed: they may hold anything
+        self._wild_mask = sum(1 << i for i in self.wild)
 
     def blocks_with(self, code: int) -> int:
-        """Blocks holding one gram, as a bit mask (bit i: block i)."""
-        mask = 0
+        """Blocks that may hold one gram, as a bit mask (bit i: block i)."""
+        mask = self._wild_mask
         base = code << 32
         for value in self.bitmap.iter_equal_or_larger(base):
             if value >> 32 != code:

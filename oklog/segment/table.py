@@ -115,6 +115,7 @@ def encode(table: Table, segment_size: int, mtime_ns: int) -> bytes:
         "blocks": len(table),
         "index": "trigram" if table.index is not None else None,
         "index_bytes": len(index),
+        "unindexed_blocks": table.index.wild if table.index is not None else [],
     }).encode()
     body = b"".join([
         _MAGIC, struct.pack("<II", _VERSION, len(header)), header, entries.tobytes(),
@@ -150,7 +151,8 @@ def decode(data: bytes, segment_size: int, mtime_ns: int) -> Table | None:
             entries["raw"].tolist(), entries["records"].tolist(), firsts, lasts)
         ilen = int(header["index_bytes"])
         if ilen:
-            table.index = GramIndex(BitMap64.deserialize(data[pos : pos + ilen]), n)
+            table.index = GramIndex(BitMap64.deserialize(data[pos : pos + ilen]), n,
+                                    [int(i) for i in header.get("unindexed_blocks", [])])
         if pos + ilen + 4 != len(data) or table.size != segment_size:
             return None
         if table.compression not in ("zstd", "none"):
@@ -160,10 +162,12 @@ def decode(data: bytes, segment_size: int, mtime_ns: int) -> Table | None:
         return None
 
 
-def write_sidecar(segment: Path, table: Table) -> None:
-    """Write (atomically replace) the sidecar of ``segment``.  Not fsynced:
-    a sidecar lost or torn by a crash is just rebuilt."""
-    st = os.stat(segment)
+def write_sidecar(segment: Path, table: Table, st: os.stat_result | None = None) -> None:
+    """Write (atomically replace) the sidecar of ``segment``, naming the
+    file ``st`` describes (the one the table was built from; default: the
+    file there now).  Not fsynced: a sidecar lost or torn by a crash is just
+    rebuilt."""
+    st = st or os.stat(segment)
     path = sidecar_path(segment)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

@@ -340,12 +340,16 @@ class StoreLog:
             if table is None:
                 continue
             try:
+                before = os.stat(segment.path)
                 data = await self.offload(index_segment, str(segment.path), table)
-                table.index = ngram.GramIndex(BitMap64.deserialize(data), len(table))
-                await trio.to_thread.run_sync(write_sidecar, segment.path, table)
+                if self._tables.get(segment) is not table or not _same_file(before, segment.path):
+                    continue  # replaced (a union, a repair) meanwhile: its new table is queued
+                wild, raw = data
+                table.index = ngram.GramIndex(BitMap64.deserialize(raw), len(table), wild)
+                await trio.to_thread.run_sync(write_sidecar, segment.path, table, before)
             except FileNotFoundError:
-                continue  # replaced (a union) or removed meanwhile
-            except OSError as exc:
+                continue  # removed meanwhile
+            except Exception as exc:  # a worker's error, a damaged block: the index is optional
                 log.error("event=index_failed segment=%s error=%r", segment.path.name, exc)
 
     def _same_named(self, name: SegmentName) -> list[Segment]:
@@ -371,6 +375,17 @@ class StoreLog:
         if errors:
             raise errors[0]
 
+    def suspect(self, segment: Segment) -> None:
+        """A read found ``segment`` damaged (a block that no longer
+        decompresses): forget its table and sidecar and check it again, and
+        repair it, before the next read."""
+        if segment in self._tables:
+            log.warning("event=segment_suspect segment=%s action=recheck", segment.path.name)
+            self._tables.pop(segment, None)
+            self._unindexed.discard(segment)
+            sidecar_path(segment.path).unlink(missing_ok=True)
+            self._unverified.add(segment)
+
     def unverified(self) -> int:
         return len(self._unverified)
 
@@ -393,9 +408,8 @@ class StoreLog:
 
     async def _verify(self, segment: Segment) -> None:
         """Check one segment (once; concurrent callers wait for the first)."""
-        busy = self._verifying.get(segment)
-        if busy is not None:
-            await busy.wait()
+        while (busy := self._verifying.get(segment)) is not None:
+            await busy.wait()  # and look again: a failed check leaves it unverified
         if segment not in self._unverified:
             return
         self._verifying[segment] = done = trio.Event()
@@ -403,7 +417,7 @@ class StoreLog:
             await self._check_and_repair(segment)
             self._unverified.discard(segment)
         finally:
-            del self._verifying[segment]
+            self._verifying.pop(segment, None)
             done.set()
 
     async def _check_and_repair(self, segment: Segment) -> None:
@@ -524,6 +538,11 @@ def _unused(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
+
+
+def _same_file(before: os.stat_result, path: Path) -> bool:
+    now = os.stat(path)
+    return (now.st_ino, now.st_size, now.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
 
 
 def _sync_and_rename(path: Path, target: Path) -> None:
