@@ -17,20 +17,33 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_GIVEN: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct ports that were free a moment ago (all bound at once).
 
     Another process may still take one before a node binds it: ``Node``
     notices ("address already in use") and starts again on fresh ports.
+    Ports handed out before in this test process are never handed out
+    again (the kernel readily gives a just-closed port to the next caller:
+    two nodes of one test once got the same API port).
     """
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    ports: list[int] = []
+    while len(ports) < n:
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            for s in socks:
+                port = s.getsockname()[1]
+                if port not in _GIVEN and len(ports) < n:
+                    ports.append(port)
+                    _GIVEN.add(port)
+        finally:
+            for s in socks:
+                s.close()
+    return ports
 
 
 def free_port() -> int:
@@ -101,7 +114,7 @@ class Node:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                if "address already in use" in self.log() and self.port_retries > 0:
+                if "address already in use" in self.log().lower() and self.port_retries > 0:
                     self.port_retries -= 1
                     self.new_ports()
                     self.start(wait=False)

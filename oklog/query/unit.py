@@ -45,7 +45,7 @@ class Unit:
     size: int = -1  # the file's size when planned (-1: do not check)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # each RE2 program may hold up to ~8 MiB
 def _matcher(q: bytes, regex: bool, topic: bytes | None) -> Matcher:
     return Matcher(q, regex, topic)
 
