@@ -110,3 +110,70 @@ def test_segment_api_errors_keep_their_statuses(tmp_path: Path) -> None:
             assert info.value.status == 400
 
     trio.run(main)
+
+
+def test_a_local_write_error_is_a_500_so_another_store_is_tried(tmp_path: Path) -> None:
+    ingest, store = node(tmp_path)
+    body = tmp_path / "body"
+    body.write_bytes(stamp([b"x"], Stamper()))
+
+    async def full_disk(chunks, validated=False):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    store.write_segment = full_disk  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with open_peers() as http:
+            peers = LocalPeers(http, SELF, ingest=ingest, store=store)
+            with pytest.raises(PeerRejected) as info:
+                await peers.replicate(SELF, [body])
+            assert info.value.status == 500 and "No space" in str(info.value)
+
+    trio.run(main)
+
+
+def test_spools_are_linked_or_copied_when_linking_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from oklog import localpeers
+
+    source = tmp_path / "src"
+    data = stamp([b"line %d" % i for i in range(1000)], Stamper())
+    source.write_bytes(data)
+    assert localpeers._link_or_copy(source, tmp_path / "linked") == len(data)
+    assert os.stat(tmp_path / "linked").st_ino == os.stat(source).st_ino  # no byte copied
+
+    def no_link(*a):  # type: ignore[no-untyped-def]
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    assert localpeers._link_or_copy(source, tmp_path / "copied") == len(data)
+    assert (tmp_path / "copied").read_bytes() == data
+
+    def no_copy_range(*a):  # type: ignore[no-untyped-def]
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "copy_file_range", no_copy_range)
+    assert localpeers._link_or_copy(source, tmp_path / "by_hand") == len(data)
+    assert (tmp_path / "by_hand").read_bytes() == data
+
+
+def test_a_write_cut_short_makes_a_segment_no_longer_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oklog.ingest import log as ingest_log_module
+
+    ingest, _ = node(tmp_path)
+
+    async def main() -> None:
+        ingest.write(stamp([b"fine"], Stamper()))
+        seg = ingest._active.id  # type: ignore[union-attr]
+        assert ingest.stamped_here(seg)
+
+        def cut_short(self, block):  # type: ignore[no-untyped-def]
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(ingest_log_module.ActiveSegment, "write", cut_short)
+        with pytest.raises(OSError):
+            ingest.write(stamp([b"lost"], Stamper()))
+        assert not ingest.stamped_here(seg)  # its lines are checked again by the store
+
+    trio.run(main)

@@ -223,3 +223,20 @@ def test_a_segment_replaced_under_a_query_cuts_it_short_never_mixes(tmp_path: Pa
         store.close()
 
     trio.run(main)
+
+
+def test_spill_dirs_of_dead_nodes_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    from oklog.query import workers
+
+    monkeypatch.setattr(workers.os.path, "isdir", lambda p: False)  # no /dev/shm: the temp dir
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = tmp_path / "oklog-scan-999999999-x"
+    dead.mkdir()
+    (dead / "leftover").write_bytes(b"x")
+    mine = tmp_path / f"oklog-scan-{os.getpid()}-y"
+    mine.mkdir()
+    fresh = workers._spill_dir()
+    assert not dead.exists() and mine.exists() and fresh.startswith(str(tmp_path))

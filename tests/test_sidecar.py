@@ -211,3 +211,53 @@ def test_a_block_damaged_behind_an_intact_sidecar_is_found_and_repaired(tmp_path
         again.close()
 
     trio.run(main)
+
+
+def test_an_index_that_fails_to_build_is_logged_and_the_segment_still_read(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    async def broken(fn, *args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a worker's bug")
+
+    async def main() -> None:
+        store = open_store(tmp_path)
+        store.offload = broken
+        data = await fill(store, random.Random(4), segments=2)  # index_pending runs: and fails
+        assert "index_failed" in caplog.text
+        assert not list(tmp_path.glob("*.idx"))  # no sidecar from a failed build
+        p = await local.prepare(store, Query(MIN_ULID, MAX_ULID))
+        assert b"".join([b async for b in local.run(p)]) == data
+        store.close()
+
+    trio.run(main)
+
+
+def test_an_index_built_for_a_file_replaced_meanwhile_is_not_saved(tmp_path: Path) -> None:
+    """A union replaced the segment while its index was being built: the
+    old table must not be saved as the new file's sidecar."""
+    async def main() -> None:
+        store = open_store(tmp_path)
+        first = make_records(random.Random(1), 0, 300)
+
+        async def body(data: bytes):  # type: ignore[no-untyped-def]
+            yield data
+
+        await store.write_segment(body(first))
+        superset = b"".join(sorted(set(first.splitlines(keepends=True))
+                                   | set(make_records(random.Random(2), 0, 300).splitlines(keepends=True)[1:-1])))
+        replaced = []
+
+        async def racing(fn, *args):  # type: ignore[no-untyped-def]
+            result = fn(*args)
+            if not replaced:
+                replaced.append(True)
+                await store.write_segment(body(superset))  # same first and last ULID: a union
+            return result
+
+        store.offload = racing
+        await store.index_pending()
+        store._check()
+        (segment,) = [s for _, s in store.index]
+        sidecar = load_sidecar(segment.path)
+        assert sidecar is not None and sidecar.records == store.table(segment).records  # the new file's
+        store.close()
+
+    trio.run(main)

@@ -313,15 +313,21 @@ def test_random_uploads_and_damage_keep_every_valid_record_once(tmp_path: Path, 
     assert lines_of(everything(store)) == sorted(expected)
 
 
+def one_damaged_segment(tmp_path: Path, text: bytes, n: int) -> tuple[list[bytes], SegmentName, StoreLog]:
+    """A store whose one segment of ``n`` records has a junk line after its first."""
+    lines = lines_of(stamp([text + b" %d" % i for i in range(n)], Stamper()))
+    name = SegmentName.of_block(b"".join(lines))
+    put(tmp_path, lines[0] + b"junk\n" + b"".join(lines[1:]), name)
+    store = StoreLog(tmp_path)
+    store.open()
+    return lines, name, store
+
+
 def test_a_repair_that_fails_half_way_keeps_the_records_for_a_retry(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from oklog.store import log as log_mod
 
-    lines = lines_of(stamp([b"kept %d" % i for i in range(5)], Stamper()))
-    name = SegmentName.of_block(b"".join(lines))
-    put(tmp_path, lines[0] + b"garbage\n" + b"".join(lines[1:]), name)
-    store = StoreLog(tmp_path)
-    store.open()
+    lines, name, store = one_damaged_segment(tmp_path, b"kept", 5)
     real = log_mod._sync_and_rename
     failures = [1]
 
@@ -361,11 +367,7 @@ def test_a_repair_whose_first_rename_fails_leaves_the_segment_as_it_was(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from oklog.store import log as log_mod
 
-    lines = lines_of(stamp([b"as it was %d" % i for i in range(3)], Stamper()))
-    name = SegmentName.of_block(b"".join(lines))
-    put(tmp_path, lines[0] + b"junk\n" + b"".join(lines[1:]), name)
-    store = StoreLog(tmp_path)
-    store.open()
+    lines, name, store = one_damaged_segment(tmp_path, b"as it was", 3)
     real = log_mod.os.rename
 
     def refused(src, dst):  # type: ignore[no-untyped-def]

@@ -70,26 +70,29 @@ class LocalPlan:
     scanner: Scanner | None = None
     store: StoreLog | None = None  # told about a segment found damaged while read
 
+    def plans(self) -> Iterator[SegmentPlan]:
+        return (p for group in self.groups for p in group)
+
     @property
     def segments(self) -> int:
         return sum(len(g) for g in self.groups)
 
     @property
     def max_data_set_size(self) -> int:
-        return sum(s.data_size for g in self.groups for s in g)
+        return sum(p.data_size for p in self.plans())
 
     @property
     def blocks_read(self) -> int:
-        return sum(len(s.blocks) for g in self.groups for s in g)
+        return sum(len(p.blocks) for p in self.plans())
 
     @property
     def bytes_to_read(self) -> int:
         """Record bytes of the blocks the scan reads."""
-        return sum(s.table.raw[i] for g in self.groups for s in g if s.table for i in s.blocks)
+        return sum(p.table.raw[i] for p in self.plans() if p.table for i in p.blocks)
 
     @property
     def blocks_in_range(self) -> int:
-        return sum(s.in_range for g in self.groups for s in g)
+        return sum(p.in_range for p in self.plans())
 
     def stats_headers(self) -> dict[str, str]:
         """This node's share of the ``X-Oklog-*`` statistics (the two block
@@ -121,8 +124,8 @@ def plan_segment(segment: Segment, table: Table | None, query: Query,
     if query.matcher.strategy == "none":
         return p
     if clauses and table.index is not None and span:
-        mask = table.index.candidates(clauses) >> span.start
-        p.blocks = [i for i in span if mask >> (i - span.start) & 1]
+        mask = table.index.candidates(clauses)  # bit i: block i may match
+        p.blocks = [i for i in span if mask >> i & 1]
     else:
         p.blocks = list(span)
     return p
@@ -144,7 +147,7 @@ async def prepare(store: StoreLog, query: Query, scanner: Scanner | None = None,
     as for HEAD: the index and tables alone, nothing read)."""
     while True:
         p = plan(store, query, scanner)
-        pending = [s.segment for g in p.groups for s in g if not store.verified(s.segment)]
+        pending = [s.segment for s in p.plans() if not store.verified(s.segment)]
         if stats_only or not pending:
             return p
         await store.verify(pending)

@@ -89,7 +89,7 @@ class Scanner:
                 self._pool = cf.ProcessPoolExecutor(
                     self.workers, mp_context=ctx, initializer=_init_worker)
             else:
-                self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="oklog-scan")
+                return self._thread_pool()
         return self._pool
 
     def _thread_pool(self) -> cf.ThreadPoolExecutor:
@@ -98,11 +98,11 @@ class Scanner:
         return self._threads
 
     async def start(self) -> None:
-        """Start the workers now rather than at the first query."""
-        pool = self._executor()
-        futures = [pool.submit(_warm) for _ in range(max(1, self.workers))]
-        for f in futures:
-            await _wait(f)
+        """Start the workers now rather than at the first query (a pool
+        starts one process per task it is handed at once)."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, self.workers)):
+                nursery.start_soon(self.call, _warm)
 
     def close(self) -> None:
         """Stop the workers.  Waits for the units already running (a few
@@ -118,18 +118,16 @@ class Scanner:
             shutil.rmtree(self._spill, ignore_errors=True)
             self._spill = None
 
-    def _submit(self, pool: cf.Executor, unit: Unit) -> cf.Future[Any]:
+    def _work(self, pool: cf.Executor, unit: Unit) -> tuple[Any, ...]:
+        """What to submit for ``unit`` to ``pool``: a process spills big
+        results to a file, a thread hands its pieces over as they are."""
         if isinstance(pool, cf.ProcessPoolExecutor):
-            assert self._spill is not None
-            return pool.submit(run_unit_spilled, unit, self._spill)
-        return pool.submit(run_unit, unit)
+            return run_unit_spilled, unit, self._spill
+        return run_unit, unit
 
     async def run(self, unit: Unit) -> bytes | list[bytes]:
-        """One unit's result (joined, or pieces), in a worker process."""
-        if self.workers > 0:
-            self._executor()
-            return collect(await self.call(run_unit_spilled, unit, self._spill))
-        return await self.call(run_unit, unit)
+        """One unit's result (joined, or pieces), in a worker."""
+        return collect(await self.call(*self._work(self._executor(), unit)))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker (a module-level function: it is pickled
@@ -167,11 +165,11 @@ class Scanner:
 
     async def _submit_unit(self, pool: cf.Executor, unit: Unit) -> _Job:
         try:
-            return await self._start(lambda: self._submit(pool, unit))
+            return await self._start(lambda: pool.submit(*self._work(pool, unit)))
         except cf.BrokenExecutor:
             self._broken(pool)
             fresh = self._executor()
-            return await self._start(lambda: self._submit(fresh, unit))
+            return await self._start(lambda: fresh.submit(*self._work(fresh, unit)))
 
     def _broken(self, pool: cf.Executor) -> None:
         """A worker died (killed, out of memory): start a fresh pool
@@ -225,19 +223,17 @@ class _Job:
         self.token = token
         self.done = trio.Event()
         self.future: cf.Future[Any] = cf.Future()
-        self._released = False
 
     def finished(self, _: cf.Future[Any]) -> None:
-        """The done-callback (any thread): give the token back, wake the reader."""
+        """The done-callback (once, any thread): give the token back and
+        wake the reader, on the trio thread."""
         try:
             self.token.run_sync_soon(self._on_trio)
         except trio.RunFinishedError:
             pass
 
     def _on_trio(self) -> None:
-        if not self._released:
-            self._released = True
-            self.limiter.release_on_behalf_of(self)
+        self.limiter.release_on_behalf_of(self)
         self.done.set()
 
     def drop(self) -> None:
@@ -264,22 +260,3 @@ def _spill_dir() -> str:
 def _discard_result(future: cf.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is None:
         discard(future.result())
-
-
-def _event_for(future: cf.Future, token: trio.lowlevel.TrioToken) -> trio.Event:
-    """An event set (on the trio thread) when ``future`` is done."""
-    event = trio.Event()
-
-    def done(_: cf.Future) -> None:
-        try:
-            token.run_sync_soon(event.set)
-        except trio.RunFinishedError:
-            pass
-
-    future.add_done_callback(done)
-    return event
-
-
-async def _wait(future: cf.Future[T]) -> T:
-    await _event_for(future, trio.lowlevel.current_trio_token()).wait()
-    return future.result()

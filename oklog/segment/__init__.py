@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Protocol
 
 from oklog.segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, Frame, frames, sniff
+from oklog.records.search import first_ulid, last_ulid, line_range
 from oklog.segment import ngram
 from oklog.segment.name import SegmentName
 from oklog.segment.table import Table, load_sidecar
@@ -102,8 +103,6 @@ class SegmentWriter(Protocol):
 def derive_table(path: Path, block_size: int = BLOCK_SIZE) -> Table:
     """A table for a segment file without a sidecar, from its content (no
     index; blocks that cannot be decoded are left out)."""
-    from oklog.records.search import first_ulid, last_ulid, line_range
-
     table = Table(sniff(path))
     for frame in frames(path, block_size):
         if frame.data is None:

@@ -260,7 +260,6 @@ class BlockWriter:
         self._held: list[bytes] = []
         self._held_size = 0
         self.records = 0
-        self.raw_size = 0
         self.size = 0  # bytes on disk
         self.first = b""
         self.last = b""
@@ -298,7 +297,6 @@ class BlockWriter:
         self._file.write(data)
         self.table.add(self.size, len(data), block, lo, hi)
         self.records += self.table.records[-1]
-        self.raw_size += len(block)
         self.size += len(data)
 
     def finish(self) -> SegmentName | None:

@@ -114,18 +114,13 @@ def inspect(reader: SegmentReader) -> tuple[Verdict, Table | None]:
     table = Table(reader.compression)
     grams = []
     scratch = ngram.scratch()
-    sound = True
     for frame in reader.frames():
-        before = (verdict.malformed, verdict.torn, verdict.unreadable, verdict.too_long)
+        # a sound frame yields its data as it is: then this entry is exact
         for block in _good(frame, verdict, None):
-            if sound and block is frame.data:
-                table.add(frame.offset, frame.length, block, first_ulid(block), last_ulid(block))
-                grams.append(ngram.block_grams(block, scratch))
-            else:
-                sound = False
-        if before != (verdict.malformed, verdict.torn, verdict.unreadable, verdict.too_long):
-            sound = False
-    if not sound or verdict.unsorted or not verdict.records:
+            table.add(frame.offset, frame.length, block, first_ulid(block), last_ulid(block))
+            grams.append(ngram.block_grams(block, scratch))
+    damaged = verdict.malformed or verdict.torn or verdict.unreadable or verdict.unsorted
+    if damaged or not verdict.records:
         return verdict, None
     table.index = ngram.from_grams(grams)
     return verdict, table

@@ -112,12 +112,11 @@ class Segment:
 class StoreLog:
     """The segment files of one store node plus their interval index."""
 
-    def __init__(self, path: Path, *, compression: str = "zstd", block_size: int = BLOCK_SIZE,
-                 offload: Offload | None = None) -> None:
+    def __init__(self, path: Path, *, compression: str = "zstd", block_size: int = BLOCK_SIZE) -> None:
         self.path = Path(path)
         # where the n-gram indexes are built: a worker thread unless told
-        # (a node hands its scan worker processes: off this process's GIL)
-        self.offload: Offload = offload or self._in_thread
+        # otherwise (a node sets its scan workers: off this process's GIL)
+        self.offload: Offload = self._in_thread
         self.compression = compression
         self.block_size = block_size
         self._tables: dict[Segment, Table] = {}  # every verified segment's
@@ -247,9 +246,8 @@ class StoreLog:
         metrics.replicate_records.inc(records)
         return segment
 
-    def _writer(self, path: Path, durable: bool = True) -> BlockWriter:
-        return create_segment(path, compression=self.compression, block_size=self.block_size,
-                              durable=durable)
+    def _writer(self, path: Path) -> BlockWriter:
+        return create_segment(path, compression=self.compression, block_size=self.block_size)
 
     def _write(self, path: Path, blocks: Iterable[bytes]) -> tuple[SegmentName, Table] | None:
         """Write a sorted stream as a segment file: its name and table."""
@@ -314,9 +312,6 @@ class StoreLog:
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._index_limiter)
-
-    def unindexed(self) -> int:
-        return len(self._unindexed)
 
     async def run_indexer(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Build the n-gram index of every segment written here, in the
