@@ -14,12 +14,20 @@ ingest_rejected = Counter(
 )
 ingest_connections = Gauge("oklog_ingest_connections", "Open forwarder connections", ["mode"])
 ingest_segments_flushed = Counter("oklog_ingest_segments_flushed", "Ingest segments flushed")
+ingest_segments_committed = Counter(
+    "oklog_ingest_segments_committed", "Ingest segments committed by a store (replicated, deleted here)")
+ingest_segments_failed = Counter(
+    "oklog_ingest_segments_failed",
+    "Ingest segments handed back: a store reported failure (failed) or its claim timed out (expired)",
+    ["reason"])
 
 consume_batches = Counter("oklog_store_consume_batches", "Consume transactions", ["outcome"])
 consume_segments = Counter("oklog_store_consumed_segments", "Ingest segments consumed")
 consume_bytes = Counter("oklog_store_consumed_bytes", "Bytes of records in committed batches")
 replicate_segments = Counter("oklog_store_replicated_segments", "Segments received by /store/replicate")
 replicate_records = Counter("oklog_store_replicated_records", "Records received by /store/replicate")
+replicate_bytes = Counter("oklog_store_replicated_bytes",
+                          "Bytes of segment files written for /store/replicate (on disk)")
 replicate_rejected = Counter("oklog_store_replicate_rejected", "Malformed /store/replicate bodies")
 store_rejected = Counter(
     "oklog_store_rejected_records",
@@ -34,6 +42,18 @@ store_repaired_segments = Counter(
 
 queries = Counter("oklog_store_queries", "Queries answered", ["kind"])
 query_errors = Counter("oklog_store_query_errors", "Peers that failed during scatter-gather")
+query_seconds = Histogram(
+    "oklog_store_query_seconds",
+    "Query duration, request to the end of the body, by kind (cluster: /store/query, "
+    "local: /store/_query; HEAD answers count as stats)",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+query_blocks = Counter(
+    "oklog_store_query_blocks",
+    "Blocks of the queried time ranges on this node: read (scanned) or skipped by the n-gram index",
+    ["outcome"],
+)
 
 http_requests = Counter(
     "oklog_http_requests", "HTTP API requests answered", ["method", "route", "status"]

@@ -33,6 +33,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from . import gauges
 from .addr import is_wildcard, join_host_port, parse_addr
 from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
 from .config import NodeConfig
@@ -91,7 +92,10 @@ def replication_state(cfg: NodeConfig, membership: Membership) -> dict[str, Any]
     }
 
 
-def ops_router(ready: Callable[[], bool], warnings: Callable[[], list[str]]) -> Router:
+def ops_router(not_ready: Callable[[], str | None], warnings: Callable[[], list[str]]) -> Router:
+    """``/metrics``, ``/health``, ``/healthz`` and ``/readyz``.  ``not_ready()``
+    says why the node is not ready (starting, stopping, no cluster view), or
+    None; ``warnings()`` what an operator should know while it is."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     router = Router()
@@ -103,8 +107,9 @@ def ops_router(ready: Callable[[], bool], warnings: Callable[[], list[str]]) -> 
         return text(200, "OK")
 
     async def readyz(request: Request) -> Response:
-        if not ready():
-            return text(503, "not ready")
+        reason = not_ready()
+        if reason is not None:
+            return text(503, f"not ready: {reason}")
         notes = warnings()
         response = text(200, "\n".join(["ready"] + [f"warning: {w}" for w in notes]))
         if notes:
@@ -179,7 +184,11 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
         async with open_peers() as http_peers:
             # calls to this node itself skip HTTP (same semantics, half the work)
             peers = LocalPeers(http_peers, cluster.membership.self_url(), ingest=ingest_log, store=store)
-            await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status)
+            unregister = gauges.register(gauges.StateCollector(ingest_log, store, cluster.membership))
+            try:
+                await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status)
+            finally:
+                unregister()
     finally:
         scanner.close()
         if ingest_log is not None:
@@ -204,10 +213,18 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         return state
 
     api_port = api_socks[0].getsockname()[1]
-    ready = False
+    phase: str | None = "starting: recovering segments, opening listeners, joining the cluster"
+
+    def not_ready() -> str | None:
+        if phase is not None:
+            return phase
+        if getattr(membership, "connected", True) is False:
+            return f"lost the Serf agent ({getattr(membership, 'rpc_addr', '?')}); reconnecting"
+        return None
+
     router = Router()
     router.use(request_metrics(router))
-    router.mount(ops_router(lambda: ready, warnings))
+    router.mount(ops_router(not_ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
     if store is not None:
@@ -253,7 +270,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
                 )
                 background.append(trio.CancelScope())
                 await nursery.start(_scoped, background[-1], consumer.run)
-        ready = True
+        phase = None
         log.info("event=started mode=%s api=%s", cfg.mode, binds[0])
         task_status.started(api_port)
 
@@ -263,7 +280,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         await stopping.wait()
 
         log.info("event=stopping mode=%s", cfg.mode)
-        ready = False
+        phase = "stopping: draining, then shutting down"
         for scope in listen_scopes:
             scope.cancel()
         if ingest_log is not None:

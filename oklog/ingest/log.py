@@ -177,6 +177,7 @@ class IngestLog:
                 await self.flush()
             for seg_id in self.book.expire(now):
                 self._rename(seg_id, ".pending", ".flushed")
+                metrics.ingest_segments_failed.labels("expired").inc()
                 log.info("event=pending_timeout segment=%s", seg_id)
 
     # -- the segment API, as used by store nodes ------------------------------------
@@ -208,11 +209,13 @@ class IngestLog:
         self.book.commit(_checked_id(seg_id))
         self._stamped.discard(seg_id)
         os.unlink(self.path / f"{seg_id}.pending")
+        metrics.ingest_segments_committed.inc()
         self._changed()
 
     def failed(self, seg_id: str) -> None:
         self.book.fail(_checked_id(seg_id))
         self._rename(seg_id, ".pending", ".flushed")
+        metrics.ingest_segments_failed.labels("failed").inc()
         self._changed()
 
     def _rename(self, seg_id: str, old: str, new: str) -> None:
@@ -229,6 +232,10 @@ class IngestLog:
         if self._active is not None:
             counts[State.ACTIVE.value]["bytes"] = self._active.size
         return counts
+
+    def oldest_ids(self) -> dict[str, str | None]:
+        """The oldest segment id in each state (ids are ULIDs: their age)."""
+        return self.book.oldest()
 
     def drained(self) -> bool:
         """Nothing written is left for the store tier."""

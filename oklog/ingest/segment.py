@@ -151,6 +151,15 @@ class IngestBook:
             out[e.state.value]["bytes"] += e.size
         return out
 
+    def oldest(self) -> dict[str, str | None]:
+        """The oldest segment id (a ULID: its creation time) in each state."""
+        out: dict[str, str | None] = {s.value: None for s in State if s is not State.DELETED}
+        for seg_id, e in self._entries.items():
+            current = out[e.state.value]
+            if current is None or seg_id < current:
+                out[e.state.value] = seg_id
+        return out
+
     def unconsumed(self) -> int:
         """Flushed plus pending segments: what a draining ingester waits for."""
         return sum(1 for e in self._entries.values() if e.state in (State.FLUSHED, State.PENDING))

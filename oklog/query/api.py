@@ -9,7 +9,8 @@ statistics headers and reads no record data.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import aclosing
+from typing import AsyncIterator, Callable
 
 from .. import metrics
 from ..cluster.membership import Membership
@@ -28,6 +29,21 @@ def query_headers(query: Query) -> dict[str, str]:
         "X-Oklog-Q": query.q.decode("latin-1"),  # control bytes are escaped by oklog.http
         "X-Oklog-Regex": "true" if query.regex else "false",
     }
+
+
+async def timed(body: AsyncIterator[bytes], kind: str, started: float) -> AsyncIterator[bytes]:
+    """``body``, observed in ``oklog_store_query_seconds`` once it ends
+    (a query's cost is its whole body, not its headers)."""
+    try:
+        async with aclosing(body) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        metrics.query_seconds.labels(kind).observe(time.monotonic() - started)
+
+
+def _kind(request: Request, kind: str) -> str:
+    return "stats" if request.method == "HEAD" else kind
 
 
 def query_router(
@@ -51,9 +67,12 @@ def query_router(
             "X-Oklog-Error-Count": "0",
             "X-Oklog-Duration": f"{time.monotonic() - started:.6f}s",
         }
-        metrics.queries.labels("local").inc()
-        body = b"" if request.method == "HEAD" else local.run(p)
-        return Response(200, body, headers, content_type="text/plain; charset=utf-8")
+        metrics.queries.labels(_kind(request, "local")).inc()
+        if request.method == "HEAD":
+            metrics.query_seconds.labels("stats").observe(time.monotonic() - started)
+            return Response(200, b"", headers, content_type="text/plain; charset=utf-8")
+        return Response(200, timed(local.run(p), "local", started), headers,
+                        content_type="text/plain; charset=utf-8")
 
     async def cluster_query(request: Request) -> Response:
         started = time.monotonic()
@@ -69,13 +88,14 @@ def query_router(
         if notes:
             headers["X-Oklog-Warning"] = " | ".join(notes)
         status = 206 if gathered.errors else 200
-        metrics.queries.labels("cluster").inc()
+        metrics.queries.labels(_kind(request, "cluster")).inc()
         response = Response(status, b"", headers)
         if request.method == "HEAD":
             for r in gathered.responses:
                 await r.aclose()
+            metrics.query_seconds.labels("stats").observe(time.monotonic() - started)
             return response
-        response.body = gather.merged_body(gathered)
+        response.body = timed(gather.merged_body(gathered), "cluster", started)
         return response
 
     router.add("GET|HEAD", "/store/_query", local_query)

@@ -35,6 +35,7 @@ from typing import AsyncGenerator, AsyncIterator
 
 import trio
 
+from .. import metrics
 from ..errors import CorruptSegment
 from ..segment.ngram import literal_grams
 from ..segment.table import Table
@@ -204,6 +205,8 @@ async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query, light
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
     scanner = local.scanner or _threads()
+    metrics.query_blocks.labels("read").inc(local.blocks_read)
+    metrics.query_blocks.labels("skipped").inc(local.blocks_in_range - local.blocks_read)
     # decompression-only (every record kept) or a few blocks: threads
     light = local.query.matcher.strategy == "all" or local.bytes_to_read <= LIGHT_BYTES
     for group in local.groups:

@@ -244,6 +244,7 @@ class StoreLog:
             raise
         metrics.replicate_segments.inc()
         metrics.replicate_records.inc(records)
+        metrics.replicate_bytes.inc(segment.size)
         return segment
 
     def _writer(self, path: Path) -> BlockWriter:
@@ -504,6 +505,25 @@ class StoreLog:
         """Segments overlapping ``[lo, hi]``, grouped where they overlap each
         other within that range (those need a k-way merge when read)."""
         return [[segment for _, segment in group] for group in self.index.overlapping_groups(lo, hi)]
+
+    def disk_stats(self) -> dict[str, int]:
+        """What this store holds, for the ``/metrics`` gauges: segment files,
+        their bytes and sidecars' bytes on disk, blocks and records of the
+        verified ones (from memory, plus one ``stat`` per sidecar)."""
+        stats = {"segments": 0, "bytes": 0, "blocks": 0, "records": 0, "sidecar_bytes": 0,
+                 "unverified_segments": len(self._unverified)}
+        for _, segment in self.index:
+            stats["segments"] += 1
+            stats["bytes"] += segment.size
+            table = self._tables.get(segment)
+            if table is not None:
+                stats["blocks"] += len(table)
+                stats["records"] += sum(table.records)
+            try:
+                stats["sidecar_bytes"] += os.stat(sidecar_path(segment.path)).st_size
+            except OSError:
+                pass  # not written yet, or being replaced
+        return stats
 
     def _check(self) -> None:
         """Assert the invariants (tests call this): every indexed segment is
