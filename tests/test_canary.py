@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -339,12 +340,16 @@ def canary_cmd(node: Node, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_canary_against_a_real_node(tmp_path: Path) -> None:
+    """Two canaries at once (their run ids keep them apart), one scraped;
+    then a third without -duration, ended by SIGINT with its summary."""
     node = Node("ingeststore", tmp_path / "n", extra=["-store.segment-replication-factor", "1"]).start()
     metrics_port = free_port()
     try:
-        proc = subprocess.Popen(canary_cmd(node, "-rate", "200", "-duration", "5s",
-                                           "-metrics-addr", f"127.0.0.1:{metrics_port}"),
-                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        procs = [subprocess.Popen(canary_cmd(node, "-rate", "200", "-duration", "5s",
+                                             "-metrics-addr", f"127.0.0.1:{metrics_port}"),
+                                  cwd=ROOT, stderr=subprocess.PIPE, text=True),
+                 subprocess.Popen(canary_cmd(node, "-rate", "50", "-duration", "4s"),
+                                  cwd=ROOT, stderr=subprocess.PIPE, text=True)]
         scraped = ""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and "oklog_canary_seen_total" not in scraped:
@@ -353,15 +358,24 @@ def test_canary_against_a_real_node(tmp_path: Path) -> None:
                 scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
             except httpx.HTTPError:
                 pass
-        _out, err = proc.communicate(timeout=90)
+        errs = [p.communicate(timeout=90)[1] for p in procs]
+
+        endless = subprocess.Popen(canary_cmd(node, "-rate", "20"), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        endless.send_signal(signal.SIGINT)
+        endless_err = endless.communicate(timeout=60)[1]
     finally:
         node.kill()
-    assert proc.returncode == 0, err
+    for proc, err in zip(procs, errs):
+        assert proc.returncode == 0, err
+        assert "missing 0 " in err and "duplicates 0" in err
+        m = re.search(r"latency: p50 ([0-9.]+)s, p99 ([0-9.]+)s", err)
+        assert m and 0 < float(m.group(1)) <= float(m.group(2)) < 30, err
+    assert re.search(r"sent 1000, seen 1000", errs[0]), errs[0]
+    assert re.search(r"sent 200, seen 200", errs[1]), errs[1]
     assert "oklog_canary_latency_seconds_bucket" in scraped
-    assert re.search(r"sent 1000, seen 1000", err), err
-    assert "missing 0 " in err and "duplicates 0" in err
-    m = re.search(r"latency: p50 ([0-9.]+)s, p99 ([0-9.]+)s", err)
-    assert m and 0 < float(m.group(1)) <= float(m.group(2)) < 30, err
+    assert endless.returncode == 0, endless_err
+    assert "interrupted" in endless_err and "canary summary:" in endless_err and "missing 0 " in endless_err
 
 
 @pytest.mark.slow
