@@ -29,6 +29,11 @@ of the cluster (the line protocol has no acknowledgements): the writer
 reports them with :meth:`CanaryBook.unconfirmed`, and those among the
 missing are counted apart (``missing_unconfirmed``).
 
+A seen record is forgotten once it was sent ``2 * skew + max_wait`` before
+the query window: its ULID can no longer be in an answer (unless the
+ingester's clock is that far ahead of ours), so a record of that sequence
+number that still turns up is another copy, counted as a duplicate.
+
 Memory is bounded by time, not by the length of the run: the book keeps
 the pending records (at most ``max_wait`` of them), the records seen during
 the last query window, and the numbers of missing records.  The query
@@ -150,7 +155,14 @@ class CanaryBook:
                 if sent_at is None:
                     sent_at = self._missing.pop(seq, None)
                     if sent_at is None:
-                        continue  # seen long ago and forgotten: an old copy near the window's edge
+                        # Seen long ago and forgotten, so its first copy's ULID
+                        # lies well before the query window: this is another
+                        # copy, stamped much later.  Remember it (from now).
+                        self.stats.duplicates += 1
+                        self._seen[seq] = (now, [ulid])
+                        self._seen_order.append(seq)
+                        self._place(ulid, seq)
+                        continue
                     self.stats.late += 1
                 self._unconfirmed.discard(seq)
                 self.stats.seen += 1

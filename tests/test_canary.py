@@ -239,9 +239,9 @@ def run_fake(cluster: FakeCluster, **cfg_args: object) -> tuple[CanaryBook, str,
     async def serve_and_run() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(cluster.serve)
+            args: dict[str, object] = {"max_wait": 3.0, **cfg_args}  # generous: the box may be loaded
             cfg = CanaryConfig(ingest=f"127.0.0.1:{cluster.port}", store="127.0.0.1:1",
-                               query_interval=0.05, report_interval=0.2, max_wait=1.0,
-                               **cfg_args)  # type: ignore[arg-type]
+                               query_interval=0.05, report_interval=0.2, **args)  # type: ignore[arg-type]
             result.append(await run_canary(cfg, err=err, metrics=metrics, transport=cluster.transport()))
             nursery.cancel_scope.cancel()
 
@@ -280,7 +280,7 @@ def book_run(err: str) -> str:
 
 def test_canary_reports_missing_and_duplicated_lines() -> None:
     cluster = FakeCluster(drop={5, 6}, twice={9})
-    book, err, metrics = run_fake(cluster, rate=50, duration=0.5)
+    book, err, metrics = run_fake(cluster, rate=50, duration=0.5, max_wait=1.0)
     assert not book.ok()
     assert book.lost == 2 and book.stats.duplicates == 1
     assert "FAIL" in err and "missing 2" in err and "duplicates 1" in err

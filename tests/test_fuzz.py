@@ -342,3 +342,36 @@ def test_zstd_module_error_type_is_what_we_convert() -> None:
     with pytest.raises(zstandard.ZstdError):
         zstandard.ZstdDecompressor().decompress(b"\x28\xb5\x2f\xfd" + b"\x00" * 10)
     assert issubclass(CorruptSegment, OklogError)
+
+
+def test_every_bit_flip_in_frame_headers_is_a_corrupt_segment_on_both_read_paths(tmp_path: Path) -> None:
+    """A damaged frame header may claim any content size; neither the
+    reader nor a query's scan unit believes it (decompress would allocate
+    what it claims: a MemoryError, or gigabytes)."""
+    from oklog.query.unit import Unit, run_unit
+
+    original = _zstd_segment(tmp_path)
+    path = tmp_path / "seg"
+    path.write_bytes(original)
+    table = derive_table(path)
+    assert len(table) >= 2
+    blocks = tuple((o, n, False) for o, n in zip(table.offsets, table.lengths))
+    unit = Unit(str(path), "zstd", blocks, b"0" * 26, b"Z" * 26, b"", False, None)
+    flips = 0
+    for start in table.offsets[:2]:
+        for at in range(start, start + 14):
+            for bit in range(8):
+                content = bytearray(original)
+                content[at] ^= 1 << bit
+                path.write_bytes(bytes(content))
+                for read in (lambda: _read_blocks(path, table), lambda: run_unit(unit)):
+                    try:
+                        read()
+                    except CorruptSegment:
+                        flips += 1
+    assert flips > 100  # most header flips are caught (a few land in bits zstd ignores)
+
+
+def _read_blocks(path: Path, table: Table) -> list[bytes]:
+    with BlockReader(path, table) as reader:
+        return list(reader.blocks())

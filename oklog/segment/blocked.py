@@ -186,6 +186,10 @@ class BlockReader:
         data = os.pread(self._fd, t.lengths[i], t.offsets[i])
         if self._dctx is not None:
             try:
+                # the frame header's content size first: a damaged one could
+                # make decompress allocate gigabytes
+                if zstandard.frame_content_size(data) != t.raw[i]:
+                    raise zstandard.ZstdError(f"frame content size is not {t.raw[i]}")
                 data = self._dctx.decompress(data)
             except zstandard.ZstdError as exc:
                 raise CorruptSegment(f"{self.path}: block at {t.offsets[i]}: {exc}") from None
