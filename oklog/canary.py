@@ -73,6 +73,7 @@ _BACKOFF_INITIAL = 0.1
 _BACKOFF_MAX = 5.0
 _CONNECT_TIMEOUT = 5.0
 _CLOSE_TIMEOUT = 10.0
+_SEND_TIMEOUT = 10.0
 _QUERY_TIMEOUT = 30.0
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
@@ -230,7 +231,10 @@ class _Writer:
         data = b"".join(canary_line(self.cfg, seq, ns) for seq in seqs)
         self.metrics.sync(self.book)
         try:
-            await conn.stream.send_all(data)
+            with trio.fail_after(_SEND_TIMEOUT):
+                await conn.stream.send_all(data)
+        except trio.TooSlowError:
+            self._broken(f"write timed out after {_SEND_TIMEOUT:g}s (the ingester is not reading)")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._broken(f"write failed: {e}" if str(e) else "write failed")
         else:
@@ -394,8 +398,8 @@ def summary(book: CanaryBook, cfg: CanaryConfig, elapsed: float, writer: _Writer
         f"canary summary: run={cfg.run_id} {verdict} after {elapsed:.1f}s",
         f"  sent {s.sent}, seen {s.seen}, pending {book.pending} (not yet seen, not yet "
         f"{cfg.max_wait:g}s old)",
-        f"  missing {book.lost} (declared missing {s.missing}, seen late {s.late}; "
-        f"{s.missing_unconfirmed} written to a connection that broke)",
+        f"  missing {book.lost} ({book.lost_unconfirmed} of them written to a connection that broke; "
+        f"declared missing {s.missing}, seen late {s.late})",
         f"  duplicates {s.duplicates}, out of order {s.out_of_order}",
         f"  write-to-queryable latency: p50 {_secs(p50)}, p99 {_secs(p99)}, max {_secs(worst)}",
         f"  reconnects {writer.reconnects}, lines unconfirmed {s.unconfirmed}, "

@@ -96,6 +96,7 @@ class CanaryBook:
         self._order: deque[tuple[int, float]] = deque()  # (seq, sent at), every pending one, in order
         self._unconfirmed: set[int] = set()  # pending seqs written to a broken connection
         self._missing: dict[int, float] = {}  # declared missing, not seen since -> sent at
+        self._missing_unconfirmed: set[int] = set()  # of _missing, written to a broken connection
         self._seen: dict[int, tuple[float, list[bytes]]] = {}  # seq -> (sent at, ULIDs), recent ones
         self._seen_order: deque[int] = deque()  # keys of _seen, in the order first seen
         self._by_ulid: SortedDict = SortedDict()  # ULID -> seq, of the recent seen records
@@ -154,6 +155,7 @@ class CanaryBook:
                 sent_at = self._pending.pop(seq, None)
                 if sent_at is None:
                     sent_at = self._missing.pop(seq, None)
+                    self._missing_unconfirmed.discard(seq)
                     if sent_at is None:
                         # Seen long ago and forgotten, so its first copy's ULID
                         # lies well before the query window: this is another
@@ -207,6 +209,7 @@ class CanaryBook:
             self.stats.missing += 1
             if seq in self._unconfirmed:
                 self._unconfirmed.discard(seq)
+                self._missing_unconfirmed.add(seq)
                 self.stats.missing_unconfirmed += 1
         while order and order[0][0] not in self._pending:
             order.popleft()  # seen ones at the front: nothing to wait for
@@ -248,6 +251,11 @@ class CanaryBook:
         """Records declared missing and not seen since."""
         return len(self._missing)
 
+    @property
+    def lost_unconfirmed(self) -> int:
+        """Of ``lost``, those written to a connection that then broke."""
+        return len(self._missing_unconfirmed)
+
     def settled(self) -> bool:
         """Nothing is pending: every record sent was seen or declared missing."""
         return not self._pending
@@ -267,6 +275,7 @@ class CanaryBook:
         assert not (set(self._pending) & set(self._seen))
         assert not (set(self._missing) & set(self._seen))
         assert self._unconfirmed <= set(self._pending)
+        assert self._missing_unconfirmed <= set(self._missing)
         assert set(self._pending) <= {seq for seq, _ in self._order}
         assert all(0 <= s < self.next_seq for s in self._pending)
         assert self.stats.seen + self.pending + self.lost == self.stats.sent
