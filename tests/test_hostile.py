@@ -136,3 +136,21 @@ def test_missing_and_repeated_ids(target: Target) -> None:
         assert target.raw(method, path, b"id=../outside&id=01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
     assert target.outside.exists()
     target.alive()
+
+
+def test_a_replicate_body_cut_short_writes_nothing(target: Target) -> None:
+    """The client promises more than it sends, then goes away."""
+    import socket
+    import time
+
+    before = target.store_files()
+    body = records(5)
+    with socket.create_connection(("127.0.0.1", target.node.api_port), timeout=10) as s:
+        s.sendall(b"POST /store/replicate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (len(body) * 3)
+                  + body)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(n.endswith(".active") for n in target.store_files()):
+        time.sleep(0.1)  # the upload's file is removed once the node notices
+    assert target.store_files() == before
+    target.alive()
