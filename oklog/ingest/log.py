@@ -257,4 +257,3 @@ def _checked_id(seg_id: str) -> str:
     if not is_ulid(seg_id.encode("ascii", "replace")):
         raise UnknownSegment(f"no pending segment {shown_id(seg_id)}")
     return seg_id
-
