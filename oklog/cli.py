@@ -291,6 +291,54 @@ def testsvc(
         os._exit(0)
 
 
+@command("canary", "Write numbered lines and check them back: missing, duplicated, latency.",
+         "Write sequence-numbered lines to an ingester's line port and read them back from the "
+         "store tier with queries, reporting missing, duplicated and out-of-order records and the "
+         "write-to-queryable latency (a status line on stderr, Prometheus metrics on -metrics-addr). "
+         "With -duration it stops by itself and exits 1 if a line is missing or stored twice.")
+def canary(
+    ingest: str = typer.Option("localhost:7651", "-ingest", "--ingest", metavar="ADDR",
+                               help="an ingester's fast (or durable) line port"),
+    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                              help="address of any store node's API"),
+    rate: float = typer.Option(10.0, "-rate", "--rate", metavar="N", help="lines per second"),
+    duration: str = typer.Option("", "-duration", "--duration", metavar="DURATION",
+                                 help="stop writing after this long, settle, exit 1 on loss (default: run "
+                                      "until interrupted)"),
+    topic: Optional[str] = typer.Option(None, "-topic", "--topic", metavar="TOPIC",
+                                        help="begin every line with TOPIC and query that topic (for "
+                                             "ingesters in dynamic topic mode)"),
+    max_wait: str = typer.Option("30s", "-max-wait", "--max-wait", metavar="DURATION",
+                                 help="a line not queryable this long after its write is missing"),
+    query_interval: str = typer.Option("1s", "-query-interval", "--query-interval", metavar="DURATION",
+                                       help="time between check queries"),
+    report_interval: str = typer.Option("10s", "-report-interval", "--report-interval",
+                                        metavar="DURATION", help="time between status lines"),
+    metrics_addr: Optional[str] = typer.Option(None, "-metrics-addr", "--metrics-addr", metavar="ADDR",
+                                               help="serve oklog_canary_* metrics at http://ADDR/metrics"),
+    debug: bool = DEBUG,
+) -> None:
+    from .canary import CanaryConfig, run_canary
+    from .timespec import parse_duration
+
+    setup_logging(debug)
+    seconds = {}
+    for flag, value in (("-duration", duration), ("-max-wait", max_wait),
+                        ("-query-interval", query_interval), ("-report-interval", report_interval)):
+        if value:
+            try:
+                seconds[flag] = parse_duration(value)
+            except ValueError as exc:
+                fail(f"{flag}: {exc}")
+    cfg = CanaryConfig(ingest=ingest, store=store, rate=rate, duration=seconds.get("-duration"),
+                       topic=topic, max_wait=seconds["-max-wait"],
+                       query_interval=seconds["-query-interval"],
+                       report_interval=seconds["-report-interval"], metrics_addr=metrics_addr)
+    ok: list[bool] = []
+    run_or_fail(lambda: ok.append(trio.run(lambda: run_canary(cfg, handle_signals=True)).ok()))
+    raise typer.Exit(0 if ok and ok[0] else 1)
+
+
 @command("version", "Print the version.")
 def version() -> None:
     typer.echo(f"oklog {__version__}")

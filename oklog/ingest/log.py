@@ -27,7 +27,7 @@ from ..errors import UnknownSegment
 from ..fsutil import fsync_path, lock_directory
 from ..records.format import salvage
 from ..ulid import Stamper, is_ulid
-from .segment import IngestBook, State
+from .segment import IngestBook, State, shown_id
 
 log = logging.getLogger("oklog.ingest")
 
@@ -262,5 +262,5 @@ def _repair(path: Path) -> int:
 def _checked_id(seg_id: str) -> str:
     """Segment ids are ULIDs; anything else cannot name one of our files."""
     if not is_ulid(seg_id.encode("ascii", "replace")):
-        raise UnknownSegment(f"no pending segment {seg_id!r}")
+        raise UnknownSegment(f"no pending segment {shown_id(seg_id)}")
     return seg_id

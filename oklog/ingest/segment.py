@@ -141,7 +141,7 @@ class IngestBook:
     def _pending(self, seg_id: str) -> Entry:
         entry = self._entries.get(seg_id)
         if entry is None or entry.state is not State.PENDING:
-            raise UnknownSegment(f"no pending segment {seg_id!r}")
+            raise UnknownSegment(f"no pending segment {shown_id(seg_id)}")
         return entry
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -168,3 +168,8 @@ class IngestBook:
         flushed = {k for k, e in self._entries.items() if e.state is State.FLUSHED}
         assert flushed == set(self._flushed), "flushed set out of sync"
         assert list(self._flushed) == sorted(self._flushed)
+
+
+def shown_id(seg_id: str, limit: int = 64) -> str:
+    """A segment id for an error message: quoted, a long one cut short."""
+    return repr(seg_id) if len(seg_id) <= limit else repr(seg_id[:limit]) + f"... ({len(seg_id)} chars)"

@@ -21,6 +21,7 @@ import zstandard
 
 from oklog.errors import CorruptSegment, SegmentChanged
 from oklog.query.scan import Matcher
+from oklog.records.format import MAX_LINE
 from oklog.segment.blocked import clip
 
 __all__ = ["SPILL", "Unit", "collect", "run_unit", "run_unit_spilled"]
@@ -53,7 +54,15 @@ def _matcher(q: bytes, regex: bool, topic: bytes | None) -> Matcher:
 _local = threading.local()  # a ZstdDecompressor is not thread-safe: one per thread
 
 
+#: No block of ours holds more (a block is at most one record longer than
+#: -store.block-size, a record at most MAX_LINE): a frame that claims more
+#: is damaged, and decompress would allocate what it claims.
+_MAX_RAW = 2 * MAX_LINE
+
+
 def _decompress(data: bytes) -> bytes:
+    if zstandard.frame_content_size(data) > _MAX_RAW:
+        raise ValueError("implausible frame content size")
     dctx = getattr(_local, "dctx", None)
     if dctx is None:
         dctx = _local.dctx = zstandard.ZstdDecompressor()

@@ -27,6 +27,7 @@ from types import TracebackType
 
 import zstandard
 
+from oklog.errors import CorruptSegment
 from oklog.records.search import bisect, first_ulid, last_ulid, line_range
 from oklog.segment.name import SegmentName
 from oklog.segment.table import Table
@@ -179,12 +180,23 @@ class BlockReader:
         self._dctx = zstandard.ZstdDecompressor() if table.compression == "zstd" else None
 
     def block(self, i: int) -> bytes:
-        """The records of block ``i``."""
+        """The records of block ``i``; ``CorruptSegment`` if the bytes there
+        are not what the table says (damaged since the table was built)."""
         t = self.table
         data = os.pread(self._fd, t.lengths[i], t.offsets[i])
-        if self._dctx is None:
-            return data
-        return self._dctx.decompress(data)
+        if self._dctx is not None:
+            try:
+                # the frame header's content size first: a damaged one could
+                # make decompress allocate gigabytes
+                if zstandard.frame_content_size(data) != t.raw[i]:
+                    raise zstandard.ZstdError(f"frame content size is not {t.raw[i]}")
+                data = self._dctx.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise CorruptSegment(f"{self.path}: block at {t.offsets[i]}: {exc}") from None
+        if len(data) != t.raw[i] or not data.endswith(_LF):
+            raise CorruptSegment(f"{self.path}: block at {t.offsets[i]}: not the {t.raw[i]} bytes of "
+                                 "whole records its table says")
+        return data
 
     def bounds(self) -> tuple[bytes, bytes] | None:
         t = self.table

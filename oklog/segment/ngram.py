@@ -131,7 +131,9 @@ class GramIndex:
         for value in self.bitmap.iter_equal_or_larger(base):
             if value >> 32 != code:
                 break
-            mask |= 1 << (value & 0xFFFFFFFF)
+            block = value & 0xFFFFFFFF
+            if block < self.blocks:  # (a sidecar's index never names a block it lacks)
+                mask |= 1 << block
         return mask
 
     def candidates(self, clauses: Sequence[Sequence[Sequence[list[int]]]]) -> int:

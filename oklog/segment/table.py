@@ -37,6 +37,7 @@ import numpy as np
 from pyroaring import BitMap64
 
 from oklog.segment.ngram import GramIndex
+from oklog.ulid import is_ulid
 
 __all__ = ["SIDECAR_SUFFIX", "Table", "load_sidecar", "sidecar_path", "write_sidecar"]
 
@@ -140,6 +141,8 @@ def decode(data: bytes, segment_size: int, mtime_ns: int) -> Table | None:
         if (header["segment_size"], header["segment_mtime_ns"]) != (segment_size, mtime_ns):
             return None  # stale: built from another file of this name
         n = int(header["blocks"])
+        if n < 0:
+            return None
         entries = np.frombuffer(data, _ENTRY, n, pos)
         pos += n * _ENTRY.itemsize
         firsts = [data[pos + i * _ULID : pos + (i + 1) * _ULID] for i in range(n)]
@@ -150,16 +153,42 @@ def decode(data: bytes, segment_size: int, mtime_ns: int) -> Table | None:
             str(header["compression"]), entries["offset"].tolist(), entries["length"].tolist(),
             entries["raw"].tolist(), entries["records"].tolist(), firsts, lasts)
         ilen = int(header["index_bytes"])
-        if ilen:
-            table.index = GramIndex(BitMap64.deserialize(data[pos : pos + ilen]), n,
-                                    [int(i) for i in header.get("unindexed_blocks", [])])
-        if pos + ilen + 4 != len(data) or table.size != segment_size:
+        if ilen < 0 or pos + ilen + 4 != len(data) or table.size != segment_size:
             return None
-        if table.compression not in ("zstd", "none"):
+        if ilen:
+            wild = [int(i) for i in header.get("unindexed_blocks", [])]
+            if not all(0 <= i < n for i in wild):
+                return None
+            table.index = GramIndex(BitMap64.deserialize(data[pos : pos + ilen]), n, wild)
+        if table.compression not in ("zstd", "none") or not _consistent(table, entries):
             return None
         return table
-    except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError):
+    except (ValueError, KeyError, TypeError, OverflowError, struct.error, json.JSONDecodeError):
         return None
+
+
+def _consistent(table: Table, entries: np.ndarray) -> bool:
+    """Whether a decoded table describes a sound segment: blocks one after
+    another from offset 0, none empty, each with whole records whose ULIDs
+    rise from block to block.  The checksum only proves the sidecar is what
+    some writer wrote; this keeps a lying one (a bug, a hand-made file) from
+    being trusted."""
+    n = len(table)
+    if not n:
+        return False
+    offsets, lengths = entries["offset"], entries["length"]
+    if offsets[0] != 0 or not np.all(lengths > 0) or not np.all(entries["records"] > 0):
+        return False
+    if not np.all(offsets[1:] == offsets[:-1] + lengths[:-1]) or not np.all(entries["raw"] >= entries["records"]):
+        return False
+    if table.compression == "none" and not np.all(entries["raw"] == lengths):
+        return False
+    previous = b""
+    for first, last in zip(table.firsts, table.lasts):
+        if not (is_ulid(first) and is_ulid(last) and previous < first <= last):
+            return False
+        previous = last
+    return True
 
 
 def write_sidecar(segment: Path, table: Table, st: os.stat_result | None = None) -> None:
