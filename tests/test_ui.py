@@ -8,6 +8,8 @@ screenshot shown in ``docs/ui.md`` to ``docs/ui.png``.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import shutil
 import time
@@ -18,6 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import httpx
 import pytest
 
+from oklog.query.buckets import STEPS
 from oklog.ulid import encode_int
 from tests.nodeutil import ROOT, Node, forward
 
@@ -26,7 +29,8 @@ pytestmark = pytest.mark.slow
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 N = 30_000
-STEP_MS = 120  # N records over one hour
+# N records over about an hour, in waves (so the histogram has a shape)
+TIMES = list(itertools.accumulate(20 + int(230 * (1 + math.sin(i / 1500)) / 2) for i in range(N)))
 WAIT_MS = 90_000  # generous: the box is shared
 
 
@@ -35,7 +39,8 @@ def iso(ms: int) -> str:
 
 
 def payload(i: int) -> bytes:
-    p = b"GET /api/v1/items/%d status=%d" % (i, 500 if i % 10 == 0 else 200)
+    p = b"level=%s method=GET path=/api/v1/items/%d status=%d dur=%dms" % (
+        b"error" if i % 10 == 0 else b"info", i % 997, 500 if i % 10 == 0 else 200, (i * 37) % 400)
     if i % 7 == 0:
         p += b" needle"
     if i % 1000 == 3:
@@ -72,7 +77,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         "-ingest.segment-flush-age", "200ms", "-store.segment-target-age", "200ms"])
     n.start()
     base = (int(time.time() * 1000) - 2 * 3600_000) // 60_000 * 60_000
-    body = b"".join(encode_int(base + i * STEP_MS, 10) + encode_int(i, 16) + b" " + topic(i) + b" "
+    body = b"".join(encode_int(base + TIMES[i], 10) + encode_int(i, 16) + b" " + topic(i) + b" "
                     + payload(i) + b"\n" for i in range(N))
     r = httpx.post(f"{n.api}/store/replicate", content=body, timeout=60)
     assert r.status_code == 200, r.text
@@ -83,7 +88,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def window(node: Node) -> dict[str, str]:
     base: int = node.base  # type: ignore[attr-defined]
-    return {"from": iso(base), "to": iso(base + N * STEP_MS)}
+    return {"from": iso(base), "to": iso(base + TIMES[-1])}
 
 
 def api_query(node: Node, **params: str) -> bytes:
@@ -210,7 +215,7 @@ def test_live_tail_toggle(browser: Any, node: Node) -> None:
     page = open_ui(browser, node, **window(node))
     wait_done(page)
     page.fill("#q", "live-marker")
-    page.check("#live")
+    page.click("#live")  # not check(): a node without a stream unticks it at once
     if not _has_stream(node):
         wait_done(page, "error")
         assert "not available" in page.inner_text("#error")
@@ -236,6 +241,47 @@ def _has_stream(node: Node) -> bool:
             return r.status_code != 404
     except httpx.HTTPError:
         return False
+
+
+def test_histogram_endpoint(node: Node) -> None:
+    """``/store/histogram`` as a script uses it (no browser needed)."""
+    w = window(node)
+    for path in ("/store/histogram", "/store/_histogram"):
+        r = httpx.get(f"{node.api}{path}", params={**w, "buckets": "30"}, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        h = r.json()
+        assert h["total"] == N == sum(b["count"] for b in h["buckets"])
+        assert 15 < len(h["buckets"]) * 2 <= 60 and h["bucket_ms"] in STEPS
+        assert all(b["t"] % h["bucket_ms"] == 0 for b in h["buckets"])
+        assert h["errors"] == []
+        # 1 MiB blocks of this data span ~20 minutes: inside one bucket only when buckets are wide
+        one = httpx.get(f"{node.api}{path}", params={**w, "buckets": "1"}, timeout=60).json()
+        assert one["buckets"][0]["count"] == N and one["blocks_from_metadata"] > 0 == one["blocks_scanned"]
+    h = httpx.get(f"{node.api}/store/histogram", params={**w, "buckets": "30"}).json()
+    assert h["exact"] is True and h["nodes_queried"] == 1 and h["buckets_deduplicated"] == 0
+    for params in ({"q": "needle"}, {"topic": "db"}, {"q": "status=5.0", "regex": ""}):
+        h = httpx.get(f"{node.api}/store/histogram", params={**w, **params}, timeout=60).json()
+        assert h["total"] == api_query(node, **w, **params).count(b"\n") > 0
+        assert h["blocks_from_metadata"] == 0
+    bad = [({"buckets": "0"}, 'invalid "buckets"'), ({"buckets": "x"}, 'invalid "buckets"'),
+           ({"q": "a(b", "regex": ""}, "regex"), ({"from": "yesterday"}, 'invalid "from"'),
+           ({"from": w["to"], "to": w["from"]}, "after"), ({"topic": "no/slash"}, 'invalid "topic"')]
+    for params, reason in bad:
+        r = httpx.get(f"{node.api}/store/histogram", params={**w, **params})
+        assert r.status_code == 400 and reason in r.text and r.text.count("\n") == 1, (params, r.text)
+    r = httpx.get(f"{node.api}/store/histogram", params={"to": "now"})
+    assert r.status_code == 400 and 'missing "from"' in r.text
+
+
+def test_ui_files(node: Node) -> None:
+    for path, kind in (("/ui", "text/html"), ("/ui/", "text/html"), ("/ui/ui.js", "text/javascript"),
+                       ("/ui/ui.css", "text/css")):
+        r = httpx.get(node.api + path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+    html = httpx.get(node.api + "/ui").text
+    assert "http://" not in html and "https://" not in html  # nothing loaded from elsewhere
+    assert httpx.get(node.api + "/ui/nope.js").status_code == 404
 
 
 @pytest.mark.skipif(os.environ.get("OKLOG_UI_SCREENSHOT") != "1",
