@@ -25,6 +25,10 @@ de-duplicated, so it works in two rounds:
    the time span of the contested buckets, merged and de-duplicated by ULID,
    each record counted in its bucket.
 
+A query that must be scanned anyway (a ``q`` or a ``topic``) on several
+stores skips round 1: every bucket would be contested, and round 1 would
+only scan everything once more.
+
 So every count is exact when every store answered; round 2 costs what the
 same ``/store/query`` costs, round 1 is free for empty queries on a single
 store.  A store that fails in either round is listed in ``errors``, the
