@@ -263,3 +263,25 @@ def test_a_store_that_fails_is_reported_and_counts_are_lower_bounds() -> None:
     assert h.counts.tolist() == [2] * 6
     assert len(h.errors) == 2 and any("gone" in e for e in h.errors) and any("unusable" in e for e in h.errors)
     assert h.to_json(q)["exact"] is False
+
+
+def test_the_work_stops_when_the_client_goes_away() -> None:
+    from oklog.errors import ClientGone
+    from oklog.http import Request
+    from oklog.query.histogram import _unless_gone
+
+    messages = [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict:
+        await trio.sleep(0.01)
+        return messages.pop(0)
+
+    async def forever() -> None:
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        request = Request("GET", "/store/histogram", b"", {}, receive)
+        with trio.fail_after(5), pytest.raises(ClientGone):
+            await _unless_gone(request, forever)  # type: ignore[arg-type]
+
+    trio.run(main)

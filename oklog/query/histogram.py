@@ -42,14 +42,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 import trio
 
 from .. import metrics
 from ..cluster.membership import Membership
-from ..errors import OklogError, PeerError
+from ..errors import ClientGone, OklogError, PeerError
 from ..http import Request, Response, Router, json_response
 from ..peer import Peers
 from ..store.log import StoreLog
@@ -218,6 +218,8 @@ async def _recount(h: Histogram, contested: np.ndarray, store: StoreLog | None, 
         b.count_block(block, recount, only=contested)
     h.counts[contested] = recount[contested]
     h.rescanned_buckets = int(contested.sum())
+    h.segments = max(h.segments, gathered.total("X-Oklog-Segments-Queried"))
+    h.blocks_scanned += gathered.total("X-Oklog-Blocks-Queried")
     h.errors.extend(gathered.errors)
 
 
@@ -236,15 +238,15 @@ def histogram_router(store: StoreLog, membership: Membership, peers: Peers,
 
     async def local_endpoint(request: Request) -> Response:
         query, n = params(request)
-        h = await local_histogram(store, query, layout(query, n), scanner)
+        h = await _unless_gone(request, lambda: local_histogram(store, query, layout(query, n), scanner))
         metrics.queries.labels("local_histogram").inc()
         return json_response(h.to_json(query))
 
     async def cluster_endpoint(request: Request) -> Response:
         started = time.monotonic()
         query, n = params(request)  # 400 here, before bothering peers
-        h = await cluster_histogram(store, membership.stores(), peers, query, n,
-                                    self_url=membership.self_url(), scanner=scanner)
+        h = await _unless_gone(request, lambda: cluster_histogram(
+            store, membership.stores(), peers, query, n, self_url=membership.self_url(), scanner=scanner))
         body = h.to_json(query)
         body["duration_s"] = round(time.monotonic() - started, 6)
         notes = warnings()
@@ -257,3 +259,21 @@ def histogram_router(store: StoreLog, membership: Membership, peers: Peers,
     router.add("GET", "/store/_histogram", local_endpoint)
     router.add("GET", "/store/histogram", cluster_endpoint)
     return router
+
+
+async def _unless_gone(request: Request, work: Callable[[], Awaitable[Histogram]]) -> Histogram:
+    """``work()``, cancelled (scans and peer calls with it) if the client
+    goes away first: a UI that zooms again drops the histogram it no longer shows."""
+    result: list[Histogram] = []
+
+    async def watch(scope: trio.CancelScope) -> None:
+        await request.wait_disconnect()
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        result.append(await work())
+        nursery.cancel_scope.cancel()
+    if not result:
+        raise ClientGone("client disconnected")
+    return result[0]
