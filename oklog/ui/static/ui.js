@@ -25,6 +25,7 @@
   let controller = null; // aborts the query or the live tail running now
   let histController = null; // aborts the histogram being counted
   let lastHistogram = null;
+  let follow = true; // live tail: keep the newest line in view unless the user scrolled up
 
   // --- state <-> URL <-> form ---------------------------------------------------------
 
@@ -373,7 +374,7 @@
     }
     const renderer = new Renderer(LIVE_LINES, true, (n) => {
       stats.textContent = "live tail since " + since + " · showing the newest " + n.toLocaleString("en-US") + " record(s)";
-      results.lastChild && results.scrollIntoView({ block: "end" });
+      if (follow) window.scrollTo(0, document.documentElement.scrollHeight);
     });
     stats.textContent = "live tail since " + since + " · waiting for records";
     try {
@@ -432,6 +433,7 @@
       e.preventDefault(); q.focus(); q.select();
     } else if (e.key === "Escape") {
       if (controller) {
+        e.preventDefault(); // in the search box Esc would also clear the query
         stop();
         if (live.checked) { live.checked = false; saveURL(readForm(), false); }
         setState("stopped");
@@ -445,6 +447,9 @@
   });
 
   window.addEventListener("popstate", () => start(false));
+  window.addEventListener("scroll", () => {
+    follow = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 60;
+  }, { passive: true });
 
   function start(first) {
     const s = fromURL();
