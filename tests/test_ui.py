@@ -167,6 +167,17 @@ def test_a_histogram_bar_zooms_into_its_range(browser: Any, node: Node) -> None:
     page.close()
 
 
+def test_a_result_beyond_the_cap_stops_with_a_note(browser: Any, node: Node) -> None:
+    page = browser.new_page(bypass_csp=True)
+    page.add_init_script("window.oklogMaxLines = 1000")
+    page.goto(f"{node.api}/ui?{urlencode(window(node))}")
+    wait_done(page, "capped")
+    assert rendered(page).count("\n") == 1000
+    assert "Showing the first 1,000 records" in page.inner_text("#note")
+    assert "1,000+ record(s)" in page.inner_text("#stats")
+    page.close()
+
+
 def test_enter_in_the_query_box_runs_the_query(browser: Any, node: Node) -> None:
     page = open_ui(browser, node, **window(node))
     wait_done(page)

@@ -11,7 +11,7 @@
 "use strict";
 
 (() => {
-  const MAX_LINES = 100000;
+  const MAX_LINES = window.oklogMaxLines || 100000; // tests lower it
   const LIVE_LINES = 20000;
   const FALSE = ["false", "0", "no", "off"];
 
