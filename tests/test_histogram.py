@@ -285,3 +285,20 @@ def test_the_work_stops_when_the_client_goes_away() -> None:
             await _unless_gone(request, forever)  # type: ignore[arg-type]
 
     trio.run(main)
+
+
+def test_an_answer_that_breaks_off_in_round_two_is_reported() -> None:
+    q = Query(ulid_for_ms(0), ulid_for_ms(59_999, upper=True))
+    b = layout(q, 6)
+    recs = [rec(100 + i, i) for i in range(20)]
+    body = json.dumps({"bucket_ms": b.step_ms, "from_ms": b.from_ms, "buckets": [
+        {"t": b.start(i), "count": 20 if i == 0 else 0} for i in range(len(b))]}).encode()
+    fake = FakeCluster({}, ["http://a", "http://b"])
+    fake.histograms = {"http://a": body, "http://b": body}
+    whole = b"".join(recs)
+    fake.answers = {"http://a": FakeAnswer("http://a", {}, [whole[:-5]]),  # cut inside the last record
+                    "http://b": FakeAnswer("http://b", {}, [whole[: 10 * len(recs[0])]])}
+    h = trio.run(cluster_histogram, None, ["http://a", "http://b"], fake, q, 6)
+    assert h.counts[0] == 19  # a lower bound: every whole record, once
+    assert len(h.errors) == 1 and "http://a: answer broke off" in h.errors[0]
+    assert fake.answers["http://a"].closed and fake.answers["http://b"].closed

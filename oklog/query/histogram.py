@@ -42,7 +42,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 import trio
@@ -51,12 +51,14 @@ from .. import metrics
 from ..cluster.membership import Membership
 from ..errors import ClientGone, OklogError, PeerError
 from ..http import Request, Response, Router, json_response
-from ..peer import Peers
+from ..lines import aiter_blocks
+from ..peer import Peers, QueryAnswer
 from ..store.log import StoreLog
 from ..ulid import ms_of, ulid_for_ms
 from . import gather, local
 from .buckets import Buckets, parse_buckets
 from .params import Query, parse_query
+from .streams import merge_streams
 from .workers import Scanner
 
 log = logging.getLogger("oklog.query")
@@ -214,13 +216,36 @@ async def _recount(h: Histogram, contested: np.ndarray, store: StoreLog | None, 
         peers, stores, span.encode().encode(), "GET", self_url=self_url,
         local_plan=(lambda: local.prepare(store, span, scanner)) if store is not None else None)
     recount = b.zeros()
-    async for block in gather.merged_body(gathered):
-        b.count_block(block, recount, only=contested)
+    broken: list[str] = []
+    try:
+        async for block in merge_streams([_blocks(r, broken) for r in gathered.responses]):
+            b.count_block(block, recount, only=contested)
+    finally:
+        with trio.CancelScope(shield=True):
+            for r in gathered.responses:
+                await r.aclose()
     h.counts[contested] = recount[contested]
     h.rescanned_buckets = int(contested.sum())
     h.segments = max(h.segments, gathered.total("X-Oklog-Segments-Queried"))
     h.blocks_scanned += gathered.total("X-Oklog-Blocks-Queried")
-    h.errors.extend(gathered.errors)
+    h.errors.extend(gathered.errors + broken)
+
+
+async def _blocks(answer: QueryAnswer, broken: list[str]) -> AsyncIterator[bytes]:
+    """A store's records as blocks of whole lines; an answer that breaks off
+    ends there and is listed in ``broken`` (the counts are then lower bounds:
+    unlike a query's body, a histogram can still say so)."""
+    try:
+        if isinstance(answer, gather.LocalAnswer):
+            async for block in answer.chunks():  # whole lines already
+                yield block
+        else:
+            async for block in aiter_blocks(answer.chunks(), final_tail="error"):
+                yield block
+    except Exception as exc:  # httpx errors, a truncated body, a segment found damaged
+        metrics.query_errors.inc()
+        broken.append(f"{answer.peer}: answer broke off: {exc}")
+        log.warning("event=histogram_stream_broken peer=%s error=%r", answer.peer, exc)
 
 
 # --- HTTP ------------------------------------------------------------------------------
