@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -302,3 +303,46 @@ def test_an_answer_that_breaks_off_in_round_two_is_reported() -> None:
     assert h.counts[0] == 19  # a lower bound: every whole record, once
     assert len(h.errors) == 1 and "http://a: answer broke off" in h.errors[0]
     assert fake.answers["http://a"].closed and fake.answers["http://b"].closed
+
+
+def test_two_stores_over_http(tmp_path: Path) -> None:
+    """The real endpoints and ``HttpPeers`` (httpx to the ASGI apps, no sockets)."""
+    import httpx
+
+    from oklog.peer import HttpPeers
+    from oklog.query.api import query_router
+    from oklog.query.histogram import histogram_router
+
+    rng = random.Random(7)
+    recs = records(rng, 800)
+
+    class Route(httpx.AsyncBaseTransport):
+        def __init__(self, apps: dict[str, Any]) -> None:
+            self.apps = {host: httpx.ASGITransport(app=app) for host, app in apps.items()}
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.host not in self.apps:
+                raise httpx.ConnectError("connection refused", request=request)
+            return await self.apps[request.url.host].handle_async_request(request)
+
+    async def main() -> None:
+        stores = [await store_holding(tmp_path / name, rng, recs) for name in ("a", "b")]
+        fake = FakeCluster({}, ["http://a", "http://b"])
+        apps = {}
+        for name, s in zip("ab", stores):
+            app = query_router(s, fake, fake)
+            app.mount(histogram_router(s, fake, fake))
+            apps[name] = app
+        peers = HttpPeers(httpx.AsyncClient(transport=Route(apps)))
+        union = [r for s in stores for r in held(s)]
+        lo, hi = ranges(recs, rng)[0]
+        for q in (Query(lo, hi), Query(lo, hi, b"GET")):
+            h = await cluster_histogram(None, ["http://a", "http://b"], peers, q, 40)
+            assert not h.errors and h.counts.tolist() == brute(union, q, h.buckets)
+        bad = await cluster_histogram(None, ["http://a", "http://nowhere"], peers, Query(lo, hi), 40)
+        assert len(bad.errors) >= 1 and "nowhere" in bad.errors[0]
+        await peers.aclose()
+        for s in stores:
+            s.close()
+
+    trio.run(main)
