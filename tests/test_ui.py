@@ -192,6 +192,27 @@ def test_enter_in_the_query_box_runs_the_query(browser: Any, node: Node) -> None
     page.close()
 
 
+def test_a_new_query_replaces_a_running_one(browser: Any, node: Node) -> None:
+    page = browser.new_page(bypass_csp=True)
+    page.set_default_timeout(WAIT_MS)
+    cdp = page.context.new_cdp_session(page)  # a slow network: the first answer takes ~10 s
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": 300_000, "uploadThroughput": 300_000})
+    page.goto(f"{node.api}/ui?{urlencode(window(node))}")  # 30,000 records on their way
+    page.wait_for_function("Number(document.getElementById('results').dataset.lines) > 0")
+    assert page.evaluate("document.body.dataset.state") == "running"
+    page.fill("#q", "needle")
+    page.press("#q", "Enter")
+    page.wait_for_function("new URLSearchParams(location.search).get('q') === 'needle'")
+    wait_done(page)
+    page.wait_for_timeout(300)  # a late frame of the first query would land now
+    text = rendered(page)
+    assert text.count("\n") == N // 7 + 1 and text.count("needle") == N // 7 + 1
+    assert f"{N // 7 + 1:,} record(s)" in page.inner_text("#stats")
+    page.close()
+
+
 def test_a_bad_regex_shows_the_reason(browser: Any, node: Node) -> None:
     params = {"q": "a(b", "regex": "true", **window(node)}
     reason = httpx.get(f"{node.api}/store/query", params=params).text.strip()

@@ -146,10 +146,16 @@
       return more;
     }
 
+    // A run that was stopped or replaced: nothing more of it reaches the page.
+    cancel() {
+      if (this.frame) cancelAnimationFrame(this.frame);
+      this.frame = 0; this.pending = []; this.pendingLines = 0; this.dead = true;
+    }
+
     flush() {
       if (this.frame) cancelAnimationFrame(this.frame);
       this.frame = 0;
-      if (!this.pending.length) return;
+      if (this.dead || !this.pending.length) return;
       const node = document.createTextNode(this.pending.join(""));
       results.appendChild(node);
       this.nodes.push([node, this.pendingLines]);
@@ -176,6 +182,7 @@
 
   async function pump(response, renderer, signal) {
     const reader = response.body.getReader();
+    signal.addEventListener("abort", () => renderer.cancel());
     try {
       for (;;) {
         const { done, value } = await reader.read();
@@ -183,8 +190,8 @@
         if (!renderer.push(value)) { renderer.flush(); return "capped"; }
       }
     } catch (e) {
-      renderer.flush();
       if (signal.aborted) return "stopped";
+      renderer.flush();
       throw e;
     } finally {
       reader.cancel().catch(() => {});
@@ -211,7 +218,8 @@
       return;
     }
     if (response.status !== 200 && response.status !== 206) {
-      const reason = (await response.text()).trim();
+      const reason = (await response.text().catch(() => "")).trim();
+      if (controller !== ctl) return; // replaced or stopped meanwhile
       show(errorBox, response.status + " " + response.statusText + ": " + reason);
       stats.textContent = "";
       setState("error");
@@ -238,10 +246,12 @@
     try {
       outcome = await pump(response, renderer, ctl.signal);
     } catch (e) {
+      if (controller !== ctl) return;
       show(errorBox, "the answer broke off: " + e.message + " (records shown so far are incomplete)");
       setState("error");
       return;
     }
+    if (outcome === "stopped") return; // Esc, or another run: that one owns the page now
     line(renderer.lines, outcome);
     if (outcome === "capped") {
       ctl.abort(); // stop the transfer; the node stops scanning
@@ -266,8 +276,10 @@
     try {
       const r = await fetch("/store/histogram?" + apiParams(s, true) + "&buckets=" + n, { signal });
       if (r.status !== 200 && r.status !== 206) {
+        const reason = (await r.text()).trim();
+        if (signal.aborted) return;
         svg.dataset.state = "error";
-        caption.textContent = "histogram: " + r.status + " " + (await r.text()).trim();
+        caption.textContent = "histogram: " + r.status + " " + reason;
         drawBars(null);
         return;
       }
@@ -276,6 +288,7 @@
       if (!signal.aborted) { svg.dataset.state = "error"; caption.textContent = "histogram failed: " + e.message; }
       return;
     }
+    if (signal.aborted) return;
     if (histController === hctl) histController = null;
     lastHistogram = data;
     drawBars(data);
@@ -366,7 +379,8 @@
       return;
     }
     if (response.status !== 200) {
-      const reason = (await response.text()).trim();
+      const reason = (await response.text().catch(() => "")).trim();
+      if (controller !== ctl) return;
       liveFailed(response.status === 404
         ? "live tail is not available on this node (no /store/stream)"
         : "live tail: " + response.status + " " + response.statusText + ": " + reason);
@@ -386,7 +400,7 @@
         setState("done");
       }
     } catch (e) {
-      liveFailed("live tail broke off: " + e.message);
+      if (controller === ctl) liveFailed("live tail broke off: " + e.message);
     }
   }
 
