@@ -197,10 +197,10 @@ async def cluster_histogram(store: StoreLog | None, stores: list[str], peers: Pe
                   segments=sum(a.segments for a in answers.values()),
                   blocks_counted=sum(a.blocks_counted for a in answers.values()),
                   blocks_scanned=sum(a.blocks_scanned for a in answers.values()))
+    metrics.query_errors.inc(len(errors))  # round 2 counts its own
     contested = np.ones(len(buckets), bool) if every_bucket_contested else holders >= 2
     if contested.any():
         await _recount(h, contested, store, stores, peers, query, self_url, scanner)
-    metrics.query_errors.inc(len(errors))
     return h
 
 
