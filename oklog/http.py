@@ -67,6 +67,17 @@ class Request:
             if chunk:
                 yield chunk
 
+    async def wait_disconnect(self) -> None:
+        """Return once the client has gone away (an unread body is drained
+        first).  Run it beside long work whose answer nobody may wait for."""
+        try:
+            async for _ in self.stream():
+                pass
+        except ClientGone:
+            return
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
 
 @dataclass
 class Response:

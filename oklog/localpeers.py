@@ -100,6 +100,9 @@ class LocalPeers:
     async def open_query(self, store: str, raw_query: bytes, *, method: str = "GET") -> QueryAnswer:
         return await self.remote.open_query(store, raw_query, method=method)
 
+    async def histogram(self, store: str, raw_query: bytes) -> bytes:
+        return await self.remote.histogram(store, raw_query)
+
 
     def _remember(self, path: Path) -> None:
         if len(self._stamped) > 10_000:  # forget spools long gone

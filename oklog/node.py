@@ -45,10 +45,12 @@ from .listen import check_free, tcp_sockets
 from .localpeers import LocalPeers
 from .peer import Peers, open_peers
 from .query.api import query_router
+from .query.histogram import histogram_router
 from .query.workers import Scanner
 from .store.api import store_router
 from .store.consume import Consumer
 from .store.log import StoreLog
+from .ui import ui_router
 from .ulid import Stamper
 
 __all__ = ["NodeConfig", "run_node"]
@@ -230,6 +232,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
     if store is not None:
         router.mount(store_router(store, cluster_state))
         router.mount(query_router(store, membership, peers, warnings, scanner))
+        router.mount(histogram_router(store, membership, peers, scanner, warnings))
+        router.mount(ui_router())
 
     async with trio.open_nursery() as nursery:
         api_stop = trio.Event()

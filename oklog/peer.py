@@ -76,6 +76,10 @@ class Peers(Protocol):
         headers arrived (the caller closes the answer)."""
         ...
 
+    async def histogram(self, store: str, raw_query: bytes) -> bytes:
+        """A store's ``/store/_histogram`` answer (its JSON body)."""
+        ...
+
 
 @dataclass
 class QueryResponse:
@@ -181,6 +185,18 @@ class HttpPeers:
             await resp.aclose()
             raise PeerRejected(store, resp.status_code, body.strip())
         return QueryResponse(store, resp.status_code, resp.headers, resp)
+
+    async def histogram(self, store: str, raw_query: bytes) -> bytes:
+        """``/store/_histogram`` of one store: its JSON body (a scan can take
+        a while before the answer: the stream timeouts apply)."""
+        url = f"{store}/store/_histogram?{raw_query.decode('latin-1')}"
+        try:
+            resp = await self.client.get(url, timeout=STREAM)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(url, _describe(exc)) from exc
+        if resp.status_code != 200:
+            raise PeerRejected(store, resp.status_code, resp.text[:200].strip())
+        return resp.content
 
 
 async def file_chunks(paths: list[Path]) -> AsyncIterator[bytes]:

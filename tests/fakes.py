@@ -53,6 +53,8 @@ class FakeCluster:
         self.rejecting_stores: set[str] = set()  # answer 400, as to a malformed body
         self.broken_reads: set[str] = set()
         self.answers: dict[str, FakeAnswer] = {}  # store -> its answer to open_query
+        self.histograms: dict[str, bytes] = {}  # store -> its /store/_histogram body
+        self.histogram_calls: list[tuple[str, bytes]] = []
         self._stores = stores
 
     # -- Membership --------------------------------------------------------------------
@@ -121,6 +123,13 @@ class FakeCluster:
         if store not in self.answers:
             raise PeerUnavailable(store, "connection refused")
         return self.answers[store]
+
+    async def histogram(self, store: str, raw_query: bytes) -> bytes:
+        await trio.lowlevel.checkpoint()
+        self.histogram_calls.append((store, raw_query))
+        if store not in self.histograms:
+            raise PeerUnavailable(store, "connection refused")
+        return self.histograms[store]
 
 
 def _conforms(cluster: FakeCluster) -> tuple[Membership, Peers]:
