@@ -12,6 +12,9 @@ ingest_bytes = Counter("oklog_ingest_bytes", "Record bytes written to ingest seg
 ingest_rejected = Counter(
     "oklog_ingest_rejected_records", "Producer lines rejected at ingest", ["reason"]
 )
+ingest_disk_full = Counter(
+    "oklog_ingest_disk_full",
+    "Times a forwarder connection was held back because the ingest disk was full")
 ingest_connections = Gauge("oklog_ingest_connections", "Open forwarder connections", ["mode"])
 ingest_segments_flushed = Counter("oklog_ingest_segments_flushed", "Ingest segments flushed")
 ingest_segments_committed = Counter(

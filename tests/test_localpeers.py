@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from oklog.localpeers import LocalPeers
 from oklog.peer import open_peers
 from oklog.query import local
 from oklog.query.params import Query
-from oklog.records.format import stamp
+from oklog.records.format import stamp, validate_block
 from oklog.store.consume import Consumer
 from oklog.store.log import StoreLog
 from oklog.ulid import MAX_ULID, MIN_ULID, Stamper
@@ -158,22 +159,73 @@ def test_spools_are_linked_or_copied_when_linking_fails(tmp_path: Path, monkeypa
     assert (tmp_path / "by_hand").read_bytes() == data
 
 
-def test_a_write_cut_short_makes_a_segment_no_longer_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from oklog.ingest import log as ingest_log_module
+class _DiskFills:
+    """A segment file whose disk fills up after ``room`` more bytes."""
 
+    def __init__(self, file: Any, room: int, truncate_fails: bool = False) -> None:
+        self.file, self.room, self.truncate_fails = file, room, truncate_fails
+
+    def write(self, view: Any) -> int:
+        if self.room == 0:
+            raise OSError(28, "No space left on device")
+        n = self.file.write(view[: self.room])
+        self.room -= n
+        return n
+
+    def fileno(self) -> int:
+        if self.truncate_fails:
+            raise OSError(5, "Input/output error")
+        return self.file.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def test_a_write_cut_short_is_taken_back(tmp_path: Path) -> None:
+    """A full disk in the middle of a block: the part written is taken
+    back, so the segment stays whole records (and trusted), and the block
+    can be written again once there is room."""
     ingest, _ = node(tmp_path)
 
     async def main() -> None:
-        ingest.write(stamp([b"fine"], Stamper()))
-        seg = ingest._active.id  # type: ignore[union-attr]
-        assert ingest.stamped_here(seg)
-
-        def cut_short(self, block):  # type: ignore[no-untyped-def]
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(ingest_log_module.ActiveSegment, "write", cut_short)
+        stamper = Stamper()
+        ingest.write(stamp([b"fine"], stamper))
+        active = ingest._active
+        assert active is not None
+        seg, before = active.id, active.path.read_bytes()
+        active.file = _DiskFills(active.file, room=10)  # type: ignore[assignment]
+        block = stamp([b"cut short", b"here"], stamper)
         with pytest.raises(OSError):
-            ingest.write(stamp([b"lost"], Stamper()))
-        assert not ingest.stamped_here(seg)  # its lines are checked again by the store
+            ingest.write(block)
+        assert active.path.read_bytes() == before and active.size == len(before)
+        assert ingest.stamped_here(seg)  # still records by construction
+
+        active.file = active.file.file  # type: ignore[attr-defined]  # room again
+        ingest.write(block)
+        assert active.path.read_bytes() == before + block
+        validate_block(active.path.read_bytes())
+
+    trio.run(main)
+
+
+def test_a_write_that_cannot_be_taken_back_makes_a_segment_no_longer_trusted(tmp_path: Path) -> None:
+    ingest, _ = node(tmp_path)
+
+    async def main() -> None:
+        stamper = Stamper()
+        ingest.write(stamp([b"fine"], stamper))
+        active = ingest._active
+        assert active is not None
+        active.file = _DiskFills(active.file, room=10, truncate_fails=True)  # type: ignore[assignment]
+        with pytest.raises(OSError):
+            ingest.write(stamp([b"lost"], stamper))
+        assert not ingest.stamped_here(active.id)  # its lines are checked again by the store
+
+        # the torn segment is closed out as it is; the next block starts a new one
+        active.file = active.file.file  # type: ignore[attr-defined]
+        ingest.write(stamp([b"next"], stamper))
+        assert ingest._active is not None and ingest._active.id != active.id
+        assert (tmp_path / "ingest" / f"{active.id}.flushed").exists()
+        assert ingest._active.path.read_bytes().endswith(b" default next\n")
 
     trio.run(main)

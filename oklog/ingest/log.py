@@ -43,12 +43,24 @@ class ActiveSegment:
         self.file = open(self.path, "xb", buffering=0)
         self.size = 0
         self.started = started
+        self.torn = False  # a write cut short could not be taken back
 
     def write(self, block: bytes) -> None:
+        """Append ``block`` whole, or raise with the file as it was before
+        (a write cut short -- a full disk -- is taken back, so the segment
+        never holds part of a record, nor a later record glued to one)."""
         view = memoryview(block)
-        while view:
-            n = self.file.write(view)
-            view = view[n:]
+        try:
+            while view:
+                n = self.file.write(view)
+                view = view[n:]
+        except OSError:
+            try:
+                os.ftruncate(self.file.fileno(), self.size)
+                self.file.seek(self.size)
+            except OSError:
+                self.torn = True
+            raise
         self.size += len(block)
 
 
@@ -117,18 +129,30 @@ class IngestLog:
     # -- writing ----------------------------------------------------------------
 
     def write(self, block: bytes) -> bool:
-        """Append a block of records; True when the segment should be flushed."""
+        """Append a block of records; True when the segment should be flushed.
+
+        A write that fails (``OSError``: a full disk) leaves the segment as
+        it was; the caller may try again later."""
+        if self._active is not None and self._active.torn:
+            # never append to part of a record: close that segment out as it is
+            torn, self._active = self._active, None
+            self._finish(torn)
+            self.book.flushed(torn.id, torn.size)
+            metrics.ingest_segments_flushed.inc()
         if self._active is None:
             seg_id = self._ids.one().decode()
+            active = ActiveSegment(self.path, seg_id, self.clock())  # may fail: then nothing changed
             self.book.activate(seg_id)
-            self._active = ActiveSegment(self.path, seg_id, self.clock())
+            self._active = active
             self._stamped.add(seg_id)
         try:
             self._active.write(block)
         except BaseException:
-            # a write cut short (disk full) may leave part of a record: the
-            # segment is no longer records by construction
-            self._stamped.discard(self._active.id)
+            # a write cut short (disk full) was taken back; if even that
+            # failed, part of a record is left: the segment is no longer
+            # records by construction (the consumer salvages it)
+            if self._active.torn:
+                self._stamped.discard(self._active.id)
             raise
         return self._active.size >= self.flush_size
 

@@ -6,10 +6,18 @@ active segment in one synchronous step, so every segment stays sorted and a
 connection's lines keep their sending order.  In durable mode the segment is
 fsynced before the next read from that connection: what a durable forwarder
 has had accepted by TCP flow control beyond that point is not yet promised.
+
+A full disk (``ENOSPC``, ``EDQUOT``) is backpressure, not an error: the
+block that did not fit is taken back (the segment stays whole records), the
+connection is not read any further, and the block is stamped again and
+retried (every 0.1 s, backing off to 1 s) until it fits -- when the store
+tier consumes segments, or an operator frees space.  The forwarder is held
+back by TCP flow control; nothing it sent is refused or dropped.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Awaitable, Callable
 
@@ -25,6 +33,8 @@ from .log import IngestLog
 log = logging.getLogger("oklog.ingest")
 
 RECEIVE_SIZE = 256 * 1024
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_RETRY = (0.1, 1.0)  # first and longest wait before writing again
 
 
 class LineIngester:
@@ -67,16 +77,42 @@ class LineIngester:
             if block:
                 lines = block.split(b"\n")
                 lines.pop()  # after the final LF
-                block = stamp(lines, self.stamper)
-                full = self.log.write(block)
-                metrics.ingest_records.inc(len(lines))
-                metrics.ingest_bytes.inc(len(block))
+                full = await self._append(lines, durable)
                 if full:
                     await self.log.flush()
                 elif durable:
                     await self.log.sync()
             if not data:
                 return
+
+    async def _append(self, lines: list[bytes], durable: bool) -> bool:
+        """Stamp and write ``lines`` as one block, waiting while the disk is
+        full; True when the segment should be flushed.  The block is stamped
+        again at every try: blocks other connections wrote meanwhile have
+        later ULIDs, and a segment stays sorted."""
+        wait, since = DISK_FULL_RETRY[0], None
+        while True:
+            block = stamp(lines, self.stamper)
+            try:
+                full = self.log.write(block)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                if since is None:
+                    since = trio.current_time()
+                    metrics.ingest_disk_full.inc()
+                    log.warning("event=disk_full mode=%s path=%s error=%r action=backpressure "
+                                "(not reading this connection until the block fits)",
+                                "durable" if durable else "fast", self.log.path, exc.strerror)
+                await trio.sleep(wait)
+                wait = min(wait * 2, DISK_FULL_RETRY[1])
+                continue
+            if since is not None:
+                log.warning("event=disk_space_back mode=%s waited=%.1fs",
+                            "durable" if durable else "fast", trio.current_time() - since)
+            metrics.ingest_records.inc(len(lines))
+            metrics.ingest_bytes.inc(len(block))
+            return full
 
 
 async def serve_lines(

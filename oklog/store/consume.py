@@ -58,6 +58,7 @@ from ..ulid import ULID_LEN
 from ..segment.check import Verdict, good_blocks
 from ..segment.plain import PlainReader, PlainWriter
 from .log import StoreLog
+from .park import Park
 
 log = logging.getLogger("oklog.consume")
 
@@ -192,6 +193,7 @@ class Consumer:
         max_backoff: float = 5.0,
         clock: Callable[[], float] = trio.current_time,
         rng: random.Random | None = None,
+        park: Park | None = None,
     ) -> None:
         self.store = store
         self.membership = membership
@@ -205,6 +207,8 @@ class Consumer:
         self.clock = clock
         self.rng = rng or random.Random()
         self._last_shortage_log = -1e9
+        # test-only: park at a stage when armed (oklog.store.park); None in production
+        self.park = park if park is not None else Park.from_env()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -231,6 +235,8 @@ class Consumer:
                 return False
             txn.replicate()
             await self._merge_and_replicate(txn, files, stores)
+            if self.park is not None:
+                await self.park.at("commit")
         except Exception as exc:
             with trio.CancelScope(shield=True):
                 await self._finish(txn, ok=False, reason=exc)
@@ -273,6 +279,8 @@ class Consumer:
                     continue
                 txn.add(ingester, seg_id, size)
                 got = True
+                if self.park is not None and len(txn.sources) == 1:
+                    await self.park.at("gather")
                 if txn.gathered_enough(self.clock()):
                     return
             if not got:
@@ -342,6 +350,8 @@ class Consumer:
             done += 1
             if done == self.rf:
                 return
+            if self.park is not None and done == 1:
+                await self.park.at("replicate")
         raise ReplicationShortfall(self.rf, done)
 
     async def _finish(self, txn: ConsumeTxn, *, ok: bool, reason: object = None) -> None:

