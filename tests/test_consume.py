@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -243,3 +244,37 @@ def test_a_record_longer_than_any_store_takes_is_dropped_not_retried_forever(tmp
     assert trio.run(consumer.one_batch)
     assert cluster.received["http://s1"] == [before + after]
     assert counter("oklog_store_rejected_records_total", reason="too_long", source="consume") == too_long + 1
+
+
+@pytest.mark.parametrize("stage, uploads, pending", [("gather", 0, 1), ("replicate", 1, 2), ("commit", 2, 2)])
+def test_the_test_park_hook_stops_a_batch_exactly_at_its_stage(tmp_path, stage, uploads, pending):
+    """OKLOG_TEST_PARK (oklog.store.park): an armed stage parks the first
+    batch to reach it -- at gather one segment is read and nothing is sent,
+    at replicate one store took the upload, at commit every store did and
+    nothing is committed yet -- until the marker goes; an unarmed one never."""
+    from oklog.store.park import ENV, Park
+
+    st = Stamper()
+    cluster = FakeCluster({"http://i1": segments(2, 10, st)}, ["http://s1", "http://s2", "http://s3"])
+    park = tmp_path / "park"
+    park.mkdir()
+    consumer = make(tmp_path, cluster, rf=2)
+    consumer.park = Park.from_env({ENV: str(park)})
+    assert Park.from_env({}) is None  # production: no hook at all
+    (park / stage).touch()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer.one_batch)
+            while not list(park.glob(f"{stage}.parked.*")):
+                await trio.sleep(0.01)
+            [marker] = park.glob(f"{stage}.parked.*")
+            assert marker.name == f"{stage}.parked.{os.getpid()}"
+            await trio.sleep(0.2)  # it stays parked
+            assert sum(len(b) for b in cluster.received.values()) == uploads
+            assert len(cluster.pending) == pending and not cluster.committed
+            marker.unlink()
+        assert sorted(cluster.committed) == sorted(cluster.segments["http://i1"])
+        assert not list(park.iterdir())
+
+    trio.run(main)
