@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import collections
 import errno
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -92,13 +94,13 @@ def assert_exactly_once(api: str, tag: str, sent: list[bytes], timeout: float = 
     assert sorted(payloads(body)) == sorted(sent)
 
 
-def ids_on(store: Node, tag: str) -> list[bytes]:
-    """The ULIDs of ``tag``'s records that this one store holds (its own
-    copies; a store never returns a ULID twice)."""
-    r = httpx.get(f"{store.api}/store/_query", params={**ALL, "q": tag + " seq="}, timeout=60)
+def ids_on(api: str, tag: str) -> list[bytes]:
+    """The ULIDs of ``tag``'s records that the store at ``api`` holds (its
+    own copies; a store never returns a ULID twice)."""
+    r = httpx.get(f"{api}/store/_query", params={**ALL, "q": tag + " seq="}, timeout=60)
     assert r.status_code == 200, r.text
     ids = [line[:26] for line in r.content.split(b"\n")[:-1]]
-    assert len(ids) == len(set(ids)), f"{store.api} returned a record twice"
+    assert len(ids) == len(set(ids)), f"{api} returned a record twice"
     return ids
 
 
@@ -233,6 +235,8 @@ class Cluster:
         """Start the ingester again on its directories and ports; it joins
         the cluster through a store (nothing else would bring it back)."""
         ing = self.ingester
+        wait_until("the old process's Serf agent to let its port go",
+                   lambda: port_free(ing.cluster_port), 30)
         ing.extra = self.ingest_flags + ["-peer", f"127.0.0.1:{self.stores[0].cluster_port}", *extra]
         ing.start()
         wait_members(ing, 1 + len(self.stores))
@@ -246,20 +250,40 @@ class Cluster:
         return all(state[s]["segments"] == 0 for s in ("active", "flushed", "pending"))
 
     def assert_all_there(self, tag: str, sent: list[bytes]) -> None:
-        """Exactly once through every store's /store/query, on at least RF
-        stores each, and nothing left at the ingester."""
-        for store in self.stores:
-            assert_exactly_once(store.api, tag, sent)
-        copies: collections.Counter[bytes] = collections.Counter()
-
-        def replicated() -> bool:
-            copies.clear()
-            for store in self.stores:
-                copies.update(ids_on(store, tag))
-            return len(copies) == len(sent) and min(copies.values()) >= RF
-
-        wait_until(f"every {tag} record on {RF} stores", replicated, 60, every=0.5)
+        """Exactly once through every store, on RF stores each, and nothing
+        left at the ingester."""
+        assert_replicated([s.api for s in self.stores], tag, sent)
         wait_until("the ingester to have every segment committed", self.drained, 60, every=0.5)
+
+
+def assert_replicated(apis: list[str], tag: str, sent: list[bytes]) -> None:
+    """Exactly once through every store's /store/query, and every record
+    on at least RF of these stores."""
+    for api in apis:
+        assert_exactly_once(api, tag, sent)
+    copies: collections.Counter[bytes] = collections.Counter()
+
+    def replicated() -> bool:
+        copies.clear()
+        for api in apis:
+            copies.update(ids_on(api, tag))
+        return len(copies) == len(sent) and min(copies.values()) >= RF
+
+    wait_until(f"every {tag} record on {RF} stores", replicated, 60, every=0.5)
+
+
+def port_free(port: int) -> bool:
+    """Nothing holds ``port`` on 127.0.0.1, TCP or UDP (Serf takes both;
+    like Serf, ignore connections closed lately: SO_REUSEADDR)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def wait_members(node: Node, alive: int, timeout: float = 60) -> None:
@@ -320,11 +344,12 @@ def test_store_sigkilled_at_each_consume_stage(cluster: Cluster, stage: str) -> 
     # the kill lands where intended: the batch is claimed and read at the
     # ingester, and on as many stores as the stage says
     assert cluster.segment_state()["pending"]["segments"] >= 1
-    holding = [s for s in cluster.stores if ids_on(s, tag)]
+    holding = [s for s in cluster.stores if ids_on(s.api, tag)]
     assert len(holding) == {"gather": 0, "replicate": 1, "commit": RF}[stage]
 
     victim.kill()
     marker.unlink()
+    wait_until("the old process's Serf agent to let its port go", lambda: port_free(victim.cluster_port), 30)
     victim.start()
     cluster.assert_all_there(tag, sent)
 
@@ -366,8 +391,198 @@ def test_ingester_sigkilled_with_pending_segments(cluster: Cluster) -> None:
     forward(feed(sent), f"127.0.0.1:{ing.fast_port}")
     marker, _ = wait_parked(cluster.park, "gather")
     ing.kill()
-    assert list((ing.data / "ingest").glob("*.pending"))
+    pending = [p.stem for p in (ing.data / "ingest").glob("*.pending")]
+    assert pending
     cluster.restart_ingester()
-    assert "from=.pending" in ing.log()
+    logs = "".join(p.read_text(errors="replace") for p in ing.data.glob("*.log"))
+    for seg in pending:
+        assert f"event=recovered segment={seg} from=.pending" in logs
     marker.unlink()
     cluster.assert_all_there(tag, sent)
+
+
+# -- a network partition: ip netns + veth -----------------------------------------
+#
+# A hub namespace holds a bridge (10.200.0.254), the ingester and every
+# client (forward, queries, the canary); each store has a namespace of its
+# own (10.200.0.1-3) joined to the bridge by a veth pair.  Taking a store's
+# hub-side veth down cuts it off from everything; bringing it up heals.
+# Each namespace has its own Serf agent, started by the test so that a
+# partitioned member is retried (reconnect_interval) and never reaped
+# during the test (reconnect_timeout), as with Serf's production defaults;
+# the nodes attach to them (-cluster.serf-rpc).  No address outside these
+# namespaces is touched.
+
+HUB_IP = "10.200.0.254"
+STORE_IPS = ("10.200.0.1", "10.200.0.2", "10.200.0.3")
+CLONE_NEWNET = 0x40000000
+SERF_CONFIG = {"reconnect_interval": "1s", "reconnect_timeout": "10m", "tombstone_timeout": "10m"}
+
+
+def ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr.strip()}"
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (only) into network namespace ``name``."""
+    import ctypes
+
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Net:
+    """The namespaces of one test, and the processes running in them."""
+
+    hub: str
+    stores: list[str]  # one namespace per store
+    root: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    pool: "ThreadPoolExecutor | None" = None
+
+    def in_hub(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        """Run ``fn`` in a thread that lives in the hub namespace (sockets it
+        opens are the hub's)."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, initializer=enter_netns, initargs=(self.hub,))
+        return self.pool.submit(fn, *args, **kwargs).result()
+
+    def spawn(self, ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=out,
+                                    stdin=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def serf(self, ns: str, addr: str, join: str | None) -> None:
+        config = self.root / f"serf-{ns}.json"
+        config.write_text(json.dumps(SERF_CONFIG))
+        argv = ["serf", "agent", "-node", f"node-{addr}", "-bind", f"{addr}:7946",
+                "-rpc-addr", "127.0.0.1:7373", "-profile", "local", f"-config-file={config}"]
+        if join:
+            argv += ["-retry-join", f"{join}:7946", "-retry-interval", "1s"]
+        self.spawn(ns, argv, self.root / f"serf-{ns}.log")
+
+    def node(self, ns: str, mode: str, addr: str, *extra: str,
+             env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+        data = self.root / f"{mode}-{addr}"
+        args = [mode, "-api", f"{addr}:7650", "-cluster.serf-rpc", "127.0.0.1:7373"]
+        if mode == "ingest":
+            args += ["-ingest.fast", f"{addr}:7651", "-ingest.durable", f"{addr}:7652",
+                     "-ingest.bulk", f"{addr}:7653", "-ingest.path", str(data / "ingest")]
+        else:
+            args += ["-store.path", str(data / "store")]
+        log = self.root / f"{mode}-{addr}.log"
+        return self.spawn(ns, oklog_cmd(*args, *extra), log, env), log
+
+    def cut(self, k: int) -> None:
+        ip("-n", self.hub, "link", "set", f"h{k}", "down")
+
+    def heal(self, k: int) -> None:
+        ip("-n", self.hub, "link", "set", f"h{k}", "up")
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    prefix = f"okf{os.getpid()}"
+    hub = prefix + "h"
+    r = subprocess.run(["ip", "netns", "add", hub], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a network namespace (needs root and iproute2): {r.stderr.strip()}")
+    net = Net(hub, [], tmp_path)
+    try:
+        ip("-n", hub, "link", "set", "lo", "up")
+        ip("-n", hub, "link", "add", "br0", "type", "bridge")
+        ip("-n", hub, "addr", "add", f"{HUB_IP}/24", "dev", "br0")
+        ip("-n", hub, "link", "set", "br0", "up")
+        for k, addr in enumerate(STORE_IPS):
+            ns = f"{prefix}s{k}"
+            ip("netns", "add", ns)
+            net.stores.append(ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", hub, "link", "add", f"h{k}", "type", "veth", "peer", "name", "v0", "netns", ns)
+            ip("-n", hub, "link", "set", f"h{k}", "master", "br0")
+            ip("-n", hub, "link", "set", f"h{k}", "up")
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "v0")
+            ip("-n", ns, "link", "set", "v0", "up")
+        yield net
+    finally:
+        for proc in net.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if net.pool is not None:
+            net.pool.shutdown()
+        for ns in [hub, *net.stores]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def ready(api: str, members: int) -> bool:
+    """``api`` answers /readyz and sees ``members`` alive members."""
+    try:
+        if httpx.get(f"{api}/readyz", timeout=2).status_code != 200:
+            return False
+        path = "/ingest/_clusterstate" if api.startswith(f"http://{HUB_IP}:") else "/store/_clusterstate"
+        state = httpx.get(api + path, timeout=2).json()
+    except httpx.HTTPError:
+        return False
+    return sum(m["status"] == "alive" for m in state.get("members", [])) == members
+
+
+def test_store_partitioned_mid_replication_then_healed(net: Net) -> None:
+    """A store is cut off from the cluster after its first upload of a
+    batch and before the second: its batch fails, the ingester hands the
+    segments to the connected stores, and writes go on (a canary checks
+    them) while it is gone; healed, it rejoins, and every record is
+    queryable once through every store, on RF stores."""
+    if not HAVE_SERF:
+        pytest.skip("serf is not installed")
+    park = net.root / "park"
+    park.mkdir()
+    net.serf(net.hub, HUB_IP, None)
+    for ns, addr in zip(net.stores, STORE_IPS):
+        net.serf(ns, addr, HUB_IP)
+    time.sleep(0.5)  # the agents' RPC ports
+    ingester, _ = net.node(net.hub, "ingest", HUB_IP, "-ingest.segment-pending-timeout", "5s",
+                           "-ingest.segment-flush-age", "1s")
+    stores = [net.node(ns, "store", addr, "-store.segment-replication-factor", str(RF),
+                       env={PARK_ENV: str(park)})  # their consumers park when armed
+              for ns, addr in zip(net.stores, STORE_IPS)]
+    apis = [f"http://{addr}:7650" for addr in STORE_IPS]
+    for api in [f"http://{HUB_IP}:7650", *apis]:
+        net.in_hub(wait_until, f"{api} ready with 4 members", lambda api=api: ready(api, 4), 90, 0.2)
+
+    tag = "partitioned-mid-replication"
+    sent = tagged(tag, 3000)
+    arm(park, "replicate")
+    net.in_hub(forward, feed(sent), f"{HUB_IP}:7651")
+    marker, pid = wait_parked(park, "replicate")
+    [k] = [k for k, (proc, _) in enumerate(stores) if proc.pid == pid]
+    victim_log = stores[k][1]
+    others = [api for j, api in enumerate(apis) if j != k]
+
+    net.cut(k)
+    canary = subprocess.Popen(["ip", "netns", "exec", net.hub, *oklog_cmd(
+        "canary", "-ingest", f"{HUB_IP}:7651", "-store", others[0], "-rate", "200", "-duration", "10s",
+        "-max-wait", "60s", "-report-interval", "5s")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    net.procs.append(canary)
+    marker.unlink()  # the victim goes on, alone: its other uploads fail
+    wait_until("the victim to give its batch up", lambda: "event=batch_failed" in victim_log.read_text(), 60)
+    # meanwhile the connected stores took the segments from the ingester
+    for api in others:
+        net.in_hub(assert_exactly_once, api, tag, sent)
+
+    net.heal(k)
+    for api in [f"http://{HUB_IP}:7650", *apis]:
+        net.in_hub(wait_until, f"{api} to see 4 members again", lambda api=api: ready(api, 4), 90, 0.2)
+    net.in_hub(assert_replicated, apis, tag, sent)
+    _, err = canary.communicate(timeout=120)
+    assert canary.returncode == 0 and "missing 0 " in err and "duplicates 0" in err, err
+    assert ingester.poll() is None and all(proc.poll() is None for proc, _ in stores)
