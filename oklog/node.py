@@ -44,6 +44,7 @@ from .listen import check_free, tcp_sockets
 from .localpeers import LocalPeers
 from .peer import Peers, open_peers
 from .query.api import query_router
+from .query.repair import Repairer
 from .query.workers import Scanner
 from .store.api import store_router
 from .store.consume import Consumer
@@ -210,9 +211,13 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
     router.mount(ops_router(lambda: ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
+    repairer: Repairer | None = None
     if store is not None:
+        repairer = Repairer(membership, peers, rf=cfg.store_replication_factor,
+                            grace=cfg.store_repair_grace, buffer=cfg.store_read_repair_buffer,
+                            store=store, scanner=scanner)
         router.mount(store_router(store, cluster_state))
-        router.mount(query_router(store, membership, peers, warnings, scanner))
+        router.mount(query_router(store, membership, peers, warnings, scanner, repairer))
 
     async with trio.open_nursery() as nursery:
         api_stop = trio.Event()
@@ -242,6 +247,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_indexer)
             nursery.start_soon(_start_scanner, scanner)
+            if repairer is not None:
+                background.append(trio.CancelScope())
+                await nursery.start(_scoped, background[-1], repairer.run)
             for _ in range(cfg.store_consumers):
                 consumer = Consumer(
                     store,
