@@ -201,3 +201,24 @@ def test_the_queue_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
 
     trio.run(main)
     assert metrics.repair_dropped.labels("query", "queue")._value.get() - before == 3
+
+
+def test_answers_are_trusted_unique_only_from_our_stores_and_merged_once_per_node() -> None:
+    from tests.fakes import FakeAnswer
+    from oklog.query.copies import ShortRecords
+
+    dup = [rec(1) + rec(1) + rec(2), rec(3)]
+    ours = {"X-Oklog-Node": "http://n1"}
+
+    async def merged(answers: list[FakeAnswer], short: ShortRecords | None = None) -> bytes:
+        g = gather.Gathered(responses=list(answers))
+        return b"".join([b async for b in gather.merged_body(g, copies=2, short=short)])
+
+    # a peer that does not say it is one of ours is checked for repeats
+    got = trio.run(merged, [FakeAnswer("http://x", {}, dup), FakeAnswer("http://y", {}, [rec(2)])])
+    assert got == rec(1) + rec(2) + rec(3)
+    # one node reached under two addresses: merged once, and its records count once
+    short = ShortRecords(1 << 20)
+    got = trio.run(merged, [FakeAnswer("http://a", ours, [rec(1) + rec(2)]),
+                            FakeAnswer("http://b", ours, [rec(1) + rec(2)])], short)
+    assert got == rec(1) + rec(2) and short.take() == rec(1) + rec(2)

@@ -128,10 +128,12 @@ async def merged_body(gathered: Gathered, *, copies: int = 0, short: ShortSink |
     """
     broken: list[str] = []
     try:
+        answers = one_per_node(gathered.responses)
         # this node's own answer is whole-line blocks already: no re-splitting
         sources = [_guarded(r, broken) if isinstance(r, LocalAnswer) else _safe_blocks(r, broken)
-                   for r in one_per_node(gathered.responses)]
-        async for block in merge_streams(sources, copies=copies, short=short):
+                   for r in answers]
+        async for block in merge_streams(sources, trusted=all(map(_unique, answers)), copies=copies,
+                                         short=short):
             yield block
     finally:
         with trio.CancelScope(shield=True):
@@ -145,6 +147,14 @@ def node_of(answer: QueryAnswer) -> str:
     """The identity of the node behind an answer: its ``X-Oklog-Node``
     header (its advertised API URL), else the URL it was asked at."""
     return answer.headers.get(NODE_HEADER) or answer.peer
+
+
+def _unique(answer: QueryAnswer) -> bool:
+    """Whether an answer holds each ULID once: this node's own, or a peer's
+    that says it is one of ours (``X-Oklog-Node``: ``query.local`` merges
+    overlapping segments with de-duplication, and a store segment never
+    repeats a ULID).  Any other store's answer is checked for repeats."""
+    return isinstance(answer, LocalAnswer) or NODE_HEADER in answer.headers
 
 
 def one_per_node(answers: list[QueryAnswer]) -> list[QueryAnswer]:

@@ -19,9 +19,13 @@ class ShortSink(Protocol):
     def add(self, block: bytes) -> None: ...
 
 
-async def merge_streams(sources: list[AsyncIterator[bytes]], *, copies: int = 0,
+async def merge_streams(sources: list[AsyncIterator[bytes]], *, trusted: bool = False, copies: int = 0,
                         short: ShortSink | None = None) -> AsyncGenerator[bytes, None]:
     """Block-level k-way merge of sorted record streams, de-duplicated.
+
+    ``trusted``: no source repeats a ULID (``merge_records``'
+    ``trusted_unique``; true of every store's answer), which spares the
+    intra-source duplicate checks.
 
     ``copies``/``short`` (read repair): records found in fewer than
     ``copies`` of the sources go to ``short`` as well, until it is ``full``.
@@ -71,8 +75,9 @@ async def merge_streams(sources: list[AsyncIterator[bytes]], *, copies: int = 0,
             yield parts[0]
         elif counting:
             assert short is not None
-            for out in merge_records([[p] for p in parts], copies_needed=copies, on_short=short.add):
+            for out in merge_records([[p] for p in parts], trusted_unique=trusted, copies_needed=copies,
+                                     on_short=short.add):
                 yield out
         else:
-            for out in merge_records([[p] for p in parts]):
+            for out in merge_records([[p] for p in parts], trusted_unique=trusted):
                 yield out
