@@ -143,6 +143,7 @@ class FakeStores:
         self.held = {s: {line[:26]: line for line in lines} for s, lines in held.items()}
         self.down: set[str] = set()
         self.broken: set[str] = set()  # answers break off half-way
+        self.no_records: set[str] = set()  # refuse queries for whole records (ids only)
         self.rejecting: set[str] = set()  # uploads answered with a 500
         self.uploads: dict[str, list[bytes]] = {s: [] for s in held}
         self.queries: list[tuple[str, bytes]] = []
@@ -214,6 +215,8 @@ class FakeStores:
             raise PeerUnavailable(store, "connection refused")
         query = parse_query(raw_query)
         ids = b"ids=true" in raw_query.split(b"&")
+        if store in self.no_records and not ids:
+            raise PeerRejected(store, 503, "busy")
         lines = [line for key, line in sorted(self.held[store].items())
                  if query.lo <= key <= query.hi and query.q in line[27:].split(b" ", 1)[-1]]
         body = b"".join(line[:26] + b"\n" if ids else line for line in lines)

@@ -222,3 +222,12 @@ def test_answers_are_trusted_unique_only_from_our_stores_and_merged_once_per_nod
     got = trio.run(merged, [FakeAnswer("http://a", ours, [rec(1) + rec(2)]),
                             FakeAnswer("http://b", ours, [rec(1) + rec(2)])], short)
     assert got == rec(1) + rec(2) and short.take() == rec(1) + rec(2)
+
+
+def test_a_holder_that_cannot_send_the_records_is_an_error(tmp_path: Path) -> None:
+    stores = FakeStores({A: [rec(r) for r in range(20)], B: [rec(r) for r in range(10)], C: []})
+    stores.no_records.add(A)
+    stats = trio.run(lambda: repairer(stores, tmp_path).walk(MIN_ULID, MAX_ULID))
+    assert stats.under_replicated == 10 and stats.repaired == 0
+    assert stats.errors == 1 and "fetching records from http://a failed" in stats.problems[0]
+    assert not any(stores.uploads.values()) and list(tmp_path.iterdir()) == []
