@@ -189,7 +189,12 @@ class Repairer:
         hi = min(hi, newest)
         if lo > hi:
             return RepairStats(dry_run=dry_run)
-        return await self.check(Query(lo, hi), dry_run=dry_run, source="walk")
+        stats = await self.check(Query(lo, hi), dry_run=dry_run, source="walk")
+        log.info("event=repair_walk from=%s to=%s checked=%d under_replicated=%d repaired=%d "
+                 "deferred=%d errors=%d dry_run=%s%s", lo.decode(), hi.decode(), stats.checked,
+                 stats.under_replicated, stats.repaired, stats.deferred, stats.errors, dry_run,
+                 "".join(f" problem={p!r}" for p in stats.problems))
+        return stats
 
     # -- the check -------------------------------------------------------------------------
 
