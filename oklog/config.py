@@ -227,7 +227,7 @@ class NodeConfig:
         "query scan worker processes, at a lower CPU priority (0: threads of the node)",
         ("store",), parse=_count, kind=int, metavar="N")
     store_repair_grace: float = setting(
-        "store.repair-grace", "10s",
+        "store.repair-grace", "5s",
         "read repair and oklog repair leave records younger than this alone (they may still be "
         "on their way to their replicas)", ("store",), parse=parse_seconds, metavar="DURATION")
     store_read_repair_buffer: int = setting(

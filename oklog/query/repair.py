@@ -110,7 +110,7 @@ class _Finding:
 class Repairer:
     """Read repair's background task, and the checks (module docstring)."""
 
-    def __init__(self, membership: Membership, peers: Peers, *, rf: int, grace: float = 10.0,
+    def __init__(self, membership: Membership, peers: Peers, *, rf: int, grace: float = 5.0,
                  buffer: int = 8 << 20, store: StoreLog | None = None,
                  scanner: Scanner | None = None, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.time, tmp: Path | None = None) -> None:
