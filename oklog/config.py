@@ -232,8 +232,8 @@ class NodeConfig:
         "on their way to their replicas)", ("store",), parse=parse_seconds, metavar="DURATION")
     store_read_repair_buffer: int = setting(
         "store.read-repair-buffer", "8MiB",
-        "under-replicated records one query keeps for read repair; more are left for a later "
-        "query or oklog repair (0: no read repair on queries)", ("store",), parse=parse_size,
+        "under-replicated records one query keeps in memory for read repair; past that, read "
+        "repair fetches them from their holders (0: no read repair on queries)", ("store",), parse=parse_size,
         metavar="SIZE")
 
     @property

@@ -53,8 +53,8 @@ repair_repaired = Counter(
 repair_errors = Counter("oklog_repair_errors", "Failures of repair checks (peers, fetches, uploads)", ["source"])
 repair_dropped = Counter(
     "oklog_repair_dropped_records",
-    "Under-replicated records left for a later query or walk: reason=buffer (a query's cap), "
-    "queue (too many findings waiting), broken_stream (a store broke off), limit (a check's cap)",
+    "Under-replicated records left for a later query or walk: reason=queue (too many findings "
+    "waiting), broken_stream (a store broke off its answer), limit (a check's cap)",
     ["source", "reason"])
 repair_found = Counter("oklog_read_repair_queued_records", "Under-replicated records queries handed to read repair")
 repair_skipped = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 import trio
 
@@ -115,7 +116,12 @@ def test_walk_leaves_records_younger_than_grace_alone(tmp_path: Path) -> None:
     assert all(young not in h for h in (stores.held[B], stores.held[C]))
 
 
-def run_query(stores: FakeStores, r: Repairer, query: Query) -> bytes:
+def healed(stores: FakeStores) -> bool:
+    return min(stores.copies().values(), default=2) >= 2
+
+
+def run_query(stores: FakeStores, r: Repairer, query: Query,
+              until: Callable[[FakeStores], bool] = healed, limit: float = 10.0) -> bytes:
     """A user query the way /store/query runs it, then the background task."""
     async def main() -> bytes:
         async with trio.open_nursery() as nursery:
@@ -130,10 +136,10 @@ def run_query(stores: FakeStores, r: Repairer, query: Query) -> bytes:
 
             body = b"".join([b async for b in gather.merged_body(gathered, copies=r.rf, short=short,
                                                                     done=done)])
-            with trio.fail_after(10):
-                while r._recv.statistics().current_buffer_used:
+            with trio.move_on_after(limit):  # the check runs in the background
+                while not until(stores):
                     await trio.sleep(0.01)
-                await trio.sleep(0.1)  # the check itself
+            await trio.sleep(0.1)  # nothing more is written
             nursery.cancel_scope.cancel()
         return body
 
@@ -159,7 +165,9 @@ def test_a_query_repairs_what_it_saw_on_too_few_stores(tmp_path: Path) -> None:
 def test_a_filtered_query_repairs_only_its_matches(tmp_path: Path) -> None:
     held = {A: [rec(r, b"x%d" % (r % 2)) for r in range(100)], C: [], D: []}
     stores = FakeStores(held)
-    body = run_query(stores, repairer(stores, tmp_path), Query(MIN_ULID, MAX_ULID, q=b"x1"))
+    odd = {ulid(r) for r in range(1, 100, 2)}
+    body = run_query(stores, repairer(stores, tmp_path), Query(MIN_ULID, MAX_ULID, q=b"x1"),
+                     until=lambda s: all(s.copies()[k] >= 2 for k in odd))
     assert body.count(b"\n") == 50
     copies = stores.copies()
     assert {k for k, n in copies.items() if n >= 2} == {ulid(r) for r in range(1, 100, 2)}
@@ -168,8 +176,9 @@ def test_a_filtered_query_repairs_only_its_matches(tmp_path: Path) -> None:
 def test_a_broken_answer_repairs_nothing(tmp_path: Path) -> None:
     stores = FakeStores(spread(1000, [A, B, C], 2, random.Random(8)), chunk=500)
     stores.broken.add(C)
-    run_query(stores, repairer(stores, tmp_path), ALL)
+    run_query(stores, repairer(stores, tmp_path), ALL, until=lambda s: False, limit=0.5)
     assert not any(stores.uploads.values())
+    assert not any(b"ids=true" in raw for _, raw in stores.queries)  # not even checked
 
 
 def test_counting_is_off_for_rf_1_few_stores_or_a_zero_buffer(tmp_path: Path) -> None:
@@ -231,3 +240,17 @@ def test_a_holder_that_cannot_send_the_records_is_an_error(tmp_path: Path) -> No
     assert stats.under_replicated == 10 and stats.repaired == 0
     assert stats.errors == 1 and "fetching records from http://a failed" in stats.problems[0]
     assert not any(stores.uploads.values()) and list(tmp_path.iterdir()) == []
+
+
+def test_a_query_past_its_buffer_still_repairs_everything_it_covered(tmp_path: Path) -> None:
+    stores = FakeStores(spread(1200, [A, B, C, D], 2, random.Random(9)), chunk=2048)
+    lost = lose(stores, B)
+    stores.down.discard(B)
+    stores.held.pop(B)
+    stores.uploads.pop(B)
+    r = repairer(stores, tmp_path, buffer=len(rec(1, b"payload 1000")) * 20)
+    run_query(stores, r, ALL)
+    copies = stores.copies()
+    assert len(copies) == 1200 and min(copies.values()) >= 2 and lost
+    # the records past the buffer were fetched from their holders
+    assert any(b"ids=true" not in raw for _, raw in stores.queries[3:])

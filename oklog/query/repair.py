@@ -28,11 +28,13 @@ Two callers:
   records is ``grace`` old (a batch still on its way to its second replica
   looks under-replicated) and checks their range again, with the user's
   filter, so only what is really short is written.  Bounded: the sink keeps
-  at most ``buffer`` bytes of records; at most ``QUEUE`` findings wait;
-  a query arriving while the queue is full does not count at all; and
-  every record dropped by a cap is counted
-  (``oklog_repair_dropped_records_total``) -- a later query or the walker
-  catches it.
+  at most ``buffer`` bytes of records (once full, the merge stops counting
+  and the check covers the rest of the query's range, fetching what it
+  finds short from holders); at most ``QUEUE`` findings wait; a query
+  arriving while the queue is full does not count at all; a check keeps at
+  most ``CHECK_LIMIT`` under-replicated ULIDs; and every record a cap
+  leaves out is counted (``oklog_repair_dropped_records_total``) -- a later
+  query or the walker catches it.
 - **the walker** (``POST /store/repair?from=&to=[&dry-run]``, driven step by
   step by ``oklog repair``): checks a range with no filter, up to ``grace``
   before now; ``dry-run`` counts and writes nothing.
@@ -146,15 +148,18 @@ class Repairer:
         """Hand a merge's findings to the background task (never blocks).
         ``complete``: every answer streamed to its end (a store that broke
         off mid-answer makes every later record look short)."""
-        if short.dropped:
-            metrics.repair_dropped.labels("query", "buffer").inc(short.dropped)
-            log.info("event=read_repair_capped kept=%d dropped=%d", short.records, short.dropped)
         if not short:
             return
         if not complete:
-            metrics.repair_dropped.labels("query", "broken_stream").inc(short.records)
+            metrics.repair_dropped.labels("query", "broken_stream").inc(short.records + short.dropped)
             return
-        finding = _Finding(Query(short.lo, short.hi, query.q, query.regex, query.topic), short.take())
+        hi = short.hi
+        if short.dropped:
+            # The buffer filled up: the check covers the rest of the query's
+            # range, and fetches from their holders the records not in hand.
+            hi = query.hi
+            log.info("event=read_repair_capped kept=%d not_kept=%d", short.records, short.dropped)
+        finding = _Finding(Query(short.lo, hi, query.q, query.regex, query.topic), short.take())
         try:
             self._send.send_nowait(finding)
         except trio.WouldBlock:
