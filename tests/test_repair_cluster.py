@@ -94,6 +94,13 @@ def test_a_query_and_then_the_walker_heal_lost_stores(cluster):
     r = httpx.get(f"{stores[1].api}/store/_query", params=ALL | {"ids": "true"}, timeout=60)
     assert r.headers["X-Oklog-Node"] == stores[1].api and r.headers["X-Oklog-Ids"] == "true"
     assert all(len(line) == 26 for line in r.content.splitlines()) and r.content.count(b"\n") > 0
+    # bad input is a one-line 400
+    for path, params in (("/store/_query", ALL | {"ids": "maybe"}), ("/store/repair", {"from": "1h"}),
+                         ("/store/repair", {"from": "1h", "to": "2h"}),
+                         ("/store/repair", ALL | {"dry-run": "perhaps"})):
+        bad = httpx.request("POST" if path == "/store/repair" else "GET", stores[1].api + path,
+                            params=params, timeout=10)
+        assert bad.status_code == 400 and bad.text.count("\n") == 1, (path, params, bad.text)
 
     # a store dies; one ordinary user query later (and a few seconds) every
     # record is on two of the three survivors again
