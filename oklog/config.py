@@ -233,8 +233,8 @@ class NodeConfig:
     store_read_repair_buffer: int = setting(
         "store.read-repair-buffer", "8MiB",
         "under-replicated records one query keeps in memory for read repair; past that, read "
-        "repair fetches them from their holders (0: no read repair on queries)", ("store",), parse=parse_size,
-        metavar="SIZE")
+        "repair fetches them from their holders (0: no read repair on queries)", ("store",),
+        parse=parse_size, metavar="SIZE")
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ statistics headers and reads no record data.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import AsyncIterator, Callable
 
@@ -111,16 +112,11 @@ def query_router(
                 await r.aclose()
             return response
         short = repairer.counting(gathered) if repairer is not None else None
-        if short is None or repairer is None:
+        if repairer is None or short is None:
             response.body = gather.merged_body(gathered)
-            return response
-        fixer = repairer
-
-        def done(complete: bool) -> None:
-            assert short is not None
-            fixer.submit(query, short, complete=complete)
-
-        response.body = gather.merged_body(gathered, copies=fixer.rf, short=short, done=done)
+        else:  # read repair: the merge counts copies; the repairer acts afterwards
+            response.body = gather.merged_body(gathered, copies=repairer.rf, short=short,
+                                               done=functools.partial(repairer.submit, query, short))
         return response
 
     async def repair(request: Request) -> Response:

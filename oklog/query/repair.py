@@ -144,7 +144,7 @@ class Repairer:
             return None
         return ShortRecords(self.buffer)
 
-    def submit(self, query: Query, short: ShortRecords, *, complete: bool) -> None:
+    def submit(self, query: Query, short: ShortRecords, complete: bool) -> None:
         """Hand a merge's findings to the background task (never blocks).
         ``complete``: every answer streamed to its end (a store that broke
         off mid-answer makes every later record look short)."""
