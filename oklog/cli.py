@@ -267,6 +267,31 @@ def query(
     raise typer.Exit(code)
 
 
+@command("repair", "Re-replicate under-replicated records, step by step: oklog repair -from 30d -step 1h",
+         "Walk a time range step by step and copy every record found on fewer store nodes than "
+         "the replication factor to nodes that lack it. Cron-able: safe to run repeatedly and "
+         "concurrently (at worst an extra copy). A healthy step moves only ULIDs. Exits 1 if the "
+         "store cannot be reached or any step failed.")
+def repair(
+    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                              help="address of any store node (it does the work)"),
+    from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
+                              help="from: a duration ago (30d, 1h), an RFC3339 time or a ULID"),
+    to: str = typer.Option("now", "-to", "--to", metavar="TIME",
+                           help="to: now, a duration ago, an RFC3339 time or a ULID"),
+    step: str = typer.Option("1h", "-step", "--step", metavar="DURATION",
+                             help="check this much time per request"),
+    dry_run: bool = typer.Option(False, "-dry-run", "--dry-run",
+                                 help="count under-replicated records, copy nothing"),
+    timeout: str = typer.Option("10m", "-timeout", "--timeout", metavar="DURATION",
+                                help="give up on a step that has not answered after this long"),
+) -> None:
+    from .repaircli import run_repair
+
+    raise typer.Exit(run_repair(store, from_=from_, to=to, step=step, dry_run=dry_run,
+                                timeout=timeout))
+
+
 @command("testsvc", "Emit test log lines to stdout (for demos and the Procfile).")
 def testsvc(
     id: str = typer.Option("", "-id", "--id", metavar="TEXT", help="identifier in every line (default: random)"),

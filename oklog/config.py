@@ -226,6 +226,15 @@ class NodeConfig:
         "store.scan-workers", 2,
         "query scan worker processes, at a lower CPU priority (0: threads of the node)",
         ("store",), parse=_count, kind=int, metavar="N")
+    store_repair_grace: float = setting(
+        "store.repair-grace", "5s",
+        "read repair and oklog repair leave records younger than this alone (they may still be "
+        "on their way to their replicas)", ("store",), parse=parse_seconds, metavar="DURATION")
+    store_read_repair_buffer: int = setting(
+        "store.read-repair-buffer", "8MiB",
+        "under-replicated records one query keeps in memory for read repair; past that, read "
+        "repair fetches them from their holders (0: no read repair on queries)", ("store",),
+        parse=parse_size, metavar="SIZE")
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -63,3 +63,21 @@ http_seconds = Histogram(
     "Time from request to response headers (a streamed body is not included)",
     ["route"],
 )
+
+# Read repair and the repair walker (oklog.query.repair); source: query | walk.
+repair_checked = Counter("oklog_repair_checked_records", "Records whose copies a repair check counted", ["source"])
+repair_under = Counter(
+    "oklog_repair_under_replicated_records", "Records a repair check found on too few stores", ["source"])
+repair_repaired = Counter(
+    "oklog_repair_repaired_records", "Records copied to enough stores by a repair check", ["source"])
+repair_errors = Counter("oklog_repair_errors", "Failures of repair checks (peers, fetches, uploads)", ["source"])
+repair_dropped = Counter(
+    "oklog_repair_dropped_records",
+    "Under-replicated records left for a later query or walk: reason=queue (too many findings "
+    "waiting), broken_stream (a store broke off its answer), limit (a check's cap)",
+    ["source", "reason"])
+repair_found = Counter("oklog_read_repair_queued_records", "Under-replicated records queries handed to read repair")
+repair_skipped = Counter(
+    "oklog_read_repair_skipped_queries",
+    "Queries that did not count copies: few_stores (fewer than the replication factor answered), "
+    "busy (read repair's queue was full)", ["reason"])

@@ -6,10 +6,10 @@ store, query) before anything listens, so no peer ever meets a half-built
 node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
 durable TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
-consumers, the segment verifier, the n-gram indexer and the scan workers
-(store role; the workers are processes of their own, which die with the
-node).  Calls the node makes to itself go through ``LocalPeers``, without
-HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
+consumers, the segment verifier, the n-gram indexer, read repair's
+background task and the scan workers (store role; the workers are
+processes of their own, which die with the node).  Calls the node makes
+to itself go through ``LocalPeers``, without HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
 
 1. stop the TCP listeners (closing forwarder connections), flush the
    active segment;
@@ -46,6 +46,7 @@ from .localpeers import LocalPeers
 from .peer import Peers, open_peers
 from .query.api import query_router
 from .query.histogram import histogram_router
+from .query.repair import Repairer
 from .query.workers import Scanner
 from .store.api import store_router
 from .store.consume import Consumer
@@ -229,9 +230,13 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
     router.mount(ops_router(not_ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
+    repairer: Repairer | None = None
     if store is not None:
+        repairer = Repairer(membership, peers, rf=cfg.store_replication_factor,
+                            grace=cfg.store_repair_grace, buffer=cfg.store_read_repair_buffer,
+                            store=store, scanner=scanner)
         router.mount(store_router(store, cluster_state))
-        router.mount(query_router(store, membership, peers, warnings, scanner))
+        router.mount(query_router(store, membership, peers, warnings, scanner, repairer))
         router.mount(histogram_router(store, membership, peers, scanner, warnings))
         router.mount(ui_router())
 
@@ -263,6 +268,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_indexer)
             nursery.start_soon(_start_scanner, scanner)
+            if repairer is not None:
+                background.append(trio.CancelScope())
+                await nursery.start(_scoped, background[-1], repairer.run)
             for _ in range(cfg.store_consumers):
                 consumer = Consumer(
                     store,

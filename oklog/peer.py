@@ -91,8 +91,11 @@ class QueryResponse:
     response: httpx.Response
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.response.aiter_raw():
-            yield chunk
+        try:
+            async for chunk in self.response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:  # a body cut off mid-way
+            raise PeerUnavailable(self.peer, _describe(exc)) from exc
 
     async def aclose(self) -> None:
         await self.response.aclose()
