@@ -221,7 +221,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         listen_scopes: list[trio.CancelScope] = []
         flusher_scope = trio.CancelScope()
         if ingest_log is not None:
-            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper())
+            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper(),
+                                    topic_mode=cfg.ingest_topic_mode, topic=cfg.ingest_topic.encode())
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())

@@ -177,6 +177,8 @@ class StoreLog:
                 self._unverified.add(segment)
             else:
                 self._tables[segment] = table
+                if table.index is None:  # a sidecar of an earlier version
+                    self._unindexed.add(segment)
         log.info("event=store_opened path=%s segments=%d", self.path, len(self.index))
         if quarantined:
             log.warning("event=quarantined_segments path=%s files=%d (*.corrupt: originals of "
@@ -339,8 +341,9 @@ class StoreLog:
                 data = await self.offload(index_segment, str(segment.path), table)
                 if self._tables.get(segment) is not table or not _same_file(before, segment.path):
                     continue  # replaced (a union, a repair) meanwhile: its new table is queued
-                wild, raw = data
+                wild, raw, topic_index = data
                 table.index = ngram.GramIndex(BitMap64.deserialize(raw), len(table), wild)
+                table.topics = topic_index
                 await trio.to_thread.run_sync(write_sidecar, segment.path, table, before)
             except FileNotFoundError:
                 continue  # removed meanwhile
