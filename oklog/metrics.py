@@ -43,3 +43,19 @@ http_seconds = Histogram(
     "Time from request to response headers (a streamed body is not included)",
     ["route"],
 )
+
+stream_clients = Gauge(
+    "oklog_stream_clients",
+    "Open live streams: endpoint=stream (/store/stream clients), "
+    "endpoint=_stream (subscriptions to this store's written records, local or from peers)",
+    ["endpoint"],
+)
+stream_records = Counter(
+    "oklog_stream_records", "Records sent to live stream readers", ["endpoint"]
+)
+stream_dropped = Counter(
+    "oklog_stream_dropped_records",
+    "Live stream records dropped because a reader fell behind: where=store (a subscription "
+    "to this store), where=client (a /store/stream client of this node)",
+    ["where"],
+)

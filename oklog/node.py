@@ -48,6 +48,8 @@ from .query.workers import Scanner
 from .store.api import store_router
 from .store.consume import Consumer
 from .store.log import StoreLog
+from .stream.api import stream_router
+from .stream.fanout import StreamService
 from .ulid import Stamper
 
 __all__ = ["NodeConfig", "run_node"]
@@ -210,11 +212,17 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
     router.mount(ops_router(lambda: ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
+    streams: StreamService | None = None
     if store is not None:
         router.mount(store_router(store, cluster_state))
         router.mount(query_router(store, membership, peers, warnings, scanner))
+        streams = StreamService(store.live, membership.stores, membership.self_url(), peers)
+        router.mount(stream_router(store.live, streams))
 
     async with trio.open_nursery() as nursery:
+        streams_scope = trio.CancelScope()
+        if streams is not None:  # live streams: their readers run in this service's nursery
+            await nursery.start(_scoped, streams_scope, streams.run)
         api_stop = trio.Event()
         binds = await nursery.start(serve_api, router, api_socks, api_stop)
 
@@ -275,6 +283,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             scope.cancel()
         cluster_scope.cancel()
         signal_scope.cancel()
+        streams_scope.cancel()  # ends every live stream's body
+        if store is not None:
+            store.live.close()
         api_stop.set()
 
 
