@@ -12,7 +12,7 @@ It runs until interrupted (Ctrl-C: exit 0, quietly) or stdout is closed.
 If the node cannot be reached at the start, or refuses the request (a bad
 regex: 400), that is a one-line error and exit 1.  Once streaming, a
 connection that breaks or falls silent (no heartbeat for
-``IDLE_TIMEOUT``) is opened again, with a back-off from 1 s to 10 s, and
+``IDLE_TIMEOUT``) is opened again, with a back-off from 1 s to 5 s, and
 a line on stderr says so; records written while it was down are not
 replayed (query them with ``oklog query``).
 """
@@ -37,7 +37,7 @@ from oklog.stream.wire import IDLE_TIMEOUT, parse_dropped, split_notices
 __all__ = ["run_stream", "stream_url"]
 
 RETRY_FIRST = 1.0
-RETRY_MAX = 10.0
+RETRY_MAX = 5.0
 
 
 def stream_url(base: str, q: str | bytes, regex: bool = False, topic: str | None = None,

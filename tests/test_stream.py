@@ -363,3 +363,49 @@ def test_printer_prints_records_as_query_does_and_notices_on_stderr() -> None:
             printer.feed(data[i : i + 1])
         assert out.getvalue() == want
         assert "3 matching record(s) dropped" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+# --- the HTTP routes (raw ASGI, mock clock) ------------------------------------------------------
+
+
+def test_stream_routes_heartbeat_deliver_and_release_on_disconnect() -> None:
+    from oklog.stream.api import stream_router
+    from tests.test_http import Client
+
+    def request(path: str, query: bytes) -> dict:  # type: ignore[type-arg]
+        return {"type": "http", "method": "GET", "path": path, "query_string": query, "headers": []}
+
+    async def main() -> None:
+        hub = Hub()
+        cluster = FakeCluster({}, ["http://self"])
+        service = StreamService(hub, cluster.stores, "http://self", cluster)
+        router = stream_router(hub, service, max_clients=1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            local = Client(disconnect_after=25)
+            cl = Client(disconnect_after=25)
+            nursery.start_soon(router, request("/store/_stream", b"q=ERR"), local.receive, local.send)
+            nursery.start_soon(router, request("/store/stream", b"q=ERR&window=1s"), cl.receive, cl.send)
+            await trio.sleep(2)
+            assert len(hub) == 2  # the local subscription, and the cluster stream's own share
+            full = Client(disconnect_after=0)
+            await router(request("/store/_stream", b""), full.receive, full.send)
+            assert full.status == 503 and b"too many" in full.body
+            bad = Client()
+            await router(request("/store/stream", b"q=(&regex"), bad.receive, bad.send)
+            assert bad.status == 400 and b"bad regex" in bad.body
+            tap = hub.tap()
+            tap.see(rec(1, b"ERR a") + rec(2, b"fine"))
+            tap.publish()
+            await trio.sleep(12)  # silence: a heartbeat each
+            assert local.status == 200 and cl.status == 200
+            assert local.body == HEARTBEAT_LINE + rec(1, b"ERR a") + HEARTBEAT_LINE
+            assert cl.body == HEARTBEAT_LINE + rec(1, b"ERR a") + HEARTBEAT_LINE
+            assert dict(cl.sent[0]["headers"])[b"x-oklog-window"] == b"1s"
+            await trio.sleep(15)  # both clients have gone by now
+            assert len(hub) == 0
+            assert local.sent[-1] == cl.sent[-1] == {"type": "http.response.body", "body": b"",
+                                                     "more_body": False}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
