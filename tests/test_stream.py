@@ -409,3 +409,13 @@ def test_stream_routes_heartbeat_deliver_and_release_on_disconnect() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@given(st.binary(max_size=80))
+def test_any_stream_query_string_parses_or_is_a_bad_query(raw: bytes) -> None:
+    try:
+        sq = parse_stream(raw)
+    except BadQuery as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert 0 <= sq.window <= 600 and sq.query.matcher is not None

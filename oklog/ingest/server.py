@@ -3,7 +3,10 @@
 A connection's bytes go through a ``LineSplitter`` (whole lines, long ones
 rejected), are stamped with monotonic ULIDs as one block and appended to the
 active segment in one synchronous step, so every segment stays sorted and a
-connection's lines keep their sending order.  In durable mode the segment is
+connection's lines keep their sending order.  Topics: in static mode
+every record gets the ingester's topic; in dynamic mode each line's first
+field is its topic and lines without a valid one are rejected and counted
+(``oklog.records.topics``), the connection going on.  In durable mode the segment is
 fsynced before the next read from that connection: what a durable forwarder
 has had accepted by TCP flow control beyond that point is not yet promised.
 """

@@ -1,7 +1,8 @@
 """The live stream HTTP API of a store node.
 
 ``GET /store/_stream?q=&regex&topic=`` streams this node's newly written
-records that match, as it writes them (``oklog.stream.hub``).
+records that match, as it writes them (``oklog.stream.hub``; a ``window``
+is checked and otherwise ignored: de-duplication is the fan-out's).
 ``GET /store/stream?q=&regex&topic=&window=`` streams the whole cluster's:
 every live store's share, merged and de-duplicated within ``window``
 (``oklog.stream.fanout``).  Both answer 200 at once and then send record
