@@ -119,20 +119,27 @@ def run_stream(
     printer = _Printer(with_ulid, out, err)
     try:
         trio.run(_run, base, url, printer, verbose, err, transport)
-    except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:
-        return 0  # e.g. `oklog stream | head`: the reader has enough
-    except (_Refused, _Retry) as e:
-        print(f"error: {e}", file=err)
-        return 1
-    except httpx.ConnectError as e:
-        print(f"error: cannot connect to store at {base}: {_connect_reason(e)}", file=err)
-        return 1
-    except httpx.HTTPError as e:
-        print(f"error: stream from {base} failed: {e or type(e).__name__}", file=err)
+    except BaseException as group:  # maybe inside exception groups
+        leaf = _leaf(group)
+        if isinstance(leaf, (KeyboardInterrupt, BrokenPipeError)):
+            return 0  # Ctrl-C, or `oklog stream | head`: the reader has enough
+        if isinstance(leaf, (_Refused, _Retry)):
+            print(f"error: {leaf}", file=err)
+        elif isinstance(leaf, httpx.ConnectError):
+            print(f"error: cannot connect to store at {base}: {_connect_reason(leaf)}", file=err)
+        elif isinstance(leaf, httpx.HTTPError):
+            print(f"error: stream from {base} failed: {leaf or type(leaf).__name__}", file=err)
+        else:
+            raise
         return 1
     return 0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _run(base: str, url: str, printer: _Printer, verbose: bool, err: TextIO,

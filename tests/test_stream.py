@@ -419,3 +419,43 @@ def test_any_stream_query_string_parses_or_is_a_bad_query(raw: bytes) -> None:
         assert "\n" not in str(exc)
     else:
         assert 0 <= sq.window <= 600 and sq.query.matcher is not None
+
+
+def test_stream_cli_errors_reconnects_and_stops_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from oklog import streamcli
+    from oklog.streamcli import run_stream
+
+    monkeypatch.setattr(streamcli, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(streamcli, "RETRY_MAX", 0.05)
+
+    def run(handler, **kw):  # type: ignore[no-untyped-def]
+        out, err = io.BytesIO(), io.StringIO()
+        code = run_stream("127.0.0.1:9", out=out, err=err, transport=httpx.MockTransport(handler), **kw)
+        return code, out.getvalue(), err.getvalue()
+
+    code, _, err = run(lambda r: httpx.Response(400, text='invalid "q": bad regex: missing )\n'),
+                       q="(", regex=True)
+    assert code == 1 and err == 'error: bad query: invalid "q": bad regex: missing )\n'
+    code, _, err = run(lambda r: httpx.Response(503, text="too many open streams\n"))
+    assert code == 1 and "503" in err and "too many" in err
+    assert run(lambda r: httpx.Response(200), window="soon")[0] == 1
+
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        if len(calls) == 1:
+            return httpx.Response(200, content=HEARTBEAT_LINE + rec(1, b"one") + rec(2, b"two"))
+        if len(calls) == 2:
+            raise httpx.ConnectError("connection refused")
+        if len(calls) == 3:
+            return httpx.Response(200, content=rec(3, b"three"))
+        raise KeyboardInterrupt  # Ctrl-C while reconnecting
+
+    code, out, err = run(handler, q="o", topic="web", with_ulid=True)
+    assert code == 0
+    assert out == ulid(1) + b" one\n" + ulid(2) + b" two\n" + ulid(3) + b" three\n"
+    assert err.count("reconnecting") == 2 and "reconnected" in err and "Traceback" not in err
+    assert "topic=web" in calls[0] and "q=o" in calls[0] and "window=3000ms" in calls[0]
