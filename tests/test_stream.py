@@ -442,6 +442,12 @@ def test_stream_cli_errors_reconnects_and_stops_quietly(monkeypatch: pytest.Monk
     assert code == 1 and "503" in err and "too many" in err
     assert run(lambda r: httpx.Response(200), window="soon")[0] == 1
 
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    code, _, err = run(refused)
+    assert code == 1 and err == "error: cannot connect to store at http://127.0.0.1:9: connection refused\n"
+
     calls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
