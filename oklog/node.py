@@ -8,7 +8,8 @@ durable TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
 consumers, the segment verifier, the n-gram indexer and the scan workers
 (store role; the workers are processes of their own, which die with the
-node).  Calls the node makes to itself go through ``LocalPeers``, without
+node), and the live-stream service (``oklog.stream.fanout``; started before
+the API serves, stopped last, which ends every open stream).  Calls the node makes to itself go through ``LocalPeers``, without
 HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
 
 1. stop the TCP listeners (closing forwarder connections), flush the
