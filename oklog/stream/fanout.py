@@ -138,6 +138,7 @@ class StreamService:
             log.debug("event=stream_reader_dropped store=%s", store)
 
     async def _read(self, client: ClientStream, store: str, scope: trio.CancelScope) -> None:
+        failures = 0
         with scope:
             while True:
                 try:
@@ -145,9 +146,13 @@ class StreamService:
                         await self._read_local(client)
                     else:
                         await self._read_peer(client, store)
+                    failures = 0
                 except Exception as exc:  # a peer gone, refused, silent (httpx), a bad line
-                    log.info("event=stream_reader_failed store=%s error=%r retry_in=%gs",
-                             store, exc, self.retry)
+                    # the first failure of a streak is news; the retries every second are not
+                    level = logging.INFO if failures == 0 else logging.DEBUG
+                    failures += 1
+                    log.log(level, "event=stream_reader_failed store=%s error=%r retry_in=%gs "
+                            "failures=%d", store, exc, self.retry, failures)
                 await trio.sleep(self.retry)
 
     async def _read_local(self, client: ClientStream) -> None:
