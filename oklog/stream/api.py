@@ -124,11 +124,10 @@ def stream_router(hub: Hub, service: StreamService, *, max_clients: int = MAX_CL
         release = admit("_stream")
         if release is None:
             return too_many("_stream")
-        subscription = hub.subscribe(sq.query.matcher)
-        sub = subscription.__enter__()
+        sub = hub.add(sq.query.matcher)
 
         def close() -> None:
-            subscription.__exit__(None, None, None)
+            hub.remove(sub)
             release()
 
         return Response(200, _Drain(sub.queue, "_stream", close, heartbeat), headers)

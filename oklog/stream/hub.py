@@ -59,17 +59,26 @@ class Hub:
     def __len__(self) -> int:
         return len(self._subscribers)
 
-    @contextmanager
-    def subscribe(self, matcher: Filter) -> Iterator[Subscription]:
+    def add(self, matcher: Filter) -> Subscription:
         """Receive the matching records of every upload that starts from
-        now on, until the block exits (which closes the queue)."""
+        now on, until ``remove``."""
         sub = Subscription(matcher, DropQueue(self.queue_bytes, on_drop=self.on_drop))
         self._subscribers[sub] = None
+        return sub
+
+    def remove(self, sub: Subscription) -> None:
+        """End a subscription (its queue is closed; idempotent)."""
+        self._subscribers.pop(sub, None)
+        sub.queue.close()
+
+    @contextmanager
+    def subscribe(self, matcher: Filter) -> Iterator[Subscription]:
+        """``add`` for the duration of a ``with`` block."""
+        sub = self.add(matcher)
         try:
             yield sub
         finally:
-            self._subscribers.pop(sub, None)
-            sub.queue.close()
+            self.remove(sub)
 
     def close(self) -> None:
         """End every subscription's stream (node shutdown): their queues
