@@ -290,6 +290,35 @@ def repair(
 
     raise typer.Exit(run_repair(store, from_=from_, to=to, step=step, dry_run=dry_run,
                                 timeout=timeout))
+@command("stream", "Print matching records as they are stored: oklog stream -q ERROR",
+         "Print matching records as the store tier writes them, until interrupted "
+         "(e.g. oklog stream -q ERROR). Records appear about as soon as they become "
+         "queryable (under a second on an idle cluster); copies from the replicas are "
+         "de-duplicated within -window. A client too slow to keep up loses the oldest "
+         "records and is told so on stderr; a lost connection is opened again.")
+def stream(
+    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                              help="address of any store node"),
+    q: str = typer.Option("", "-q", "--q", metavar="TEXT",
+                          help="what to find in records (any bytes; empty matches all)"),
+    regex: bool = typer.Option(False, "-regex", "--regex", help="q is a regular expression"),
+    topic: Optional[str] = typer.Option(None, "-topic", "--topic", metavar="TOPIC",
+                                        help="only records of this topic"),
+    window: str = typer.Option("3s", "-window", "--window", metavar="DURATION",
+                               help="de-duplication window (0 turns it off)"),
+    ulid: bool = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID"),
+    verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
+                                 help="print the request and every reconnection attempt"),
+) -> None:
+    from .streamcli import run_stream
+
+    code = run_stream(store, q=os.fsencode(q), regex=regex, topic=topic, window=window,
+                      with_ulid=ulid, verbose=verbose)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(code)
 
 
 @command("testsvc", "Emit test log lines to stdout (for demos and the Procfile).")

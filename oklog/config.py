@@ -89,6 +89,18 @@ def _record_size(s: str) -> int:
     return size
 
 
+def _topic_mode(s: str) -> str:
+    if s not in ("static", "dynamic"):
+        raise ConfigError(f"invalid value {s!r}: want static or dynamic")
+    return s
+
+
+def _topic(s: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_-]*", s, re.ASCII):
+        raise ConfigError(f"invalid topic {s!r}: want [a-zA-Z0-9][a-zA-Z0-9_-]*")
+    return s
+
+
 def _compression(s: str) -> str:
     if s not in ("zstd", "none"):
         raise ConfigError(f"invalid value {s!r}: want zstd or none")
@@ -200,6 +212,14 @@ class NodeConfig:
     ingest_max_record_size: int = setting(
         "ingest.max-record-size", "1MiB", "longer records are rejected and counted (at most 64MiB)",
         ("ingest",), parse=_record_size, metavar="SIZE")
+    ingest_topic_mode: str = setting(
+        "ingest.topic-mode", "static",
+        "static: every record gets -ingest.topic; dynamic: each line is TOPIC SP PAYLOAD "
+        "(lines without a valid topic are rejected and counted)", ("ingest",),
+        parse=_topic_mode, metavar="static|dynamic")
+    ingest_topic: str = setting(
+        "ingest.topic", "default", "the topic of every record in static topic mode", ("ingest",),
+        parse=_topic, metavar="TOPIC")
     store_path: Path = setting("store.path", "data/store", "directory for store segments",
                                ("store",), parse=Path, metavar="DIR")
     store_consumers: int = setting("store.segment-consumers", 1, "concurrent segment consumers",

@@ -81,3 +81,18 @@ repair_skipped = Counter(
     "oklog_read_repair_skipped_queries",
     "Queries that did not count copies: few_stores (fewer than the replication factor answered), "
     "busy (read repair's queue was full)", ["reason"])
+stream_clients = Gauge(
+    "oklog_stream_clients",
+    "Open live streams: endpoint=stream (/store/stream clients), "
+    "endpoint=_stream (subscriptions to this store's written records, local or from peers)",
+    ["endpoint"],
+)
+stream_records = Counter(
+    "oklog_stream_records", "Records sent to live stream readers", ["endpoint"]
+)
+stream_dropped = Counter(
+    "oklog_stream_dropped_records",
+    "Live stream records dropped because a reader fell behind: where=store (a subscription "
+    "to this store), where=client (a /store/stream client of this node)",
+    ["where"],
+)

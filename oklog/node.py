@@ -8,8 +8,11 @@ durable TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
 consumers, the segment verifier, the n-gram indexer, read repair's
 background task and the scan workers (store role; the workers are
-processes of their own, which die with the node).  Calls the node makes
-to itself go through ``LocalPeers``, without HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
+processes of their own, which die with the node), and the live-stream
+service (``oklog.stream.fanout``; started before the API serves, stopped
+last, which ends every open stream).  Calls the node makes to itself go
+through ``LocalPeers``, without HTTP.  It then waits for SIGINT/SIGTERM and
+shuts down in order:
 
 1. stop the TCP listeners (closing forwarder connections), flush the
    active segment;
@@ -51,6 +54,8 @@ from .query.workers import Scanner
 from .store.api import store_router
 from .store.consume import Consumer
 from .store.log import StoreLog
+from .stream.api import stream_router
+from .stream.fanout import StreamService
 from .ui import ui_router
 from .ulid import Stamper
 
@@ -231,6 +236,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
     repairer: Repairer | None = None
+    streams: StreamService | None = None
     if store is not None:
         repairer = Repairer(membership, peers, rf=cfg.store_replication_factor,
                             grace=cfg.store_repair_grace, buffer=cfg.store_read_repair_buffer,
@@ -239,15 +245,21 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         router.mount(query_router(store, membership, peers, warnings, scanner, repairer))
         router.mount(histogram_router(store, membership, peers, scanner, warnings))
         router.mount(ui_router())
+        streams = StreamService(store.live, membership.stores, membership.self_url(), peers)
+        router.mount(stream_router(store.live, streams))
 
     async with trio.open_nursery() as nursery:
+        streams_scope = trio.CancelScope()
+        if streams is not None:  # live streams: their readers run in this service's nursery
+            await nursery.start(_scoped, streams_scope, streams.run)
         api_stop = trio.Event()
         binds = await nursery.start(serve_api, router, api_socks, api_stop)
 
         listen_scopes: list[trio.CancelScope] = []
         flusher_scope = trio.CancelScope()
         if ingest_log is not None:
-            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper())
+            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper(),
+                                    topic_mode=cfg.ingest_topic_mode, topic=cfg.ingest_topic.encode())
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())
@@ -303,6 +315,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             scope.cancel()
         cluster_scope.cancel()
         signal_scope.cancel()
+        streams_scope.cancel()  # ends every live stream's body
+        if store is not None:
+            store.live.close()
         api_stop.set()
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger("oklog.peer")
 
 SMALL = httpx.Timeout(10.0, connect=5.0)
 STREAM = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
+#: A live stream sends a heartbeat every 10 s: silence for longer than
+#: this means the connection is dead (``oklog.stream.wire.IDLE_TIMEOUT``).
+LIVE = httpx.Timeout(connect=5.0, read=35.0, write=10.0, pool=10.0)
 UPLOAD_CHUNK = 1 << 20
 
 
@@ -78,6 +81,13 @@ class Peers(Protocol):
 
     async def histogram(self, store: str, raw_query: bytes) -> bytes:
         """A store's ``/store/_histogram`` answer (its JSON body)."""
+        ...
+
+    async def open_stream(self, store: str, raw_query: bytes) -> QueryAnswer:
+        """Open a live stream on a store's ``/store/_stream``; return once
+        its headers arrived.  The body runs until closed (the caller closes
+        it); it has a line at least every ``oklog.stream.wire.HEARTBEAT``
+        seconds."""
         ...
 
 
@@ -174,12 +184,13 @@ class HttpPeers:
             raise PeerRejected(store, resp.status_code, resp.text[:200])
 
     async def open_query(
-        self, store: str, raw_query: bytes, *, method: str = "GET", path: str = "/store/_query"
+        self, store: str, raw_query: bytes, *, method: str = "GET", path: str = "/store/_query",
+        timeout: httpx.Timeout = STREAM,
     ) -> QueryResponse:
         """Send a query and return once headers arrived; the caller closes it."""
         url = f"{store}{path}?{raw_query.decode('latin-1')}"
         try:
-            request = self.client.build_request(method, url, timeout=STREAM)
+            request = self.client.build_request(method, url, timeout=timeout)
             resp = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise PeerUnavailable(url, _describe(exc)) from exc
@@ -200,6 +211,9 @@ class HttpPeers:
         if resp.status_code != 200:
             raise PeerRejected(store, resp.status_code, resp.text[:200].strip())
         return resp.content
+    async def open_stream(self, store: str, raw_query: bytes) -> QueryResponse:
+        """Open a live stream on ``/store/_stream``; the caller closes it."""
+        return await self.open_query(store, raw_query, path="/store/_stream", timeout=LIVE)
 
 
 async def file_chunks(paths: list[Path]) -> AsyncIterator[bytes]:

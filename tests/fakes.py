@@ -39,6 +39,25 @@ class FakeAnswer:
         self.closed = True
 
 
+class FakeStream:
+    """A live stream opened on a fake store: chunks come as the test sends them."""
+
+    def __init__(self, peer: str, raw_query: bytes) -> None:
+        self.peer = peer
+        self.raw_query = raw_query
+        self.headers: Mapping[str, str] = {}
+        self.feed, self._receive = trio.open_memory_channel[bytes](1000)
+        self.closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._receive:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.feed.close()
+
+
 class FakeCluster:
     """Ingesters holding segments, stores collecting uploads."""
 
@@ -55,6 +74,7 @@ class FakeCluster:
         self.answers: dict[str, FakeAnswer] = {}  # store -> its answer to open_query
         self.histograms: dict[str, bytes] = {}  # store -> its /store/_histogram body
         self.histogram_calls: list[tuple[str, bytes]] = []
+        self.live: dict[str, list[FakeStream]] = {}  # store -> the live streams opened on it
         self._stores = stores
 
     # -- Membership --------------------------------------------------------------------
@@ -130,6 +150,30 @@ class FakeCluster:
         if store not in self.histograms:
             raise PeerUnavailable(store, "connection refused")
         return self.histograms[store]
+    async def open_stream(self, store: str, raw_query: bytes) -> QueryAnswer:
+        await trio.lowlevel.checkpoint()
+        if store not in self.live:
+            raise PeerUnavailable(store, "connection refused")
+        stream = FakeStream(store, raw_query)
+        self.live[store].append(stream)
+        return stream
+
+    # -- test controls -------------------------------------------------------------------
+
+    def set_stores(self, stores: list[str]) -> None:
+        """Membership changes: these are the live stores from now on."""
+        self._stores = list(stores)
+
+    def stream_to(self, store: str, chunk: bytes) -> None:
+        """Send a chunk on every open live stream of ``store``."""
+        for stream in self.live[store]:
+            if not stream.closed:
+                stream.feed.send_nowait(chunk)
+
+    def break_streams(self, store: str) -> None:
+        """End every open live stream of ``store`` (its node went away)."""
+        for stream in self.live[store]:
+            stream.feed.close()
 
 
 def _conforms(cluster: FakeCluster) -> tuple[Membership, Peers]:
@@ -201,6 +245,9 @@ class FakeStores:
         raise PeerUnavailable(ingester, "not an ingester")
 
     async def histogram(self, store: str, raw_query: bytes) -> bytes:
+        raise PeerUnavailable(store, "these fake stores answer queries only")
+
+    async def open_stream(self, store: str, raw_query: bytes) -> QueryAnswer:
         raise PeerUnavailable(store, "these fake stores answer queries only")
 
     async def replicate(self, store: str, paths: list[Path]) -> None:

@@ -3,7 +3,10 @@
 A connection's bytes go through a ``LineSplitter`` (whole lines, long ones
 rejected), are stamped with monotonic ULIDs as one block and appended to the
 active segment in one synchronous step, so every segment stays sorted and a
-connection's lines keep their sending order.  In durable mode the segment is
+connection's lines keep their sending order.  Topics: in static mode
+every record gets the ingester's topic; in dynamic mode each line's first
+field is its topic and lines without a valid one are rejected and counted
+(``oklog.records.topics``), the connection going on.  In durable mode the segment is
 fsynced before the next read from that connection: what a durable forwarder
 has had accepted by TCP flow control beyond that point is not yet promised.
 """
@@ -18,7 +21,8 @@ import trio
 from .. import metrics
 from ..lines import LineSplitter
 from ..listen import open_tcp_listeners
-from ..records.format import stamp
+from ..records.format import DEFAULT_TOPIC, stamp
+from ..records.topics import MODES, check_topic, stamp_dynamic
 from ..ulid import Stamper
 from .log import IngestLog
 
@@ -30,10 +34,17 @@ RECEIVE_SIZE = 256 * 1024
 class LineIngester:
     """Handles forwarder connections for one ``IngestLog``."""
 
-    def __init__(self, ingest_log: IngestLog, *, max_record_size: int, stamper: Stamper) -> None:
+    def __init__(self, ingest_log: IngestLog, *, max_record_size: int, stamper: Stamper,
+                 topic_mode: str = "static", topic: bytes = DEFAULT_TOPIC) -> None:
+        if topic_mode not in MODES:
+            raise ValueError(f"topic mode must be static or dynamic: {topic_mode!r}")
+        if not check_topic(topic):
+            raise ValueError(f"invalid topic {topic!r}")
         self.log = ingest_log
         self.max_record_size = max_record_size
         self.stamper = stamper
+        self.dynamic = topic_mode == "dynamic"
+        self.topic = topic
 
     def handler(self, durable: bool) -> Callable[[trio.SocketStream], Awaitable[None]]:
         mode = "durable" if durable else "fast"
@@ -64,12 +75,12 @@ class LineIngester:
                     self.max_record_size,
                 )
                 splitter.rejected = 0
+            records = 0
             if block:
-                lines = block.split(b"\n")
-                lines.pop()  # after the final LF
-                block = stamp(lines, self.stamper)
+                block, records = self._stamp(block)
+            if block:
                 full = self.log.write(block)
-                metrics.ingest_records.inc(len(lines))
+                metrics.ingest_records.inc(records)
                 metrics.ingest_bytes.inc(len(block))
                 if full:
                     await self.log.flush()
@@ -77,6 +88,23 @@ class LineIngester:
                     await self.log.sync()
             if not data:
                 return
+
+    def _stamp(self, block: bytes) -> tuple[bytes, int]:
+        """Producer lines → a block of records, and how many it holds."""
+        lines = block.split(b"\n")
+        lines.pop()  # after the final LF
+        if not self.dynamic:
+            return stamp(lines, self.stamper, self.topic), len(lines)
+        records, bad = stamp_dynamic(lines, self.stamper)
+        if bad:
+            self._invalid_topics(bad)
+        return records, len(lines) - bad
+
+    def _invalid_topics(self, count: int) -> None:
+        metrics.ingest_rejected.labels("invalid_topic").inc(count)
+        log.warning("event=record_rejected reason=invalid_topic count=%d "
+                    "(dynamic topic mode: each line must be TOPIC SP PAYLOAD, "
+                    "TOPIC as [a-zA-Z0-9][a-zA-Z0-9_-]*)", count)
 
 
 async def serve_lines(

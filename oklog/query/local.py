@@ -5,7 +5,8 @@ query's range; each segment's table (``oklog.segment.table``) gives the
 blocks of the range by their first and last ULID, and its n-gram index
 drops the blocks that lack a literal every match needs (the query's
 ``Required`` clauses: ``q`` itself, or the literals of a regex, plus the
-topic).  What is left is cut into *units* of a few blocks, the work a scan
+topic); with ``topic=``, its topic index (``oklog.segment.topics``) drops
+every block holding no record of that topic.  What is left is cut into *units* of a few blocks, the work a scan
 worker does at once (``oklog.query.workers``).  HEAD needs the plan only.
 
 ``prepare`` first makes every segment the query needs safe to read
@@ -124,11 +125,12 @@ def plan_segment(segment: Segment, table: Table | None, query: Query,
     p = SegmentPlan(segment, table, [], len(span), table.raw_bytes(span))
     if query.matcher.strategy == "none":
         return p
+    mask = -1  # bit i: block i may match
     if clauses and table.index is not None and span:
-        mask = table.index.candidates(clauses)  # bit i: block i may match
-        p.blocks = [i for i in span if mask >> i & 1]
-    else:
-        p.blocks = list(span)
+        mask = table.index.candidates(clauses)
+    if query.topic is not None and table.topics is not None:
+        mask &= table.topics.blocks_with(query.topic)  # exact: blocks holding that topic
+    p.blocks = list(span) if mask == -1 else [i for i in span if mask >> i & 1]
     return p
 
 

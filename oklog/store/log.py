@@ -11,7 +11,10 @@ the file is synced and renamed ``FROMULID-TOULID.flushed``.  Should a file
 of that exact name exist already (the same range replicated twice), the two
 are merged into their union first, so nothing is ever overwritten.  The
 in-memory interval index maps ``[FROM, TO]`` to files and is rebuilt from
-file names at start; there is no other metadata to lose.
+file names at start; there is no other metadata to lose.  While a live
+stream is open, the upload's blocks are also matched against it and the
+matches handed to it once the segment is installed (``self.live``, an
+``oklog.stream.hub.Hub``; nothing is done when no stream is open).
 
 Every segment has a *table* (``oklog.segment.table``: its blocks, their
 ULID ranges, its trigram index), kept in memory and saved as the sidecar
@@ -69,6 +72,7 @@ from ..segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, sniff
 from ..segment.check import inspect, salvage
 from ..segment.sort import sort_blocks
 from ..segment.table import SIDECAR_SUFFIX, load_sidecar, sidecar_path, write_sidecar
+from ..stream.hub import Hub
 from ..ulid import Stamper
 from .index import IntervalIndex, SegmentName
 
@@ -131,6 +135,8 @@ class StoreLog:
         self._unverified: set[Segment] = set()
         self._verifying: dict[Segment, trio.Event] = {}
         self._check_limiter = trio.CapacityLimiter(2)  # whole-file checks run in threads
+        # live tail: subscribers get the records of every upload stored from now on
+        self.live = Hub(on_drop=metrics.stream_dropped.labels("store").inc)
 
     # -- open / close ----------------------------------------------------------------
 
@@ -177,6 +183,8 @@ class StoreLog:
                 self._unverified.add(segment)
             else:
                 self._tables[segment] = table
+                if table.index is None:  # a sidecar of an earlier version
+                    self._unindexed.add(segment)
         log.info("event=store_opened path=%s segments=%d", self.path, len(self.index))
         if quarantined:
             log.warning("event=quarantined_segments path=%s files=%d (*.corrupt: originals of "
@@ -207,6 +215,7 @@ class StoreLog:
         path = self.path / f"{self._ids.one().decode()}.active"
         writer = self._writer(path)
         order = _Order()
+        tap = self.live.tap()  # None unless a live stream is open
 
         def put(blocks: list[bytes]) -> None:
             for block in blocks:
@@ -214,6 +223,8 @@ class StoreLog:
                     validate_block(block)
                 order.see(block)
                 writer.write(block)
+                if tap is not None:
+                    tap.see(block)
 
         held: list[bytes] = []
         size = 0
@@ -242,6 +253,8 @@ class StoreLog:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        if tap is not None:
+            tap.publish()
         metrics.replicate_segments.inc()
         metrics.replicate_records.inc(records)
         metrics.replicate_bytes.inc(segment.size)
@@ -340,8 +353,9 @@ class StoreLog:
                 data = await self.offload(index_segment, str(segment.path), table)
                 if self._tables.get(segment) is not table or not _same_file(before, segment.path):
                     continue  # replaced (a union, a repair) meanwhile: its new table is queued
-                wild, raw = data
+                wild, raw, topic_index = data
                 table.index = ngram.GramIndex(BitMap64.deserialize(raw), len(table), wild)
+                table.topics = topic_index
                 await trio.to_thread.run_sync(write_sidecar, segment.path, table, before)
             except FileNotFoundError:
                 continue  # removed meanwhile
