@@ -63,3 +63,10 @@ http_seconds = Histogram(
     "Time from request to response headers (a streamed body is not included)",
     ["route"],
 )
+
+http_unauthorized = Counter(
+    "oklog_http_unauthorized",
+    "API requests refused for want of the bearer token (-api.token-file): "
+    "reason=missing|malformed|invalid",
+    ["reason"],
+)
