@@ -239,8 +239,8 @@ def run_query(
     except httpx.ConnectError as e:
         print(f"error: cannot connect to store at {base}: {_connect_reason(e)}", file=err)
     except httpx.RemoteProtocolError as e:
-        hint = " (if the node serves HTTPS, use -store https://...)" if base.startswith("http:") else ""
-        print(f"error: query to {base} failed: {e or type(e).__name__}{hint}", file=err)
+        print(f"error: query to {base} failed: {e or type(e).__name__}{_closed_hint(base, conf)}",
+              file=err)
     except trio.TooSlowError:
         print(f"error: store at {base} did not answer within {request.wait:g}s", file=err)
     except httpx.TimeoutException as e:
@@ -248,6 +248,16 @@ def run_query(
     except httpx.HTTPError as e:
         print(f"error: query to {base} failed: {describe_tls(e) or e or type(e).__name__}", file=err)
     return 1
+
+
+def _closed_hint(base: str, conf: ClientConf | None) -> str:
+    """Why a node may close a connection without answering."""
+    if base.startswith("http:"):
+        return " (if the node serves HTTPS, use -store https://...)"
+    if conf is None or conf.cert_file is None:
+        return (" (a node that requires client certificates, -api.tls-ca, closes the connection: "
+                "give -cert-file and -key-file)")
+    return " (the node may not accept our client certificate: is it signed by the node's -api.tls-ca?)"
 
 
 def _connect_reason(exc: BaseException) -> str:
