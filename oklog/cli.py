@@ -238,7 +238,7 @@ command("store", "Run a store node: consumes, replicates and answers queries.")(
 def forward(
     ingesters: List[str] = typer.Argument(
         ..., metavar="ADDR",
-        help="ingester addresses: host, host:port, tcp://, tcp+dns://, tcp+dnssrv://"),
+        help="ingester addresses: host, host:port, tcp://, tls://, tcp+dns://, tcp+dnssrv://"),
     prefix: Optional[List[str]] = typer.Option(None, "-prefix", "--prefix", metavar="TEXT",
                                                help="prefix every line with TEXT (repeatable)"),
     durable: bool = typer.Option(False, "-durable", "--durable",
@@ -249,14 +249,34 @@ def forward(
                                help="lines buffered between stdin and the network"),
     drop: bool = typer.Option(False, "-drop", "--drop",
                               help="drop the oldest buffered lines when full instead of blocking"),
+    ca_file: str = typer.Option("", "-ca-file", "--ca-file", metavar="FILE",
+                                help="CA bundle to verify tls:// ingesters (default: the system's "
+                                     "trust store)"),
+    cert_file: str = typer.Option("", "-cert-file", "--cert-file", metavar="FILE",
+                                  help="client certificate (PEM) for ingesters run with -ingest.tls-ca"),
+    key_file: str = typer.Option("", "-key-file", "--key-file", metavar="FILE",
+                                 help="private key (PEM) of -cert-file"),
     debug: bool = DEBUG,
 ) -> None:
+    from pathlib import Path
+
     from .forward import forward as run_forward
+    from .tls import client_context
 
     setup_logging(debug)
+    tls = None
+    if ca_file or cert_file or key_file:
+        if not any(t.lower().startswith("tls://") for t in ingesters):
+            fail("-ca-file, -cert-file and -key-file are for tls:// ingesters "
+                 "(ingesters run with -ingest.tls-cert)")
+        try:
+            tls = client_context(Path(ca_file) if ca_file else None, Path(cert_file) if cert_file else None,
+                                 Path(key_file) if key_file else None, alpn=[])
+        except OklogError as exc:
+            fail(str(exc))
     run_or_fail(lambda: trio.run(lambda: run_forward(
         list(ingesters), 0, prefixes=list(prefix or []), durable=durable, bulk=bulk,
-        buffer_size=buffer, drop=drop)))
+        buffer_size=buffer, drop=drop, tls=tls)))
 
 
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")

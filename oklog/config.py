@@ -252,6 +252,16 @@ class NodeConfig:
         "ca-file", "", "CA bundle to verify the HTTPS APIs of other nodes "
         "(default: -api.tls-ca if given, else the system's trust store)",
         parse=_optional_path, metavar="FILE")
+    ingest_tls_cert: Path | None = setting(
+        "ingest.tls-cert", "", "forwarders must connect with TLS (oklog forward tls://host:port) "
+        "to the ingest ports; this certificate (PEM; may be -api.tls-cert's)", ("ingest",),
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_key: Path | None = setting(
+        "ingest.tls-key", "", "private key (PEM) of -ingest.tls-cert", ("ingest",),
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_ca: Path | None = setting(
+        "ingest.tls-ca", "", "forwarders must present a certificate signed by this CA",
+        ("ingest",), parse=_optional_path, metavar="FILE")
     cluster_key_file: Path | None = setting(
         "cluster.key-file", "",
         "encrypt gossip with the base64 16/24/32-byte key in FILE (`serf keygen`); "

@@ -269,7 +269,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())
-                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable)
+                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable,
+                                    security.ingest_tls)
             nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
 
         # Every route is mounted and the listeners are up: now join (and advertise).

@@ -12,6 +12,9 @@ anything listens:
 - ``peer``: the ``ClientConf`` of calls to other nodes -- the same token,
   the node's certificate as its client certificate, and ``-ca-file`` (or
   ``-api.tls-ca``) to verify theirs;
+- ``ingest_tls``: the TLS context of the forwarder ports
+  (``-ingest.tls-cert``/``-ingest.tls-key``, client certificates with
+  ``-ingest.tls-ca``), or None for plain TCP;
 - ``gossip_key``: Serf's ``encrypt_key`` (``oklog.cluster.agent`` writes it
   to a 0600 config file, never to a command line).
 
@@ -57,6 +60,7 @@ class NodeSecurity:
     metrics_public: bool = False
     server_tls: ssl.SSLContext | None = None
     peer: ClientConf = field(default_factory=ClientConf)
+    ingest_tls: ssl.SSLContext | None = None
     gossip_key: str | None = field(default=None, repr=False)
 
     @property
@@ -83,6 +87,21 @@ class NodeSecurity:
         server_tls = server_context(cert, key, ca, alpn=["http/1.1"]) if cert and key else None
         peer = ClientConf(token=token, ca_file=cfg.ca_file or ca, cert_file=cert, key_file=key)
         peer.ssl_context()  # -ca-file checked now (the certificate was, just above)
+        icert, ikey, ica = cfg.ingest_tls_cert, cfg.ingest_tls_key, cfg.ingest_tls_ca
+        if (icert is None) != (ikey is None):
+            raise ConfigError("-ingest.tls-cert and -ingest.tls-key go together")
+        if ica is not None and icert is None:
+            raise ConfigError("-ingest.tls-ca (forwarder certificates) needs -ingest.tls-cert "
+                              "and -ingest.tls-key")
+        ingest_tls = None
+        if icert and ikey and "ingest" in cfg.roles:
+            ingest_tls = server_context(icert, ikey, ica, cert_flag="-ingest.tls-cert",
+                                        key_flag="-ingest.tls-key", ca_flag="-ingest.tls-ca")
+            if ica is not None:
+                # Under TLS 1.3 a refused client certificate is only known after the
+                # forwarder has started sending (and the line protocol has no
+                # acknowledgement); under TLS 1.2 its handshake fails, so it fails over.
+                ingest_tls.maximum_version = ssl.TLSVersion.TLSv1_2
         gossip_key = read_gossip_key(cfg.cluster_key_file) if cfg.cluster_key_file else None
         return cls(token=token, metrics_public=cfg.api_metrics_public, server_tls=server_tls,
-                   peer=peer, gossip_key=gossip_key)
+                   peer=peer, ingest_tls=ingest_tls, gossip_key=gossip_key)

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from .errors import ConfigError
 
-__all__ = ["client_context", "describe", "server_context"]
+__all__ = ["client_context", "describe", "server_context", "tls_listeners"]
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, cert_flag: str, key_flag: str) -> None:
@@ -75,9 +78,10 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None, *,
 
 def client_context(ca_file: Path | None = None, cert: Path | None = None, key: Path | None = None,
                    *, ca_flag: str = "-ca-file", cert_flag: str = "-cert-file",
-                   key_flag: str = "-key-file") -> ssl.SSLContext:
+                   key_flag: str = "-key-file", alpn: list[str] | None = None) -> ssl.SSLContext:
     """A client context trusting ``ca_file`` (only it) or else the system's
-    trust store; presents ``cert``/``key`` when given (both or neither)."""
+    trust store; presents ``cert``/``key`` when given (both or neither).
+    ``alpn`` defaults to HTTP/1.1 (pass ``[]`` for the line protocol)."""
     if (cert is None) != (key is None):
         given, missing = (cert_flag, key_flag) if cert is not None else (key_flag, cert_flag)
         raise ConfigError(f"{given} needs {missing} too")
@@ -87,10 +91,20 @@ def client_context(ca_file: Path | None = None, cert: Path | None = None, key: P
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks host names, requires a cert
         _load_ca(ctx, ca_file, ca_flag)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["http/1.1"] if alpn is None else alpn)
     if cert is not None and key is not None:
         _load_chain(ctx, cert, key, cert_flag, key_flag)
     return ctx
+
+
+def tls_listeners(listeners: list[trio.SocketListener], ctx: ssl.SSLContext | None) -> list[Any]:
+    """``listeners`` as they are, or serving TLS with ``ctx`` (the ingest
+    ports).  A peer's TCP EOF ends its stream like a TLS close_notify
+    (``https_compatible``): the line protocol has a client-side half-close
+    (``oklog forward`` signals "done" with it), which TLS lacks."""
+    if ctx is None:
+        return list(listeners)
+    return [trio.SSLListener(listener, ctx, https_compatible=True) for listener in listeners]
 
 
 _HINTS = (

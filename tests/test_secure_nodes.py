@@ -221,3 +221,55 @@ def test_mtls_cluster_with_token_and_encrypted_gossip(tmp_path, pki, token_file)
     finally:
         for node in nodes:
             node.kill()
+
+
+def _forward(lines: bytes, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(oklog_cmd("forward", *args), input=lines, cwd=ROOT, capture_output=True,
+                          timeout=timeout)
+
+
+def test_forwarders_over_tls_with_client_certificates(tmp_path, pki):
+    node = Node("ingeststore", tmp_path / "n", extra=[
+        "-cluster.serf", "off", "-store.segment-replication-factor", "1",
+        "-ingest.tls-cert", str(pki.node_cert), "-ingest.tls-key", str(pki.node_key),
+        "-ingest.tls-ca", str(pki.ca)])
+    node.start()
+    try:
+        good = b"".join(b"over tls %d\n" % i for i in range(3000))
+        certs = ["-ca-file", str(pki.ca), "-cert-file", str(pki.client_cert),
+                 "-key-file", str(pki.client_key)]
+        for port in (node.fast_port, node.durable_port):
+            done = _forward(good, *certs, f"tls://127.0.0.1:{port}")
+            assert done.returncode == 0 and b"lines_unconfirmed=0" in done.stderr, done.stderr
+
+        # a plain-TCP forwarder is reset, so it reports its lines unconfirmed, never delivered
+        plain = _forward(b"plain 1\nplain 2\n", f"tcp://127.0.0.1:{node.fast_port}")
+        assert b"lines_unconfirmed=2" in plain.stderr, plain.stderr
+        # no client certificate, or one from another CA: the handshake fails, nothing is sent
+        for who in (["-ca-file", str(pki.ca)],
+                    ["-ca-file", str(pki.ca), "-cert-file", str(pki.stranger_cert),
+                     "-key-file", str(pki.stranger_key)]):
+            proc = subprocess.Popen(oklog_cmd("forward", *who, f"tls://127.0.0.1:{node.fast_port}"),
+                                    cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL)
+            try:
+                _, err = proc.communicate(b"refused 1\n", timeout=4)
+            except subprocess.TimeoutExpired:  # it keeps retrying: stop it
+                proc.kill()
+                _, err = proc.communicate()
+            assert b"TLS handshake failed" in err and b"lines_sent=1" not in err, err
+        # the server certificate is verified too
+        untrusted = subprocess.Popen(oklog_cmd("forward", f"tls://127.0.0.1:{node.fast_port}"),
+                                     cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL)
+        try:
+            _, err = untrusted.communicate(b"x\n", timeout=3)
+        except subprocess.TimeoutExpired:
+            untrusted.kill()
+            _, err = untrusted.communicate()
+        assert b"certificate verify failed" in err
+
+        out = wait_query(["-store", node.api], 6000)
+        assert out.count(b"\n") == 6000 and b"plain" not in out and b"refused" not in out
+    finally:
+        node.kill()
