@@ -240,7 +240,7 @@ class NodeConfig:
     api_metrics_public: bool = setting(
         "api.metrics-public", False, "serve /metrics without the token", parse=bool, kind=bool)
     api_tls_cert: Path | None = setting(
-        "api.tls-cert", "", "serve the API over HTTPS with this certificate (PEM, chain first); "
+        "api.tls-cert", "", "serve the API over HTTPS with this certificate (PEM: it, then its chain); "
         "also this node's client certificate toward its peers", parse=_optional_path, metavar="FILE")
     api_tls_key: Path | None = setting(
         "api.tls-key", "", "private key (PEM) of -api.tls-cert", parse=_optional_path, metavar="FILE")

@@ -77,6 +77,8 @@ def test_token_and_tls_on_one_node(tmp_path, pki, token_file):
             assert r.status_code == 401 and "invalid token" in r.text
             for path in ("/health", "/healthz", "/readyz"):
                 assert client.get(node.api + path).status_code == 200
+            for path in ("/ui", "/ui/ui.js"):  # the UI's static page (its API calls need the token)
+                assert client.get(node.api + path).status_code != 401
             # an injection through /store/replicate is refused and writes nothing
             before = sorted(os.listdir(node.data / "store"))
             body = b"01JE0000000000000000000000 default injected by a stranger\n"
