@@ -156,6 +156,29 @@ def fail(message: str) -> None:
 
 DEBUG = typer.Option(False, "-debug", "--debug", help="log debug messages too")
 
+# Every client command of the HTTP API takes these four (docs/security.md) and
+# passes client_conf(...) on: oklog.clientconf.ClientConf builds its httpx client.
+TOKEN_FILE = typer.Option("", "-token-file", "--token-file", metavar="FILE",
+                          help="send the token in FILE (first line) as Authorization: Bearer, "
+                               "for nodes run with -api.token-file")
+CA_FILE = typer.Option("", "-ca-file", "--ca-file", metavar="FILE",
+                       help="CA bundle to verify an https:// node (default: the system's trust store)")
+CERT_FILE = typer.Option("", "-cert-file", "--cert-file", metavar="FILE",
+                         help="client certificate (PEM), for nodes that require one (-api.tls-ca)")
+KEY_FILE = typer.Option("", "-key-file", "--key-file", metavar="FILE",
+                        help="private key (PEM) of -cert-file")
+
+
+def client_conf(token_file: str, ca_file: str, cert_file: str = "", key_file: str = "") -> Any:
+    """The ``ClientConf`` of a client command's security flags; a bad file
+    is one line on stderr and exit 1."""
+    from .clientconf import ClientConf
+
+    try:
+        return ClientConf.load(token_file, ca_file, cert_file, key_file)
+    except OklogError as exc:
+        fail(str(exc))
+
 
 # --- node modes -------------------------------------------------------------------------------
 
@@ -215,7 +238,7 @@ command("store", "Run a store node: consumes, replicates and answers queries.")(
 def forward(
     ingesters: List[str] = typer.Argument(
         ..., metavar="ADDR",
-        help="ingester addresses: host, host:port, tcp://, tcp+dns://, tcp+dnssrv://"),
+        help="ingester addresses: host, host:port, tcp://, tls://, tcp+dns://, tcp+dnssrv://"),
     prefix: Optional[List[str]] = typer.Option(None, "-prefix", "--prefix", metavar="TEXT",
                                                help="prefix every line with TEXT (repeatable)"),
     durable: bool = typer.Option(False, "-durable", "--durable",
@@ -226,20 +249,40 @@ def forward(
                                help="lines buffered between stdin and the network"),
     drop: bool = typer.Option(False, "-drop", "--drop",
                               help="drop the oldest buffered lines when full instead of blocking"),
+    ca_file: str = typer.Option("", "-ca-file", "--ca-file", metavar="FILE",
+                                help="CA bundle to verify tls:// ingesters (default: the system's "
+                                     "trust store)"),
+    cert_file: str = typer.Option("", "-cert-file", "--cert-file", metavar="FILE",
+                                  help="client certificate (PEM) for ingesters run with -ingest.tls-ca"),
+    key_file: str = typer.Option("", "-key-file", "--key-file", metavar="FILE",
+                                 help="private key (PEM) of -cert-file"),
     debug: bool = DEBUG,
 ) -> None:
+    from pathlib import Path
+
     from .forward import forward as run_forward
+    from .tls import client_context
 
     setup_logging(debug)
+    tls = None
+    if ca_file or cert_file or key_file:
+        if not any(t.lower().startswith("tls://") for t in ingesters):
+            fail("-ca-file, -cert-file and -key-file are for tls:// ingesters "
+                 "(ingesters run with -ingest.tls-cert)")
+        try:
+            tls = client_context(Path(ca_file) if ca_file else None, Path(cert_file) if cert_file else None,
+                                 Path(key_file) if key_file else None, alpn=[])
+        except OklogError as exc:
+            fail(str(exc))
     run_or_fail(lambda: trio.run(lambda: run_forward(
         list(ingesters), 0, prefixes=list(prefix or []), durable=durable, bulk=bulk,
-        buffer_size=buffer, drop=drop)))
+        buffer_size=buffer, drop=drop, tls=tls)))
 
 
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")
 def query(
     store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
-                              help="address of any store node"),
+                              help="address of any store node (https://host:port for TLS)"),
     from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
                               help="from: a duration ago (5m, 1h30m, 7d, 1w), an RFC3339 time or a ULID"),
     to: str = typer.Option("now", "-to", "--to", metavar="TIME",
@@ -255,11 +298,16 @@ def query(
                                  help="print the request and response headers"),
     timeout: str = typer.Option("20s", "-timeout", "--timeout", metavar="DURATION",
                                 help="give up if the store has not started answering after this long"),
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
 ) -> None:
     from .querycli import run_query
 
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
     code = run_query(store, from_=from_, to=to, q=os.fsencode(q), regex=regex, stats=stats,
-                     with_ulid=ulid, verbose=verbose, topic=topic, timeout=timeout)
+                     with_ulid=ulid, verbose=verbose, topic=topic, timeout=timeout, conf=conf)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `oklog query ... | head`

@@ -75,6 +75,10 @@ def _optional(s: str) -> str | None:
     return s or None
 
 
+def _optional_path(s: str) -> Path | None:
+    return Path(s) if s else None
+
+
 def _serf_mode(s: str) -> bool | None:
     modes = {"auto": None, "on": True, "off": False}
     if s not in modes:
@@ -255,6 +259,42 @@ class NodeConfig:
         "under-replicated records one query keeps in memory for read repair; past that, read "
         "repair fetches them from their holders (0: no read repair on queries)", ("store",),
         parse=parse_size, metavar="SIZE")
+
+    # --- security (docs/security.md; files are read and checked at start by oklog.security)
+    api_token_file: Path | None = setting(
+        "api.token-file", "",
+        "require Authorization: Bearer <first line of FILE> on every API call except "
+        "/health, /healthz, /readyz (and /metrics with -api.metrics-public); "
+        "this node sends it to its peers", parse=_optional_path, metavar="FILE")
+    api_metrics_public: bool = setting(
+        "api.metrics-public", False, "serve /metrics without the token", parse=bool, kind=bool)
+    api_tls_cert: Path | None = setting(
+        "api.tls-cert", "", "serve the API over HTTPS with this certificate (PEM: it, then its chain); "
+        "also this node's client certificate toward its peers", parse=_optional_path, metavar="FILE")
+    api_tls_key: Path | None = setting(
+        "api.tls-key", "", "private key (PEM) of -api.tls-cert", parse=_optional_path, metavar="FILE")
+    api_tls_ca: Path | None = setting(
+        "api.tls-ca", "",
+        "require API clients (and peers) to present a certificate signed by this CA (mTLS)",
+        parse=_optional_path, metavar="FILE")
+    ca_file: Path | None = setting(
+        "ca-file", "", "CA bundle to verify the HTTPS APIs of other nodes "
+        "(default: -api.tls-ca if given, else the system's trust store)",
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_cert: Path | None = setting(
+        "ingest.tls-cert", "", "forwarders must connect with TLS (oklog forward tls://host:port) "
+        "to the ingest ports; this certificate (PEM; may be -api.tls-cert's)", ("ingest",),
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_key: Path | None = setting(
+        "ingest.tls-key", "", "private key (PEM) of -ingest.tls-cert", ("ingest",),
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_ca: Path | None = setting(
+        "ingest.tls-ca", "", "forwarders must present a certificate signed by this CA",
+        ("ingest",), parse=_optional_path, metavar="FILE")
+    cluster_key_file: Path | None = setting(
+        "cluster.key-file", "",
+        "encrypt gossip with the base64 16/24/32-byte key in FILE (`serf keygen`); "
+        "every node of the cluster needs the same key", parse=_optional_path, metavar="FILE")
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -43,6 +43,13 @@ counted as ``lines_unconfirmed`` (and logged at the failover) rather than
 passed off as delivered, and the batch in flight when a write fails is
 sent again to the next ingester.  Bulk mode (not built yet) is the
 acknowledged, lossless one.
+
+``tls://host:port`` targets speak TLS to ingesters run with
+``-ingest.tls-cert`` (the server certificate is verified against
+``-ca-file`` or the system's trust store; ``-cert-file``/``-key-file`` for
+``-ingest.tls-ca``).  TLS has no half-close, so "done" is a TCP FIN under
+the TLS session on both sides (``https_compatible`` streams): the same
+confirmation as plain TCP, no weaker.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +68,8 @@ import trio
 from oklog.addr import join_host_port, split_addr
 from oklog.errors import ConfigError
 from oklog.lines import LineSplitter
+from oklog.tls import client_context
+from oklog.tls import describe as describe_tls
 
 __all__ = [
     "DEFAULT_FAST_PORT",
@@ -83,7 +93,9 @@ _BATCH_BYTES = 1024 * 1024  # at most this much per send_all (unless one block i
 _MAX_BUFFER_BYTES = 16 * 1024 * 1024  # byte bound of the buffer, besides buffer_size lines
 _DROP_LOG_INTERVAL = 1.0  # seconds between "dropped" log lines
 
-_SCHEMES = {"tcp": "tcp", "tcp+dns": "tcp+dns", "tcp+dnsip": "tcp+dns", "tcp+dnssrv": "tcp+dnssrv"}
+_SCHEMES = {"tcp": "tcp", "tcp+dns": "tcp+dns", "tcp+dnsip": "tcp+dns", "tcp+dnssrv": "tcp+dnssrv",
+            "tls": "tls"}
+_STATIC = ("tcp", "tls")  # one target is one address
 
 # Where the rotation starts; tests replace it with a seeded Random.
 _rng = random.Random()
@@ -124,13 +136,14 @@ class Target:
 
 
 def parse_target(s: str, default_port: int = DEFAULT_FAST_PORT) -> Target:
-    """Parse ``host``, ``host:port``, ``tcp://host:port``,
+    """Parse ``host``, ``host:port``, ``tcp://host:port``, ``tls://host:port``,
     ``tcp+dns://host:port`` or ``tcp+dnssrv://name[:port]``."""
     scheme, host, port = split_addr(s)
     scheme = scheme or "tcp"
     if scheme not in _SCHEMES:
         raise ConfigError(
-            f"{s!r}: unsupported scheme {scheme!r} (use host:port, tcp://, tcp+dns:// or tcp+dnssrv://)"
+            f"{s!r}: unsupported scheme {scheme!r} "
+            "(use host:port, tcp://, tls://, tcp+dns:// or tcp+dnssrv://)"
         )
     scheme = _SCHEMES[scheme]
     if not host:
@@ -347,10 +360,11 @@ class _Endpoint:
     label: str
     host: str
     port: int
+    tls: bool = False
 
 
 class _Conn:
-    def __init__(self, endpoint: _Endpoint, stream: trio.SocketStream) -> None:
+    def __init__(self, endpoint: _Endpoint, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         self.endpoint = endpoint
         self.stream = stream
         self.dead: str | None = None  # why the ingester side is gone, if it is
@@ -370,6 +384,10 @@ class _Conn:
 
     async def aclose(self) -> None:
         self.scope.cancel()
+        if isinstance(self.stream, trio.SSLStream):
+            # no close_notify: it could block on a peer that stopped reading
+            await trio.aclose_forcefully(self.stream)
+            return
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
 
@@ -384,8 +402,10 @@ class _Sender:
         backoff_max: float,
         connect_timeout: float,
         close_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.targets = targets
+        self.tls = tls
         self.nursery = nursery
         self.stats = stats
         self.backoff_initial = backoff_initial
@@ -440,7 +460,10 @@ class _Sender:
             self._unconfirmed(conn, "close", conn.dead or "closed by ingester")
             return
         try:
-            await conn.stream.send_eof()
+            if isinstance(conn.stream, trio.SSLStream):  # no half-close in TLS: FIN beneath it
+                await conn.stream.transport_stream.send_eof()
+            else:
+                await conn.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._unconfirmed(conn, "close", e)
             return
@@ -497,22 +520,37 @@ class _Sender:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             except OSError:
                 pass
-            self.conn = _Conn(ep, stream)
+            conn_stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
+            if ep.tls:
+                assert self.tls is not None
+                conn_stream = trio.SSLStream(stream, self.tls, server_hostname=ep.host,
+                                             https_compatible=True)
+                try:
+                    with trio.fail_after(self.connect_timeout):
+                        await conn_stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError) as e:
+                    await trio.aclose_forcefully(stream)
+                    reason = describe_tls(e) or ("TLS handshake timed out" if isinstance(
+                        e, trio.TooSlowError) else f"TLS handshake failed: {e} (an ingester run with "
+                        "-ingest.tls-ca refuses forwarders without an accepted -cert-file/-key-file)")
+                    await self._fail("connect", ep, reason)
+                    continue
+            self.conn = _Conn(ep, conn_stream)
             self.nursery.start_soon(self.conn.watch)
             log.info(_kv(event="connect", target=ep.label))
             return
 
     async def _resolve(self) -> None:
         first = not self.resolved
-        static = all(t.scheme == "tcp" for t in self.targets)
+        static = all(t.scheme in _STATIC for t in self.targets)
         if static and not first:
             self.index = 0
             return
         endpoints: list[_Endpoint] = []
         for t in self.targets:
-            if t.scheme == "tcp":
+            if t.scheme in _STATIC:
                 assert t.port is not None
-                endpoints.append(_Endpoint(str(t), t.host, t.port))
+                endpoints.append(_Endpoint(str(t), t.host, t.port, tls=t.scheme == "tls"))
             elif t.scheme == "tcp+dns":
                 assert t.port is not None
                 try:
@@ -560,6 +598,7 @@ async def forward(
     max_line_size: int = 16 * 1024 * 1024,
     connect_timeout: float = 5.0,
     close_timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Forward every line read from ``source_fd`` to the ingesters ``targets``.
 
@@ -583,6 +622,8 @@ async def forward(
     - ``backoff_initial``/``backoff_max``: delay after each failure before
       trying the next target, doubling, reset by a successful send.
     - ``max_line_size``: longer lines are dropped and counted.
+    - ``tls``: the client context for ``tls://`` targets (default: the
+      system's trust store, no client certificate).
     - ``bulk=True`` is not implemented yet (ConfigError).
     """
     if bulk:
@@ -594,6 +635,8 @@ async def forward(
     if backoff_initial <= 0 or backoff_max < backoff_initial:
         raise ConfigError("backoff must satisfy 0 < initial <= max")
     parsed = parse_targets(targets, DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT)
+    if tls is None and any(t.scheme == "tls" for t in parsed):
+        tls = client_context(alpn=[])
     prefix = _prefix_bytes(prefixes)
     if stats is None:
         stats = ForwardStats()
@@ -605,7 +648,8 @@ async def forward(
     except OSError as e:
         raise ConfigError(f"cannot read from file descriptor {source_fd}: {e.strerror or e}") from None
     async with trio.open_nursery() as nursery:
-        sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout, close_timeout)
+        sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout, close_timeout,
+                         tls)
         nursery.start_soon(reader.run, source)
         await sender.run(buf)
         nursery.cancel_scope.cancel()  # connection watchers

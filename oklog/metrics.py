@@ -96,3 +96,9 @@ stream_dropped = Counter(
     "to this store), where=client (a /store/stream client of this node)",
     ["where"],
 )
+http_unauthorized = Counter(
+    "oklog_http_unauthorized",
+    "API requests refused for want of the bearer token (-api.token-file): "
+    "reason=missing|malformed|invalid",
+    ["reason"],
+)

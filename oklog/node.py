@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -51,6 +52,7 @@ from .query.api import query_router
 from .query.histogram import histogram_router
 from .query.repair import Repairer
 from .query.workers import Scanner
+from .security import NodeSecurity
 from .store.api import store_router
 from .store.consume import Consumer
 from .store.log import StoreLog
@@ -64,15 +66,15 @@ __all__ = ["NodeConfig", "run_node"]
 log = logging.getLogger("oklog.node")
 
 
-def advertised_api(cfg: NodeConfig, port: int) -> str:
-    """The API URL other nodes use to reach this one."""
+def advertised_api(cfg: NodeConfig, port: int, scheme: str = "http") -> str:
+    """The API URL other nodes use to reach this one (``https`` with TLS)."""
     host, _ = parse_addr(cfg.api, 7650)
     if cfg.cluster_advertise:
         host, _ = parse_addr(cfg.cluster_advertise, 7659)
     elif is_wildcard(host):
         chost, _ = parse_addr(cfg.cluster, 7659)
         host = chost if not is_wildcard(chost) else "0.0.0.0"
-    return f"http://{join_host_port(host, port)}"
+    return f"{scheme}://{join_host_port(host, port)}"
 
 
 def replication_warnings(cfg: NodeConfig, membership: Membership) -> list[str]:
@@ -131,10 +133,27 @@ def ops_router(not_ready: Callable[[], str | None], warnings: Callable[[], list[
     return router
 
 
+class _HypercornConfig(hypercorn.config.Config):
+    """hypercorn's config with an SSL context made by ``oklog.tls`` (checked
+    at start-up, HTTP/1.1 only) instead of one it builds from file names."""
+
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.tls is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls
+
+
 async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
+                    tls: ssl.SSLContext | None = None,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     # hypercorn adopts (and later closes) these file descriptors: detach them.
-    config = hypercorn.config.Config()
+    config = _HypercornConfig()
+    config.tls = tls  # fd:// binds are served with TLS when this is set
+    config.ssl_handshake_timeout = 10.0
     config.bind = [f"fd://{s.detach()}" for s in socks]
     config.accesslog = None
     config.errorlog = logging.getLogger("oklog.http.server")
@@ -144,18 +163,20 @@ async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
     await hypercorn.trio.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
 
 
-def _cluster_config(cfg: NodeConfig, api_port: int) -> ClusterConfig:
+def _cluster_config(cfg: NodeConfig, api_port: int, security: NodeSecurity | None = None) -> ClusterConfig:
+    security = security or NodeSecurity()
     return ClusterConfig(
         bind=_hostport(cfg.cluster, 7659),
         advertise=_hostport(cfg.cluster_advertise, 7659) if cfg.cluster_advertise else None,
         peers=[_hostport(p, 7659) for p in cfg.peers],
         serf_rpc=_hostport(cfg.cluster_serf_rpc, 7373) if cfg.cluster_serf_rpc else None,
-        api_url=advertised_api(cfg, api_port),
+        api_url=advertised_api(cfg, api_port, security.scheme),
         role=cfg.mode,
         # The node's own directory: sibling nodes may share a parent.
         data_dir=Path(cfg.store_path if "store" in cfg.roles else cfg.ingest_path),
         fast=cfg.fast_gossip,
         use_serf=cfg.use_serf,
+        encrypt_key=security.gossip_key,
     )
 
 
@@ -167,6 +188,7 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
     scanner = Scanner(cfg.store_scan_workers)  # starts nothing until asked to
     if stop is None:
         stop = trio.Event()
+    security = NodeSecurity.load(cfg)  # a bad token, certificate or key file stops us here
     try:
         if "ingest" in roles:
             ingest_log = IngestLog(
@@ -184,17 +206,18 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
         api_host, api_port = parse_addr(cfg.api, 7650)
         api_socks = tcp_sockets(api_host, api_port, "-api")
         try:
-            cluster = plan_cluster(_cluster_config(cfg, api_socks[0].getsockname()[1]))
+            cluster = plan_cluster(_cluster_config(cfg, api_socks[0].getsockname()[1], security))
         except BaseException:
             for sock in api_socks:
                 sock.close()
             raise
-        async with open_peers() as http_peers:
+        async with open_peers(conf=security.peer) as http_peers:
             # calls to this node itself skip HTTP (same semantics, half the work)
             peers = LocalPeers(http_peers, cluster.membership.self_url(), ingest=ingest_log, store=store)
             unregister = gauges.register(gauges.StateCollector(ingest_log, store, cluster.membership))
             try:
-                await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status)
+                await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status,
+                             security)
             finally:
                 unregister()
     finally:
@@ -208,7 +231,9 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
 
 async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
                  ingest_log: IngestLog | None, store: StoreLog | None, scanner: Scanner,
-                 peers: Peers, stop: trio.Event, task_status: Any) -> None:
+                 peers: Peers, stop: trio.Event, task_status: Any,
+                 security: NodeSecurity | None = None) -> None:
+    security = security or NodeSecurity()
     membership = cluster.membership
 
     def warnings() -> list[str]:
@@ -232,6 +257,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
 
     router = Router()
     router.use(request_metrics(router))
+    if (auth := security.middleware()) is not None:
+        router.use(auth)  # every route, those mounted below and any added later
     router.mount(ops_router(not_ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
@@ -253,7 +280,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         if streams is not None:  # live streams: their readers run in this service's nursery
             await nursery.start(_scoped, streams_scope, streams.run)
         api_stop = trio.Event()
-        binds = await nursery.start(serve_api, router, api_socks, api_stop)
+        binds = await nursery.start(serve_api, router, api_socks, api_stop, security.server_tls)
 
         listen_scopes: list[trio.CancelScope] = []
         flusher_scope = trio.CancelScope()
@@ -263,7 +290,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())
-                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable)
+                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable,
+                                    security.ingest_tls)
             nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
 
         # Every route is mounted and the listeners are up: now join (and advertise).

@@ -26,7 +26,9 @@ from typing import AsyncIterator, BinaryIO, Mapping, Protocol
 import httpx
 import trio
 
+from .clientconf import ClientConf
 from .errors import PeerRejected, PeerUnavailable
+from .tls import describe as describe_tls
 
 log = logging.getLogger("oklog.peer")
 
@@ -114,8 +116,9 @@ class QueryResponse:
 class HttpPeers:
     """``Peers`` over HTTP, with explicit timeouts (module docstring)."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self.client = client or httpx.AsyncClient(
+    def __init__(self, client: httpx.AsyncClient | None = None, conf: ClientConf | None = None) -> None:
+        # ``conf``: the node's token and TLS settings, sent with every call
+        self.client = client or (conf or ClientConf()).async_client(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
         )
 
@@ -229,12 +232,16 @@ async def file_chunks(paths: list[Path]) -> AsyncIterator[bytes]:
 
 
 def _describe(exc: httpx.HTTPError) -> str:
+    tls = describe_tls(exc)
+    if tls is not None:
+        return f"{type(exc).__name__}: {tls}"
     return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
 
 
 @asynccontextmanager
-async def open_peers(client: httpx.AsyncClient | None = None) -> AsyncIterator[HttpPeers]:
-    peers = HttpPeers(client)
+async def open_peers(client: httpx.AsyncClient | None = None,
+                     conf: ClientConf | None = None) -> AsyncIterator[HttpPeers]:
+    peers = HttpPeers(client, conf)
     try:
         yield peers
     finally:

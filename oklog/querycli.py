@@ -29,7 +29,9 @@ import trio
 
 from oklog import timespec
 from oklog.addr import api_url
+from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
+from oklog.tls import describe as describe_tls
 from oklog.lines import LineSplitter
 
 __all__ = ["run_query", "resolve_time", "query_url", "RecordStripper", "human_bytes"]
@@ -198,6 +200,7 @@ def run_query(
     err: TextIO | None = None,
     now: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    conf: ClientConf | None = None,
 ) -> int:
     """Run one query against ``store``; return the process exit code.
 
@@ -207,6 +210,7 @@ def run_query(
     ``timeout`` (a duration or seconds) bounds the wait for the store to
     start answering.  ``now`` (Unix seconds) fixes the clock for relative
     ``from_``/``to``.  ``transport`` is for tests (``httpx.MockTransport``).
+    ``conf`` carries the token and TLS settings (``-token-file``, ``-ca-file``...).
     """
     out = sys.stdout.buffer if out is None else out
     err = sys.stderr if err is None else err
@@ -231,20 +235,36 @@ def run_query(
     if verbose:
         print(f"{request.method} {request.url}", file=err)
     try:
-        return trio.run(_run, request, with_ulid, verbose, out, err, transport)
+        return trio.run(_run, request, with_ulid, verbose, out, err, transport, conf or ClientConf())
     except httpx.ConnectError as e:
         print(f"error: cannot connect to store at {base}: {_connect_reason(e)}", file=err)
+    except httpx.RemoteProtocolError as e:
+        print(f"error: query to {base} failed: {e or type(e).__name__}{_closed_hint(base, conf)}",
+              file=err)
     except trio.TooSlowError:
         print(f"error: store at {base} did not answer within {request.wait:g}s", file=err)
     except httpx.TimeoutException as e:
         print(f"error: store at {base} timed out: {e or type(e).__name__}", file=err)
     except httpx.HTTPError as e:
-        print(f"error: query to {base} failed: {e or type(e).__name__}", file=err)
+        print(f"error: query to {base} failed: {describe_tls(e) or e or type(e).__name__}", file=err)
     return 1
+
+
+def _closed_hint(base: str, conf: ClientConf | None) -> str:
+    """Why a node may close a connection without answering."""
+    if base.startswith("http:"):
+        return " (if the node serves HTTPS, use -store https://...)"
+    if conf is None or conf.cert_file is None:
+        return (" (a node that requires client certificates, -api.tls-ca, closes the connection: "
+                "give -cert-file and -key-file)")
+    return " (the node may not accept our client certificate: is it signed by the node's -api.tls-ca?)"
 
 
 def _connect_reason(exc: BaseException) -> str:
     """The root cause of a failed connect, in a few words."""
+    tls = describe_tls(exc)
+    if tls is not None:
+        return tls
     seen: list[BaseException] = []
     todo = [exc]
     while todo:
@@ -269,10 +289,10 @@ class _Request:
 
 
 async def _run(request: _Request, with_ulid: bool, verbose: bool, out: BinaryIO, err: TextIO,
-               transport: httpx.AsyncBaseTransport | None) -> int:
+               transport: httpx.AsyncBaseTransport | None, conf: ClientConf) -> int:
     timeouts = httpx.Timeout(connect=CONNECT_TIMEOUT, read=BODY_GAP, write=30.0, pool=CONNECT_TIMEOUT)
     begin = time.monotonic()
-    async with httpx.AsyncClient(timeout=timeouts, transport=transport) as client:
+    async with conf.async_client(timeout=timeouts, transport=transport) as client:
         with trio.fail_after(request.wait):
             resp = await client.send(client.build_request(request.method, request.url), stream=True)
         try:
@@ -299,6 +319,10 @@ async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verb
         reason = _first_line(body)
         if status == 400:
             print(f"error: bad query: {reason or 'HTTP 400'}", file=err)
+        elif status == 401:
+            hint = "" if "-token-file" in reason else " (give the cluster's token with -token-file)"
+            print(f"error: store {request.base} answered HTTP 401: {reason or 'unauthorized'}{hint}",
+                  file=err)
         else:
             print(f"error: store {request.base} answered HTTP {status}"
                   + (f": {reason}" if reason else ""), file=err)

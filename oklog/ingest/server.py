@@ -14,6 +14,9 @@ has had accepted by TCP flow control beyond that point is not yet promised.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import struct
 from typing import Awaitable, Callable
 
 import trio
@@ -23,6 +26,7 @@ from ..lines import LineSplitter
 from ..listen import open_tcp_listeners
 from ..records.format import DEFAULT_TOPIC, stamp
 from ..records.topics import MODES, check_topic, stamp_dynamic
+from ..tls import tls_listeners
 from ..ulid import Stamper
 from .log import IngestLog
 
@@ -46,22 +50,24 @@ class LineIngester:
         self.dynamic = topic_mode == "dynamic"
         self.topic = topic
 
-    def handler(self, durable: bool) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    def handler(self, durable: bool) -> Callable[[trio.abc.Stream], Awaitable[None]]:
         mode = "durable" if durable else "fast"
 
-        async def handle(stream: trio.SocketStream) -> None:
+        async def handle(stream: trio.abc.Stream) -> None:
             metrics.ingest_connections.labels(mode).inc()
             try:
                 await self._handle(stream, durable)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("event=connection_error mode=%s error=%r", mode, exc)
+                if isinstance(stream, trio.SSLStream):
+                    _reset(stream.transport_stream)
             finally:
                 metrics.ingest_connections.labels(mode).dec()
                 await trio.aclose_forcefully(stream)
 
         return handle
 
-    async def _handle(self, stream: trio.SocketStream, durable: bool) -> None:
+    async def _handle(self, stream: trio.abc.Stream, durable: bool) -> None:
         # A final line without LF still counts as a record.
         splitter = LineSplitter(final_tail="keep", max_line=self.max_record_size, too_long="drop")
         while True:
@@ -107,21 +113,37 @@ class LineIngester:
                     "TOPIC as [a-zA-Z0-9][a-zA-Z0-9_-]*)", count)
 
 
+def _reset(stream: trio.abc.Stream) -> None:
+    """Close with a TCP reset, not a FIN: a forwarder whose TLS handshake
+    failed (a plain ``tcp://`` forwarder, a refused certificate) must not
+    take our close for "read everything" -- it then counts its lines as
+    unconfirmed instead of delivered."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+
+
 async def serve_lines(
     ingester: LineIngester,
     host: str,
     port: int,
     durable: bool,
+    tls: ssl.SSLContext | None = None,
     *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept forwarder connections until cancelled (which closes them all).
 
     A wildcard host listens on every address family (see ``oklog.listen``).
+    With ``tls`` (``-ingest.tls-cert``), forwarders must speak TLS; a failed
+    handshake is one ``connection_error`` line, like a broken connection.
     """
     flag = "-ingest.durable" if durable else "-ingest.fast"
     listeners = await open_tcp_listeners(host, port, flag)
     bound = listeners[0].socket.getsockname()
-    log.info("event=listening mode=%s addr=%s:%d", "durable" if durable else "fast", bound[0], bound[1])
+    log.info("event=listening mode=%s addr=%s:%d tls=%s", "durable" if durable else "fast",
+             bound[0], bound[1], "on" if tls is not None else "off")
     task_status.started(bound[1])
-    await trio.serve_listeners(ingester.handler(durable), listeners)
+    await trio.serve_listeners(ingester.handler(durable), tls_listeners(listeners, tls))
