@@ -333,11 +333,16 @@ def repair(
                                  help="count under-replicated records, copy nothing"),
     timeout: str = typer.Option("10m", "-timeout", "--timeout", metavar="DURATION",
                                 help="give up on a step that has not answered after this long"),
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
 ) -> None:
     from .repaircli import run_repair
 
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
     raise typer.Exit(run_repair(store, from_=from_, to=to, step=step, dry_run=dry_run,
-                                timeout=timeout))
+                                timeout=timeout, conf=conf))
 @command("stream", "Print matching records as they are stored: oklog stream -q ERROR",
          "Print matching records as the store tier writes them, until interrupted "
          "(e.g. oklog stream -q ERROR). Records appear about as soon as they become "
@@ -357,11 +362,16 @@ def stream(
     ulid: bool = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID"),
     verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
                                  help="print the request and every reconnection attempt"),
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
 ) -> None:
     from .streamcli import run_stream
 
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
     code = run_stream(store, q=os.fsencode(q), regex=regex, topic=topic, window=window,
-                      with_ulid=ulid, verbose=verbose)
+                      with_ulid=ulid, verbose=verbose, conf=conf)
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -419,6 +429,10 @@ def canary(
     metrics_addr: Optional[str] = typer.Option(None, "-metrics-addr", "--metrics-addr", metavar="ADDR",
                                                help="serve oklog_canary_* metrics at http://ADDR/metrics"),
     debug: bool = DEBUG,
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
 ) -> None:
     from .canary import CanaryConfig, run_canary
     from .timespec import parse_duration
@@ -437,7 +451,8 @@ def canary(
                        query_interval=seconds["-query-interval"],
                        report_interval=seconds["-report-interval"], metrics_addr=metrics_addr)
     ok: list[bool] = []
-    run_or_fail(lambda: ok.append(trio.run(lambda: run_canary(cfg, handle_signals=True)).ok()))
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
+    run_or_fail(lambda: ok.append(trio.run(lambda: run_canary(cfg, handle_signals=True, conf=conf)).ok()))
     raise typer.Exit(0 if ok and ok[0] else 1)
 
 

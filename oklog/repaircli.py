@@ -28,6 +28,7 @@ import httpx
 
 from oklog import timespec
 from oklog.addr import api_url
+from oklog.clientconf import ClientConf
 from oklog.ulid import ms_of, ulid_for_ms
 
 __all__ = ["Summary", "plan_steps", "run_repair"]
@@ -91,6 +92,7 @@ def run_repair(
     now: float | None = None,
     progress: bool | None = None,
     transport: httpx.BaseTransport | None = None,
+    conf: ClientConf | None = None,
 ) -> int:
     """Walk ``[from_, to]`` in steps against ``store``; the exit status.
 
@@ -119,7 +121,7 @@ def run_repair(
         progress = err.isatty()
     summary = Summary()
     timeouts = httpx.Timeout(connect=CONNECT_TIMEOUT, read=wait, write=30.0, pool=CONNECT_TIMEOUT)
-    with httpx.Client(timeout=timeouts, transport=transport) as client, \
+    with (conf or ClientConf()).client(timeout=timeouts, transport=transport) as client, \
             _Progress(len(steps), err, progress) as bar:
         for n, (a, b) in enumerate(steps, 1):
             label = f"{timespec.format_rfc3339(a)} .. {timespec.format_rfc3339(b)}"

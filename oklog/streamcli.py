@@ -28,6 +28,7 @@ import trio
 
 from oklog import timespec
 from oklog.addr import api_url
+from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
 from oklog.lines import LineSplitter
 from oklog.querycli import CONNECT_TIMEOUT, _connect_reason, _first_line, _payload_lines, _strip_topic_lines
@@ -98,6 +99,7 @@ def run_stream(
     out: BinaryIO | None = None,
     err: TextIO | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    conf: ClientConf | None = None,
 ) -> int:
     """Stream until interrupted; return the process exit code."""
     out = sys.stdout.buffer if out is None else out
@@ -118,7 +120,7 @@ def run_stream(
         print(f"GET {url}", file=err)
     printer = _Printer(with_ulid, out, err)
     try:
-        trio.run(_run, base, url, printer, verbose, err, transport)
+        trio.run(_run, base, url, printer, verbose, err, transport, conf or ClientConf())
     except BaseException as group:  # maybe inside exception groups
         leaf = _leaf(group)
         if isinstance(leaf, (KeyboardInterrupt, BrokenPipeError)):
@@ -143,9 +145,9 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 async def _run(base: str, url: str, printer: _Printer, verbose: bool, err: TextIO,
-               transport: httpx.AsyncBaseTransport | None) -> None:
+               transport: httpx.AsyncBaseTransport | None, conf: ClientConf) -> None:
     timeouts = httpx.Timeout(connect=CONNECT_TIMEOUT, read=IDLE_TIMEOUT, write=10.0, pool=CONNECT_TIMEOUT)
-    async with httpx.AsyncClient(timeout=timeouts, transport=transport) as client:
+    async with conf.async_client(timeout=timeouts, transport=transport) as client:
         await _once(client, url, printer)  # errors at the start are the user's to see
         delay = RETRY_FIRST
         while True:
