@@ -14,6 +14,12 @@ ingest_rejected = Counter(
 )
 ingest_connections = Gauge("oklog_ingest_connections", "Open forwarder connections", ["mode"])
 ingest_segments_flushed = Counter("oklog_ingest_segments_flushed", "Ingest segments flushed")
+ingest_bulk_uploads = Counter(
+    "oklog_ingest_bulk_uploads",
+    "Bulk uploads answered: ok (committed by a store), timeout (not committed within "
+    "-ingest.bulk-timeout), too_large, shutdown",
+    ["outcome"],
+)
 
 consume_batches = Counter("oklog_store_consume_batches", "Consume transactions", ["outcome"])
 consume_segments = Counter("oklog_store_consumed_segments", "Ingest segments consumed")
