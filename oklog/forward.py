@@ -41,8 +41,10 @@ confirms that the ingester got what was written.  Lines written to a
 connection that breaks or does not close cleanly may be lost; they are
 counted as ``lines_unconfirmed`` (and logged at the failover) rather than
 passed off as delivered, and the batch in flight when a write fails is
-sent again to the next ingester.  Bulk mode (not built yet) is the
-acknowledged, lossless one.
+sent again to the next ingester.  Bulk mode (``oklog.forwardbulk``) is the
+acknowledged, lossless one: it reuses the reader, the buffer and the
+failover of this module, and sends segments that a store must commit
+before the ingester answers ``OK``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class ForwardStats:
     #: possibly lost (the line protocol has no acknowledgements)
     lines_unconfirmed: int = 0
     reconnects: int = 0  #: failed connects + broken connections (each moves on to the next target)
+    # bulk mode (lines_sent and bytes_sent then count acknowledged segments only)
+    segments_acked: int = 0  #: segments an ingester answered OK (committed by a store)
+    resends: int = 0  #: segment uploads that failed (ERR, timeout, broken) and were sent again
+    lines_rejected: int = 0  #: lines an ingester left out of an acknowledged segment (too long)
 
 
 @dataclass(frozen=True)
@@ -476,6 +482,14 @@ class _Sender:
         self.backoff = min(self.backoff * 2, self.backoff_max)
 
     async def _connect(self) -> None:
+        ep, stream = await self._open()
+        self.conn = _Conn(ep, stream)
+        self.nursery.start_soon(self.conn.watch)
+        log.info(_kv(event="connect", target=ep.label))
+
+    async def _open(self) -> tuple[_Endpoint, trio.SocketStream]:
+        """A connection to the current target, failing over (with backoff)
+        until one accepts."""
         while True:
             if not self.resolved or self.index >= len(self.endpoints):
                 await self._resolve()
@@ -497,10 +511,7 @@ class _Sender:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             except OSError:
                 pass
-            self.conn = _Conn(ep, stream)
-            self.nursery.start_soon(self.conn.watch)
-            log.info(_kv(event="connect", target=ep.label))
-            return
+            return ep, stream
 
     async def _resolve(self) -> None:
         first = not self.resolved
@@ -560,6 +571,9 @@ async def forward(
     max_line_size: int = 16 * 1024 * 1024,
     connect_timeout: float = 5.0,
     close_timeout: float = 10.0,
+    bulk_size: int = 4 << 20,
+    bulk_age: float = 1.0,
+    bulk_timeout: float = 120.0,
 ) -> None:
     """Forward every line read from ``source_fd`` to the ingesters ``targets``.
 
@@ -583,17 +597,25 @@ async def forward(
     - ``backoff_initial``/``backoff_max``: delay after each failure before
       trying the next target, doubling, reset by a successful send.
     - ``max_line_size``: longer lines are dropped and counted.
-    - ``bulk=True`` is not implemented yet (ConfigError).
+    - ``bulk=True``: send segments to the bulk port (7653 by default) and
+      wait for each one's ``OK`` (``oklog.forwardbulk``): a segment is cut
+      at ``bulk_size`` bytes or ``bulk_age`` seconds after its first line,
+      and sent again (to the next ingester, after the backoff) on ``ERR``,
+      a broken connection or no reply within ``bulk_timeout`` seconds.
+      Returns only once every segment is acknowledged.
     """
-    if bulk:
-        raise ConfigError("bulk forwarding is not implemented yet")
+    if bulk and durable:
+        raise ConfigError("choose one of durable and bulk")
+    if bulk and (bulk_size < 1 or bulk_age <= 0 or bulk_timeout <= 0):
+        raise ConfigError("bulk size, age and timeout must be positive")
     if buffer_size < 1:
         raise ConfigError(f"buffer size must be at least 1 line, not {buffer_size}")
     if max_line_size < 1:
         raise ConfigError(f"max line size must be positive, not {max_line_size}")
     if backoff_initial <= 0 or backoff_max < backoff_initial:
         raise ConfigError("backoff must satisfy 0 < initial <= max")
-    parsed = parse_targets(targets, DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT)
+    default_port = DEFAULT_BULK_PORT if bulk else DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT
+    parsed = parse_targets(targets, default_port)
     prefix = _prefix_bytes(prefixes)
     if stats is None:
         stats = ForwardStats()
@@ -605,10 +627,24 @@ async def forward(
     except OSError as e:
         raise ConfigError(f"cannot read from file descriptor {source_fd}: {e.strerror or e}") from None
     async with trio.open_nursery() as nursery:
-        sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout, close_timeout)
+        sender: _Sender
+        if bulk:
+            from .forwardbulk import BulkSender
+
+            sender = BulkSender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
+                                size=bulk_size, age=bulk_age, ack_timeout=bulk_timeout)
+        else:
+            sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
+                             close_timeout)
         nursery.start_soon(reader.run, source)
         await sender.run(buf)
         nursery.cancel_scope.cancel()  # connection watchers
+    if bulk:
+        log.info(_kv(event="done", mode="bulk", segments_acked=stats.segments_acked,
+                     lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
+                     lines_rejected=stats.lines_rejected, lines_dropped=stats.lines_dropped,
+                     resends=stats.resends, reconnects=stats.reconnects))
+        return
     done = log.warning if stats.lines_unconfirmed else log.info
     done(_kv(event="done", lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
              lines_dropped=stats.lines_dropped, lines_unconfirmed=stats.lines_unconfirmed,

@@ -28,7 +28,7 @@ import trio
 from .. import metrics
 from ..bulkwire import err_line, ok_line
 from ..errors import UploadTooLarge
-from ..lines import LineSplitter
+from ..lines import Chunk, LineSplitter
 from ..listen import open_tcp_listeners
 from ..records.format import stamp
 from ..ulid import Stamper
@@ -53,7 +53,7 @@ class BulkUpload:
         self.records = 0  #: records stamped so far
         self._lines = LineSplitter(final_tail="keep", max_line=max_record_size, too_long="drop")
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Chunk) -> bytes:
         """The records ready after ``data`` (maybe ``b""``)."""
         self.received += len(data)
         if self.received > self.max_size:
