@@ -59,23 +59,36 @@ class BulkSender(_Sender):
     async def _cut(self, buf: _Buffer, out: trio.MemorySendChannel[tuple[bytes, int]]) -> None:
         async with out:
             pieces, nlines, deadline = Pieces(), 0, float("inf")
-            while True:
-                closed = timed_out = False
-                with trio.move_on_at(deadline) as scope:
-                    batch = await buf.get(max(1, self.size - pieces.size))
-                    if batch is None:
-                        closed = True
-                    else:
+            carry: tuple[bytes, int] | None = None  # lines left over from the last cut
+            closed = False
+            while not closed or carry is not None:
+                batch, carry = carry, None
+                if batch is None:
+                    with trio.move_on_at(deadline):
+                        batch = await buf.get(max(1, self.size - pieces.size))
+                        closed = batch is None
+                if batch is not None:
+                    block, n = batch
+                    room = self.size - pieces.size
+                    if len(block) > room:  # cut at the last line that fits
+                        cut = block.rfind(b"\n", 0, room)
+                        if cut < 0 and not pieces:
+                            cut = block.find(b"\n")  # a line longer than a segment goes alone
+                        if cut < 0:
+                            carry, block, n = batch, b"", 0
+                        elif cut + 1 < len(block):
+                            head = block[: cut + 1]
+                            carry = (block[cut + 1 :], n - head.count(b"\n"))
+                            block, n = head, n - carry[1]
+                    if block:
                         if not pieces:
                             deadline = trio.current_time() + self.age
-                        pieces.add(batch[0])
-                        nlines += batch[1]
-                timed_out = scope.cancelled_caught
-                if pieces and (closed or timed_out or pieces.size >= self.size):
+                        pieces.add(block)
+                        nlines += n
+                full = carry is not None or pieces.size >= self.size
+                if pieces and (full or closed or trio.current_time() >= deadline):
                     await out.send((pieces.take(), nlines))
                     nlines, deadline = 0, float("inf")
-                if closed:
-                    return
 
     async def ship(self, segment: bytes, nlines: int) -> None:
         """Send ``segment`` until an ingester acknowledges it (module docstring)."""
