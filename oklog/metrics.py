@@ -17,7 +17,7 @@ ingest_segments_flushed = Counter("oklog_ingest_segments_flushed", "Ingest segme
 ingest_bulk_uploads = Counter(
     "oklog_ingest_bulk_uploads",
     "Bulk uploads answered: ok (committed by a store), timeout (not committed within "
-    "-ingest.bulk-timeout), too_large, shutdown",
+    "-ingest.bulk-timeout), too_large, write_error, shutdown",
     ["outcome"],
 )
 

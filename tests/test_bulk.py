@@ -165,8 +165,13 @@ def run(test, *, autojump: bool = True) -> None:  # type: ignore[no-untyped-def]
     trio.run(test, clock=trio.testing.MockClock(autojump_threshold=0) if autojump else None)
 
 
-def make(tmp_path, ack_timeout: float = 60.0, max_size: int = 1 << 20) -> tuple[IngestLog, BulkIngester]:  # type: ignore[no-untyped-def]
-    log = IngestLog(tmp_path, flush_age=0.5, pending_timeout=30)
+# Far beyond any test's virtual time: a test that polls while a worker thread
+# syncs a file can see the MockClock jump far ahead.
+NEVER = 1e9
+
+
+def make(tmp_path, ack_timeout: float = NEVER, max_size: int = 1 << 20) -> tuple[IngestLog, BulkIngester]:  # type: ignore[no-untyped-def]
+    log = IngestLog(tmp_path, flush_age=0.5, pending_timeout=NEVER)
     log.open()
     return log, BulkIngester(log, stamper=Stamper(), max_record_size=1000, max_size=max_size,
                              ack_timeout=ack_timeout)
@@ -379,3 +384,30 @@ def test_shutdown_answers_a_waiting_upload_err(tmp_path) -> None:  # type: ignor
         assert len(list(tmp_path.glob("*.flushed"))) == 1  # flushed: drained to the stores as usual
 
     run(main)
+
+
+@pytest.mark.parametrize("where", ["write", "finish"])
+def test_a_write_error_is_answered_err_and_nothing_is_kept(tmp_path, monkeypatch, where) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    from oklog.ingest import log as ingest_log
+
+    log, ingester = make(tmp_path)
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "write":
+        monkeypatch.setattr(ingest_log.ActiveSegment, "write", full)
+    else:
+        monkeypatch.setattr(log, "_finish", full)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            up = Upload(ingester, nursery)
+            await up.send(b"a\nb\n")
+            assert await up.read_reply() == b"ERR ingester cannot write the segment: No space left on device\n"
+
+    run(main)
+    assert list(tmp_path.iterdir()) == [tmp_path / "LOCK"]
+    assert log.book.counts()["active"]["segments"] == 0 and log.book.unconsumed() == 0

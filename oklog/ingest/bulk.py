@@ -134,16 +134,22 @@ class BulkIngester:
                     return err_line(str(exc)), "too_large"
                 self._count_rejected(upload)
                 if block:
-                    if segment is None:
-                        segment = self.log.open_bulk()
-                    segment.write(block)
+                    try:
+                        if segment is None:
+                            segment = self.log.open_bulk()
+                        segment.write(block)
+                    except OSError as exc:  # a full disk: the client sends it elsewhere
+                        return self._write_failed(exc)
                     metrics.ingest_bytes.inc(len(block))
                 if not data:
                     break
             if segment is None:
                 _count("ok")
                 return ok_line(0), "ok"
-            committed = await self.log.finish_bulk(segment)
+            try:
+                committed = await self.log.finish_bulk(segment)  # discards it on an error
+            except OSError as exc:
+                return self._write_failed(exc)
             seg_id, segment = segment.id, None  # flushed: from now on it stays
         finally:
             if segment is not None:
@@ -160,6 +166,11 @@ class BulkIngester:
         _count("timeout")
         return err_line(f"not committed by a store within {_seconds(self.ack_timeout)} "
                         "(-ingest.bulk-timeout); the segment is kept and will still be stored"), "timeout"
+
+    def _write_failed(self, exc: OSError) -> tuple[bytes, str]:
+        log.error("event=bulk_write_failed path=%s error=%r", self.log.path, exc)
+        _count("write_error")
+        return err_line(f"ingester cannot write the segment: {exc.strerror or exc}"), "write_error"
 
     def _count_rejected(self, upload: BulkUpload) -> None:
         rejected = upload.take_rejected()
