@@ -253,11 +253,11 @@ class IngestLog:
 
     def commit(self, seg_id: str) -> None:
         self.book.commit(_checked_id(seg_id))
-        self._stamped.discard(seg_id)
-        os.unlink(self.path / f"{seg_id}.pending")
-        committed = self._commits.pop(seg_id, None)
+        committed = self._commits.pop(seg_id, None)  # a bulk upload waiting for this
         if committed is not None:
             committed.set()
+        self._stamped.discard(seg_id)
+        os.unlink(self.path / f"{seg_id}.pending")
         self._changed()
 
     def failed(self, seg_id: str) -> None:
