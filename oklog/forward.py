@@ -381,6 +381,8 @@ class _Conn:
 
 
 class _Sender:
+    connect_log_level = logging.INFO
+
     def __init__(
         self,
         targets: list[Target],
@@ -482,14 +484,6 @@ class _Sender:
         self.backoff = min(self.backoff * 2, self.backoff_max)
 
     async def _connect(self) -> None:
-        ep, stream = await self._open()
-        self.conn = _Conn(ep, stream)
-        self.nursery.start_soon(self.conn.watch)
-        log.info(_kv(event="connect", target=ep.label))
-
-    async def _open(self) -> tuple[_Endpoint, trio.SocketStream]:
-        """A connection to the current target, failing over (with backoff)
-        until one accepts."""
         while True:
             if not self.resolved or self.index >= len(self.endpoints):
                 await self._resolve()
@@ -511,7 +505,10 @@ class _Sender:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             except OSError:
                 pass
-            return ep, stream
+            self.conn = _Conn(ep, stream)
+            self.nursery.start_soon(self.conn.watch)
+            log.log(self.connect_log_level, _kv(event="connect", target=ep.label))
+            return
 
     async def _resolve(self) -> None:
         first = not self.resolved

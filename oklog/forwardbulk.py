@@ -39,6 +39,8 @@ _REPLY_READ = 4096
 class BulkSender(_Sender):
     """Cuts the buffer into segments and ships each until it is acknowledged."""
 
+    connect_log_level = logging.DEBUG  # a connection per segment: not worth a line each
+
     def __init__(self, targets: list[Target], nursery: trio.Nursery, stats: ForwardStats,
                  backoff_initial: float, backoff_max: float, connect_timeout: float, *,
                  size: int, age: float, ack_timeout: float) -> None:
@@ -116,6 +118,15 @@ class BulkSender(_Sender):
                 err = f"ERR {reply.reason}"
             self.stats.resends += 1
             await self._fail("bulk", endpoint, err)
+
+    async def _open(self) -> tuple[_Endpoint, trio.SocketStream]:
+        """A fresh connection to the current ingester, failing over (with
+        the line forwarder's backoff) until one accepts."""
+        await self._connect()
+        conn, self.conn = self.conn, None
+        assert conn is not None
+        conn.scope.cancel()  # no watcher: the reply is read here (cancelled before it reads a byte)
+        return conn.endpoint, conn.stream
 
     async def _exchange(self, endpoint: _Endpoint, stream: trio.SocketStream, segment: bytes) -> Reply:
         # Sent whole even if an early ERR is waiting: the ingester reads and
