@@ -89,13 +89,6 @@ def _record_size(s: str) -> int:
     return size
 
 
-def _bulk_size(s: str) -> int:
-    size = parse_size(s)
-    if size < 1:
-        raise ConfigError(f"{s!r}: must be at least 1 byte")
-    return size
-
-
 def _compression(s: str) -> str:
     if s not in ("zstd", "none"):
         raise ConfigError(f"invalid value {s!r}: want zstd or none")
@@ -106,6 +99,13 @@ def _block_size(s: str) -> int:
     size = parse_size(s)
     if not 4096 <= size <= 64 << 20:
         raise ConfigError(f"{s!r}: must be between 4KiB and 64MiB")
+    return size
+
+
+def _bulk_size(s: str) -> int:
+    size = parse_size(s)
+    if size < 1:
+        raise ConfigError(f"{s!r}: must be at least 1 byte")
     return size
 
 

@@ -39,7 +39,7 @@ from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
 from .config import NodeConfig
 from .http import Request, Response, Router, json_response, request_metrics, text
 from .ingest.api import ingest_router
-from .ingest.bulk import BulkIngester, serve_bulk
+from .ingest.bulk import BulkIngester, serve_bulk, stamp_block_with
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
 from .listen import check_free, tcp_sockets
@@ -223,13 +223,14 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         listen_scopes: list[trio.CancelScope] = []
         flusher_scope = trio.CancelScope()
         if ingest_log is not None:
-            stamper = Stamper()  # one per process: every record's ULID is strictly increasing
-            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=stamper)
+            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper())
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())
                 await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable)
-            bulk = BulkIngester(ingest_log, stamper=stamper, max_record_size=cfg.ingest_max_record_size,
+            # the line ports' stamper: one per process, every ULID strictly increasing
+            bulk = BulkIngester(ingest_log, stamp_block=stamp_block_with(ingester.stamper),
+                                max_record_size=cfg.ingest_max_record_size,
                                 max_size=cfg.ingest_bulk_max_size, ack_timeout=cfg.ingest_bulk_timeout)
             host, port = parse_addr(cfg.ingest_bulk, 7653)
             listen_scopes.append(trio.CancelScope())

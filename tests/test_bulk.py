@@ -13,7 +13,7 @@ import trio.testing
 from oklog import metrics
 from oklog.bulkwire import MAX_REPLY, Reply, ReplyReader, err_line, ok_line, parse_reply
 from oklog.errors import IllegalTransition, PeerError, UnknownSegment, UploadTooLarge
-from oklog.ingest.bulk import BulkIngester, BulkUpload
+from oklog.ingest.bulk import BulkIngester, BulkUpload, stamp_block_with
 from oklog.ingest.log import IngestLog
 from oklog.ingest.segment import IngestBook, State
 from oklog.records.format import is_valid_block
@@ -67,7 +67,7 @@ def test_reply_reader_refuses_garbage_long_lines_and_early_eof() -> None:
 
 
 def _upload(chunks: list[bytes], max_record_size: int = 100, max_size: int = 1 << 20) -> tuple[bytes, BulkUpload]:
-    up = BulkUpload(Stamper(), max_record_size=max_record_size, max_size=max_size)
+    up = BulkUpload(stamp_block_with(Stamper()), max_record_size=max_record_size, max_size=max_size)
     out = b"".join(up.feed(c) for c in chunks) + up.finish()
     return out, up
 
@@ -106,7 +106,7 @@ def test_an_over_long_line_is_rejected_alone() -> None:
 
 
 def test_an_upload_beyond_the_limit_is_refused() -> None:
-    up = BulkUpload(Stamper(), max_record_size=100, max_size=10)
+    up = BulkUpload(stamp_block_with(Stamper()), max_record_size=100, max_size=10)
     assert up.feed(b"12345\n") != b""
     with pytest.raises(UploadTooLarge, match="too large: more than 10 bytes"):
         up.feed(b"67890\n")
@@ -173,7 +173,7 @@ NEVER = 1e9
 def make(tmp_path, ack_timeout: float = NEVER, max_size: int = 1 << 20) -> tuple[IngestLog, BulkIngester]:  # type: ignore[no-untyped-def]
     log = IngestLog(tmp_path, flush_age=0.5, pending_timeout=NEVER)
     log.open()
-    return log, BulkIngester(log, stamper=Stamper(), max_record_size=1000, max_size=max_size,
+    return log, BulkIngester(log, stamp_block=stamp_block_with(Stamper()), max_record_size=1000, max_size=max_size,
                              ack_timeout=ack_timeout)
 
 
@@ -411,3 +411,30 @@ def test_a_write_error_is_answered_err_and_nothing_is_kept(tmp_path, monkeypatch
     run(main)
     assert list(tmp_path.iterdir()) == [tmp_path / "LOCK"]
     assert log.book.counts()["active"]["segments"] == 0 and log.book.unconsumed() == 0
+
+
+def test_lines_the_stamp_rule_leaves_out_are_not_counted_as_records(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The line ports' stamping rule decides (e.g. dynamic topics refuse a
+    line without a valid topic): OK counts the records it made."""
+    plain = stamp_block_with(Stamper())
+
+    def picky(block: bytes) -> tuple[bytes, int]:
+        kept = b"".join(line + b"\n" for line in block.split(b"\n")[:-1] if not line.startswith(b"bad"))
+        return plain(kept) if kept else (b"", 0)
+
+    log = IngestLog(tmp_path, pending_timeout=NEVER)
+    log.open()
+    ingester = BulkIngester(log, stamp_block=picky, max_record_size=1000, max_size=1 << 20, ack_timeout=NEVER)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            up = Upload(ingester, nursery)
+            nursery.start_soon(up.read_reply)
+            await up.send(b"good 1\nbad 2\ngood 3\nbad 4\n")
+            seg_id = await claim(log)
+            assert payloads((tmp_path / f"{seg_id}.pending").read_bytes()) == [b"good 1", b"good 3"]
+            log.commit(seg_id)
+            await up.replied.wait()
+        assert up.reply == b"OK 2\n"
+
+    run(main)

@@ -3,8 +3,9 @@
 Theory of operation: a client sends producer lines and half-closes (the
 protocol is in ``oklog.bulkwire``).  ``BulkUpload``, the IO-free core, cuts
 what arrives into whole lines, drops lines longer than the record limit
-(counted, as on the line ports), stamps the rest with the ingester's
-monotonic ULIDs and hands back blocks of records; it refuses an upload that
+(counted, as on the line ports), stamps the rest exactly as the line ports
+do (``stamp_block``: their stamper, so ULIDs rise across both, and their
+topic rule) and hands back blocks of records; it refuses an upload that
 grows beyond ``max_size`` (``UploadTooLarge``).  ``BulkIngester``, the thin
 TCP adapter, appends those blocks to a segment of the upload's own (never
 the line ports' active segment) as they arrive, so memory stays at one
@@ -22,6 +23,7 @@ upload is ``OK 0`` at once.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import trio
 
@@ -30,7 +32,7 @@ from ..bulkwire import err_line, ok_line
 from ..errors import UploadTooLarge
 from ..lines import Chunk, LineSplitter
 from ..listen import open_tcp_listeners
-from ..records.format import stamp
+from ..records.format import DEFAULT_TOPIC, stamp
 from ..ulid import Stamper
 from .log import ActiveSegment, IngestLog
 
@@ -43,11 +45,27 @@ REPLY_TIMEOUT = 10.0
 DISCARD_TIMEOUT = 60.0
 
 
+#: Producer lines (a block of whole lines) → a block of records, and how
+#: many it holds (lines it leaves out are its own to count and log).
+StampBlock = Callable[[bytes], tuple[bytes, int]]
+
+
+def stamp_block_with(stamper: Stamper, topic: bytes = DEFAULT_TOPIC) -> StampBlock:
+    """Stamp every line as a record of ``topic`` (the line ports' rule)."""
+
+    def stamp_block(block: bytes) -> tuple[bytes, int]:
+        lines = block.split(b"\n")
+        lines.pop()  # after the final LF
+        return stamp(lines, stamper, topic), len(lines)
+
+    return stamp_block
+
+
 class BulkUpload:
     """Bytes of one upload → blocks of stamped records (sans-IO)."""
 
-    def __init__(self, stamper: Stamper, *, max_record_size: int, max_size: int) -> None:
-        self.stamper = stamper
+    def __init__(self, stamp_block: StampBlock, *, max_record_size: int, max_size: int) -> None:
+        self.stamp_block = stamp_block
         self.max_size = max_size
         self.received = 0  #: bytes received so far
         self.records = 0  #: records stamped so far
@@ -72,19 +90,18 @@ class BulkUpload:
     def _stamp(self, block: bytes) -> bytes:
         if not block:
             return b""
-        lines = block.split(b"\n")
-        lines.pop()  # after the final LF
-        self.records += len(lines)
-        return stamp(lines, self.stamper)
+        records, n = self.stamp_block(block)
+        self.records += n
+        return records
 
 
 class BulkIngester:
     """Handles bulk connections for one ``IngestLog``."""
 
-    def __init__(self, ingest_log: IngestLog, *, stamper: Stamper, max_record_size: int,
+    def __init__(self, ingest_log: IngestLog, *, stamp_block: StampBlock, max_record_size: int,
                  max_size: int, ack_timeout: float) -> None:
         self.log = ingest_log
-        self.stamper = stamper
+        self.stamp_block = stamp_block
         self.max_record_size = max_record_size
         self.max_size = max_size
         self.ack_timeout = ack_timeout
@@ -121,7 +138,7 @@ class BulkIngester:
             raise
 
     async def _upload(self, stream: trio.abc.HalfCloseableStream) -> tuple[bytes, str]:
-        upload = BulkUpload(self.stamper, max_record_size=self.max_record_size, max_size=self.max_size)
+        upload = BulkUpload(self.stamp_block, max_record_size=self.max_record_size, max_size=self.max_size)
         segment: ActiveSegment | None = None
         try:
             while True:
