@@ -102,13 +102,6 @@ def _block_size(s: str) -> int:
     return size
 
 
-def _bulk_size(s: str) -> int:
-    size = parse_size(s)
-    if size < 1:
-        raise ConfigError(f"{s!r}: must be at least 1 byte")
-    return size
-
-
 def _number(s: str | int, least: int) -> int:
     try:
         n = int(s)
@@ -125,6 +118,13 @@ def _count(s: str | int) -> int:
 
 def _positive(s: str | int) -> int:
     return _number(s, 1)
+
+
+def _bulk_size(s: str) -> int:
+    size = parse_size(s)
+    if size < 1:
+        raise ConfigError(f"{s!r}: must be at least 1 byte")
+    return size
 
 
 # --- the settings ------------------------------------------------------------------------
