@@ -438,3 +438,21 @@ def test_lines_the_stamp_rule_leaves_out_are_not_counted_as_records(tmp_path) ->
         assert up.reply == b"OK 2\n"
 
     run(main)
+
+
+def test_after_a_too_large_err_a_client_that_never_ends_is_cut_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oklog.ingest.bulk import DISCARD_TIMEOUT
+
+    log, ingester = make(tmp_path, max_size=10)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            up = Upload(ingester, nursery)
+            nursery.start_soon(up.read_reply)
+            t0 = trio.current_time()
+            await up.send(b"x" * 100 + b"\n", close=False)  # and never half-closes
+            await up.replied.wait()
+            assert trio.current_time() - t0 == pytest.approx(DISCARD_TIMEOUT, abs=1)
+        assert up.reply is not None and up.reply.startswith(b"ERR too large")
+
+    run(main)

@@ -112,11 +112,11 @@ class BulkIngester:
             reply, outcome = await self._answer(stream)
             with trio.move_on_after(REPLY_TIMEOUT):
                 await stream.send_all(reply)
-                if outcome == "too_large":  # let the client finish sending and read it
-                    await stream.send_eof()
-                    with trio.move_on_after(DISCARD_TIMEOUT):
-                        while await stream.receive_some(RECEIVE_SIZE):
-                            pass
+                await stream.send_eof()
+            if outcome == "too_large":  # let the client finish sending, then read the answer
+                with trio.move_on_after(DISCARD_TIMEOUT):
+                    while await stream.receive_some(RECEIVE_SIZE):
+                        pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("event=connection_error mode=bulk error=%r", exc)
         finally:
