@@ -446,13 +446,16 @@ def test_after_a_too_large_err_a_client_that_never_ends_is_cut_off(tmp_path) -> 
     log, ingester = make(tmp_path, max_size=10)
 
     async def main() -> None:
+        client, server = trio.testing.memory_stream_pair()
+        t0 = trio.current_time()
         async with trio.open_nursery() as nursery:
-            up = Upload(ingester, nursery)
-            nursery.start_soon(up.read_reply)
-            t0 = trio.current_time()
-            await up.send(b"x" * 100 + b"\n", close=False)  # and never half-closes
-            await up.replied.wait()
-            assert trio.current_time() - t0 == pytest.approx(DISCARD_TIMEOUT, abs=1)
-        assert up.reply is not None and up.reply.startswith(b"ERR too large")
+            nursery.start_soon(ingester.handle, server)
+            await client.send_all(b"x" * 100 + b"\n")  # and never half-closes
+            reply = b""
+            while chunk := await client.receive_some(4096):  # the answer, then the server's EOF
+                reply += chunk
+            assert reply.startswith(b"ERR too large") and trio.current_time() - t0 < 1
+        # the handler went on reading (and dropping) until it gave up
+        assert trio.current_time() - t0 == pytest.approx(DISCARD_TIMEOUT, abs=1)
 
     run(main)
