@@ -234,7 +234,9 @@ command("store", "Run a store node: consumes, replicates and answers queries.")(
          "Forward stdin lines to ingest nodes, e.g. ./myservice | oklog forward localhost.\n\n"
          "The fast (default) and durable modes have no acknowledgements: lines written to a "
          "connection that then breaks may be lost, and are reported as lines_unconfirmed. "
-         "The durable port fsyncs what it read before reading more.")
+         "The durable port fsyncs what it read before reading more. "
+         "The bulk mode is lossless end to end: stdin is cut into segments and each is sent "
+         "again until an ingester answers OK, which it does once a store has it replicated.")
 def forward(
     ingesters: List[str] = typer.Argument(
         ..., metavar="ADDR",
@@ -244,7 +246,13 @@ def forward(
     durable: bool = typer.Option(False, "-durable", "--durable",
                                  help="send to the durable port (7652 by default)"),
     bulk: bool = typer.Option(False, "-bulk", "--bulk",
-                              help="bulk mode: not implemented yet (exits with an error)"),
+                              help="send acknowledged segments to the bulk port (7653 by default)"),
+    bulk_size: str = typer.Option("4MiB", "-bulk.size", "--bulk.size", metavar="SIZE",
+                                  help="bulk mode: cut a segment at this many bytes"),
+    bulk_age: str = typer.Option("1s", "-bulk.age", "--bulk.age", metavar="DURATION",
+                                 help="bulk mode: cut a segment this long after its first line"),
+    bulk_timeout: str = typer.Option("2m", "-bulk.timeout", "--bulk.timeout", metavar="DURATION",
+                                     help="bulk mode: send a segment again if no reply came within this long"),
     buffer: int = typer.Option(1024, "-buffer", "--buffer", metavar="LINES",
                                help="lines buffered between stdin and the network"),
     drop: bool = typer.Option(False, "-drop", "--drop",
@@ -260,6 +268,7 @@ def forward(
 ) -> None:
     from pathlib import Path
 
+    from .config import parse_seconds, parse_size
     from .forward import forward as run_forward
     from .tls import client_context
 
@@ -274,9 +283,17 @@ def forward(
                                  Path(key_file) if key_file else None, alpn=[])
         except OklogError as exc:
             fail(str(exc))
+    values: dict[str, Any] = {}
+    for name, parse, text in (("bulk.size", parse_size, bulk_size), ("bulk.age", parse_seconds, bulk_age),
+                              ("bulk.timeout", parse_seconds, bulk_timeout)):
+        try:
+            values[name] = parse(text)
+        except OklogError as exc:
+            fail(f"-{name}: {exc}")
+    size, age, timeout = values["bulk.size"], values["bulk.age"], values["bulk.timeout"]
     run_or_fail(lambda: trio.run(lambda: run_forward(
         list(ingesters), 0, prefixes=list(prefix or []), durable=durable, bulk=bulk,
-        buffer_size=buffer, drop=drop, tls=tls)))
+        buffer_size=buffer, drop=drop, tls=tls, bulk_size=size, bulk_age=age, bulk_timeout=timeout)))
 
 
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")

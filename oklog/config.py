@@ -136,6 +136,13 @@ def _positive(s: str | int) -> int:
     return _number(s, 1)
 
 
+def _bulk_size(s: str) -> int:
+    size = parse_size(s)
+    if size < 1:
+        raise ConfigError(f"{s!r}: must be at least 1 byte")
+    return size
+
+
 # --- the settings ------------------------------------------------------------------------
 
 BOTH = ("ingest", "store")
@@ -194,8 +201,15 @@ class NodeConfig:
                                   metavar="ADDR")
     ingest_bulk: str = setting(
         "ingest.bulk", "tcp://0.0.0.0:7653",
-        "listen address for bulk segment writes (accepted for OK Log compatibility; "
-        "bulk ingest is not implemented yet, nothing listens)", ("ingest",), metavar="ADDR")
+        "listen address for bulk writes: one upload becomes one segment, answered OK once a "
+        "store committed it (replicated)", ("ingest",), metavar="ADDR")
+    ingest_bulk_timeout: float = setting(
+        "ingest.bulk-timeout", "1m",
+        "answer a bulk upload ERR if no store commits it within this long (it is still stored)",
+        ("ingest",), parse=parse_seconds, metavar="DURATION")
+    ingest_bulk_max_size: int = setting(
+        "ingest.bulk-max-size", "128MiB", "refuse (ERR) bulk uploads larger than this",
+        ("ingest",), parse=_bulk_size, metavar="SIZE")
     ingest_path: Path = setting("ingest.path", "data/ingest", "directory for ingest segments",
                                 ("ingest",), parse=Path, metavar="DIR")
     ingest_flush_size: int = setting("ingest.segment-flush-size", "16MiB",

@@ -41,15 +41,18 @@ confirms that the ingester got what was written.  Lines written to a
 connection that breaks or does not close cleanly may be lost; they are
 counted as ``lines_unconfirmed`` (and logged at the failover) rather than
 passed off as delivered, and the batch in flight when a write fails is
-sent again to the next ingester.  Bulk mode (not built yet) is the
-acknowledged, lossless one.
+sent again to the next ingester.  Bulk mode (``oklog.forwardbulk``) is the
+acknowledged, lossless one: it reuses the reader, the buffer and the
+failover of this module, and sends segments that a store must commit
+before the ingester answers ``OK``.
 
 ``tls://host:port`` targets speak TLS to ingesters run with
 ``-ingest.tls-cert`` (the server certificate is verified against
 ``-ca-file`` or the system's trust store; ``-cert-file``/``-key-file`` for
 ``-ingest.tls-ca``).  TLS has no half-close, so "done" is a TCP FIN under
 the TLS session on both sides (``https_compatible`` streams): the same
-confirmation as plain TCP, no weaker.
+confirmation as plain TCP, no weaker.  Bulk mode over TLS ends its upload
+the same way.
 """
 
 from __future__ import annotations
@@ -112,6 +115,10 @@ class ForwardStats:
     #: possibly lost (the line protocol has no acknowledgements)
     lines_unconfirmed: int = 0
     reconnects: int = 0  #: failed connects + broken connections (each moves on to the next target)
+    # bulk mode (lines_sent and bytes_sent then count acknowledged segments only)
+    segments_acked: int = 0  #: segments an ingester answered OK (committed by a store)
+    resends: int = 0  #: segment uploads that failed (ERR, timeout, broken) and were sent again
+    lines_rejected: int = 0  #: lines an ingester left out of an acknowledged segment (too long)
 
 
 @dataclass(frozen=True)
@@ -393,6 +400,8 @@ class _Conn:
 
 
 class _Sender:
+    connect_log_level = logging.INFO
+
     def __init__(
         self,
         targets: list[Target],
@@ -537,7 +546,7 @@ class _Sender:
                     continue
             self.conn = _Conn(ep, conn_stream)
             self.nursery.start_soon(self.conn.watch)
-            log.info(_kv(event="connect", target=ep.label))
+            log.log(self.connect_log_level, _kv(event="connect", target=ep.label))
             return
 
     async def _resolve(self) -> None:
@@ -599,6 +608,9 @@ async def forward(
     connect_timeout: float = 5.0,
     close_timeout: float = 10.0,
     tls: ssl.SSLContext | None = None,
+    bulk_size: int = 4 << 20,
+    bulk_age: float = 1.0,
+    bulk_timeout: float = 120.0,
 ) -> None:
     """Forward every line read from ``source_fd`` to the ingesters ``targets``.
 
@@ -624,17 +636,25 @@ async def forward(
     - ``max_line_size``: longer lines are dropped and counted.
     - ``tls``: the client context for ``tls://`` targets (default: the
       system's trust store, no client certificate).
-    - ``bulk=True`` is not implemented yet (ConfigError).
+    - ``bulk=True``: send segments to the bulk port (7653 by default) and
+      wait for each one's ``OK`` (``oklog.forwardbulk``): a segment is cut
+      at ``bulk_size`` bytes or ``bulk_age`` seconds after its first line,
+      and sent again (to the next ingester, after the backoff) on ``ERR``,
+      a broken connection or no reply within ``bulk_timeout`` seconds.
+      Returns only once every segment is acknowledged.
     """
-    if bulk:
-        raise ConfigError("bulk forwarding is not implemented yet")
+    if bulk and durable:
+        raise ConfigError("choose one of durable and bulk")
+    if bulk and (bulk_size < 1 or bulk_age <= 0 or bulk_timeout <= 0):
+        raise ConfigError("bulk size, age and timeout must be positive")
     if buffer_size < 1:
         raise ConfigError(f"buffer size must be at least 1 line, not {buffer_size}")
     if max_line_size < 1:
         raise ConfigError(f"max line size must be positive, not {max_line_size}")
     if backoff_initial <= 0 or backoff_max < backoff_initial:
         raise ConfigError("backoff must satisfy 0 < initial <= max")
-    parsed = parse_targets(targets, DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT)
+    default_port = DEFAULT_BULK_PORT if bulk else DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT
+    parsed = parse_targets(targets, default_port)
     if tls is None and any(t.scheme == "tls" for t in parsed):
         tls = client_context(alpn=[])
     prefix = _prefix_bytes(prefixes)
@@ -648,11 +668,24 @@ async def forward(
     except OSError as e:
         raise ConfigError(f"cannot read from file descriptor {source_fd}: {e.strerror or e}") from None
     async with trio.open_nursery() as nursery:
-        sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout, close_timeout,
-                         tls)
+        sender: _Sender
+        if bulk:
+            from .forwardbulk import BulkSender
+
+            sender = BulkSender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
+                                size=bulk_size, age=bulk_age, ack_timeout=bulk_timeout, tls=tls)
+        else:
+            sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
+                             close_timeout, tls)
         nursery.start_soon(reader.run, source)
         await sender.run(buf)
         nursery.cancel_scope.cancel()  # connection watchers
+    if bulk:
+        log.info(_kv(event="done", mode="bulk", segments_acked=stats.segments_acked,
+                     lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
+                     lines_rejected=stats.lines_rejected, lines_dropped=stats.lines_dropped,
+                     resends=stats.resends, reconnects=stats.reconnects))
+        return
     done = log.warning if stats.lines_unconfirmed else log.info
     done(_kv(event="done", lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
              lines_dropped=stats.lines_dropped, lines_unconfirmed=stats.lines_unconfirmed,

@@ -12,6 +12,12 @@ ingest_bytes = Counter("oklog_ingest_bytes", "Record bytes written to ingest seg
 ingest_rejected = Counter(
     "oklog_ingest_rejected_records", "Producer lines rejected at ingest", ["reason"]
 )
+ingest_bulk_uploads = Counter(
+    "oklog_ingest_bulk_uploads",
+    "Bulk uploads answered: ok (committed by a store), timeout (not committed within "
+    "-ingest.bulk-timeout), too_large, write_error, shutdown",
+    ["outcome"],
+)
 ingest_connections = Gauge("oklog_ingest_connections", "Open forwarder connections", ["mode"])
 ingest_segments_flushed = Counter("oklog_ingest_segments_flushed", "Ingest segments flushed")
 ingest_segments_committed = Counter(

@@ -3,8 +3,8 @@
 Theory of operation: ``run_node`` opens the data directories, binds the API
 socket, plans its cluster membership and mounts every route (ops, ingest,
 store, query) before anything listens, so no peer ever meets a half-built
-node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
-durable TCP listeners and the flusher (ingest role); the cluster (its own
+node.  It then runs in one nursery: the HTTP API (hypercorn), the fast,
+durable and bulk TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
 consumers, the segment verifier, the n-gram indexer, read repair's
 background task and the scan workers (store role; the workers are
@@ -14,8 +14,9 @@ last, which ends every open stream).  Calls the node makes to itself go
 through ``LocalPeers``, without HTTP.  It then waits for SIGINT/SIGTERM and
 shuts down in order:
 
-1. stop the TCP listeners (closing forwarder connections), flush the
-   active segment;
+1. stop the TCP listeners (closing forwarder connections; a bulk upload
+   still waiting for its commit is answered ``ERR``), flush the active
+   segment;
 2. ingest role: keep serving ``/ingest/*`` until every flushed segment is
    consumed or ``ingest_shutdown_timeout`` passes (a second signal skips
    the wait);
@@ -43,6 +44,7 @@ from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
 from .config import NodeConfig
 from .http import Request, Response, Router, json_response, request_metrics, text
 from .ingest.api import ingest_router
+from .ingest.bulk import BulkIngester, serve_bulk
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
 from .listen import check_free, tcp_sockets
@@ -292,6 +294,14 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
                 listen_scopes.append(trio.CancelScope())
                 await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable,
                                     security.ingest_tls)
+            # the line ports' stamping (their stamper: every ULID strictly increasing; their topic mode)
+            bulk = BulkIngester(ingest_log, stamp_block=ingester.stamp_block,
+                                max_record_size=cfg.ingest_max_record_size,
+                                max_size=cfg.ingest_bulk_max_size, ack_timeout=cfg.ingest_bulk_timeout)
+            host, port = parse_addr(cfg.ingest_bulk, 7653)
+            listen_scopes.append(trio.CancelScope())
+            await nursery.start(_scoped, listen_scopes[-1], serve_bulk, bulk, host, port,
+                                security.ingest_tls)
             nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
 
         # Every route is mounted and the listeners are up: now join (and advertise).

@@ -180,7 +180,9 @@ def test_dnssrv_needs_dnspython(monkeypatch):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"bulk": True}, "bulk forwarding is not implemented yet"),
+        ({"bulk": True, "durable": True}, "choose one of durable and bulk"),
+        ({"bulk": True, "bulk_size": 0}, "bulk size, age and timeout must be positive"),
+        ({"bulk": True, "bulk_age": 0}, "bulk size, age and timeout must be positive"),
         ({"buffer_size": 0}, "buffer size"),
         ({"prefixes": ["a\nb"]}, "newline"),
         ({"backoff_initial": 0}, "backoff"),

@@ -83,7 +83,7 @@ class LineIngester:
                 splitter.rejected = 0
             records = 0
             if block:
-                block, records = self._stamp(block)
+                block, records = self.stamp_block(block)
             if block:
                 full = self.log.write(block)
                 metrics.ingest_records.inc(records)
@@ -95,7 +95,7 @@ class LineIngester:
             if not data:
                 return
 
-    def _stamp(self, block: bytes) -> tuple[bytes, int]:
+    def stamp_block(self, block: bytes) -> tuple[bytes, int]:
         """Producer lines → a block of records, and how many it holds."""
         lines = block.split(b"\n")
         lines.pop()  # after the final LF
