@@ -52,7 +52,9 @@ before the ingester answers ``OK``.
 ``-ingest.tls-ca``).  TLS has no half-close, so "done" is a TCP FIN under
 the TLS session on both sides (``https_compatible`` streams): the same
 confirmation as plain TCP, no weaker.  Bulk mode over TLS ends its upload
-the same way.
+the same way.  Bulk mode does not work over TLS (yet): an upload ends with
+a half-close and is answered after it, and a TLS stream cannot go on
+after the end of its peer's data.
 """
 
 from __future__ import annotations
@@ -401,6 +403,7 @@ class _Conn:
 
 class _Sender:
     connect_log_level = logging.INFO
+    watch_connections = True  #: a task per connection notices the ingester closing it
 
     def __init__(
         self,
@@ -545,7 +548,8 @@ class _Sender:
                     await self._fail("connect", ep, reason)
                     continue
             self.conn = _Conn(ep, conn_stream)
-            self.nursery.start_soon(self.conn.watch)
+            if self.watch_connections:
+                self.nursery.start_soon(self.conn.watch)
             log.log(self.connect_log_level, _kv(event="connect", target=ep.label))
             return
 
@@ -655,6 +659,11 @@ async def forward(
         raise ConfigError("backoff must satisfy 0 < initial <= max")
     default_port = DEFAULT_BULK_PORT if bulk else DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT
     parsed = parse_targets(targets, default_port)
+    if bulk and any(t.scheme == "tls" for t in parsed):
+        # a bulk upload ends with a half-close and is then answered; TLS (as
+        # trio implements it) cannot read on after the peer's end
+        raise ConfigError("-bulk does not work over tls:// yet; use the line ports over TLS "
+                          "(-durable for fsynced writes), or -bulk without TLS")
     if tls is None and any(t.scheme == "tls" for t in parsed):
         tls = client_context(alpn=[])
     prefix = _prefix_bytes(prefixes)

@@ -31,7 +31,6 @@ from .bulkwire import Reply, ReplyReader
 from .errors import PeerError
 from .forward import ForwardStats, Target, _Buffer, _Endpoint, _kv, _Sender
 from .lines import Pieces
-from .tls import half_close
 
 log = logging.getLogger("oklog.forward")
 
@@ -42,6 +41,7 @@ class BulkSender(_Sender):
     """Cuts the buffer into segments and ships each until it is acknowledged."""
 
     connect_log_level = logging.DEBUG  # a connection per segment: not worth a line each
+    watch_connections = False  # the reply is read by ``_exchange`` itself
 
     def __init__(self, targets: list[Target], nursery: trio.Nursery, stats: ForwardStats,
                  backoff_initial: float, backoff_max: float, connect_timeout: float, *,
@@ -121,21 +121,19 @@ class BulkSender(_Sender):
             self.stats.resends += 1
             await self._fail("bulk", endpoint, err)
 
-    async def _open(self) -> tuple[_Endpoint, trio.SocketStream | trio.SSLStream[trio.SocketStream]]:
+    async def _open(self) -> tuple[_Endpoint, trio.SocketStream]:
         """A fresh connection to the current ingester, failing over (with
         the line forwarder's backoff) until one accepts."""
         await self._connect()
         conn, self.conn = self.conn, None
-        assert conn is not None
-        conn.scope.cancel()  # no watcher: the reply is read here (cancelled before it reads a byte)
+        assert conn is not None and isinstance(conn.stream, trio.SocketStream)  # no TLS (forward refuses it)
         return conn.endpoint, conn.stream
 
-    async def _exchange(self, endpoint: _Endpoint, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
-                        segment: bytes) -> Reply:
+    async def _exchange(self, endpoint: _Endpoint, stream: trio.SocketStream, segment: bytes) -> Reply:
         # Sent whole even if an early ERR is waiting: the ingester reads and
         # discards the rest, so the reply is never lost to a reset.
         await stream.send_all(segment)
-        await half_close(stream)
+        await stream.send_eof()
         reader = ReplyReader(endpoint.label)
         while True:
             data = await stream.receive_some(_REPLY_READ)

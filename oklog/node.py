@@ -298,10 +298,13 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             bulk = BulkIngester(ingest_log, stamp_block=ingester.stamp_block,
                                 max_record_size=cfg.ingest_max_record_size,
                                 max_size=cfg.ingest_bulk_max_size, ack_timeout=cfg.ingest_bulk_timeout)
-            host, port = parse_addr(cfg.ingest_bulk, 7653)
-            listen_scopes.append(trio.CancelScope())
-            await nursery.start(_scoped, listen_scopes[-1], serve_bulk, bulk, host, port,
-                                security.ingest_tls)
+            if security.ingest_tls is None:
+                host, port = parse_addr(cfg.ingest_bulk, 7653)
+                listen_scopes.append(trio.CancelScope())
+                await nursery.start(_scoped, listen_scopes[-1], serve_bulk, bulk, host, port)
+            else:  # a plain bulk port would let in whom TLS keeps out; bulk has no TLS yet
+                log.warning("event=bulk_disabled reason=ingest_tls (bulk ingest does not work over "
+                            "TLS yet: -ingest.bulk is not opened on a node with -ingest.tls-cert)")
             nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
 
         # Every route is mounted and the listeners are up: now join (and advertise).

@@ -28,7 +28,7 @@ import trio
 
 from .errors import ConfigError
 
-__all__ = ["client_context", "describe", "half_close", "server_context", "tls_listeners"]
+__all__ = ["client_context", "describe", "server_context", "tls_listeners"]
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, cert_flag: str, key_flag: str) -> None:
@@ -142,12 +142,3 @@ def describe(exc: BaseException) -> str | None:
         todo += [c for c in (e.__cause__, e.__context__) if c is not None]
     return None
 
-
-async def half_close(stream: Any) -> None:
-    """End our side of a stream and keep reading: ``send_eof`` on TCP; TLS
-    has no half-close, so a TCP FIN beneath the session (the peer's
-    ``https_compatible`` stream reads it as the end)."""
-    if isinstance(stream, trio.SSLStream):
-        await stream.transport_stream.send_eof()
-    else:
-        await stream.send_eof()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -243,6 +244,12 @@ def test_forwarders_over_tls_with_client_certificates(tmp_path, pki):
         for port in (node.fast_port, node.durable_port):
             done = _forward(good, *certs, f"tls://127.0.0.1:{port}")
             assert done.returncode == 0 and b"lines_unconfirmed=0" in done.stderr, done.stderr
+        # bulk ingest has no TLS yet: refused by forward, and the node keeps its bulk port closed
+        bulk = _forward(b"bulk 1\n", *certs, "-bulk", f"tls://127.0.0.1:{node.bulk_port}")
+        assert bulk.returncode != 0 and b"-bulk does not work over tls://" in bulk.stderr, bulk.stderr
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", node.bulk_port), timeout=2).close()
+        assert "event=bulk_disabled" in node.log()
 
         # a plain-TCP forwarder is reset, so it reports its lines unconfirmed, never delivered
         plain = _forward(b"plain 1\nplain 2\n", f"tcp://127.0.0.1:{node.fast_port}")

@@ -23,7 +23,6 @@ upload is ``OK 0`` at once.
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import Callable
 
 import trio
@@ -34,7 +33,6 @@ from ..errors import UploadTooLarge
 from ..lines import Chunk, LineSplitter
 from ..listen import open_tcp_listeners
 from ..records.format import DEFAULT_TOPIC, stamp
-from ..tls import half_close, tls_listeners
 from ..ulid import Stamper
 from .log import ActiveSegment, IngestLog
 
@@ -114,7 +112,7 @@ class BulkIngester:
             reply, outcome = await self._answer(stream)
             with trio.move_on_after(REPLY_TIMEOUT):
                 await stream.send_all(reply)
-                await half_close(stream)
+                await stream.send_eof()
             if outcome == "too_large":  # let the client finish sending, then read the answer
                 with trio.move_on_after(DISCARD_TIMEOUT):
                     while await stream.receive_some(RECEIVE_SIZE):
@@ -207,14 +205,14 @@ def _count(outcome: str) -> None:
     metrics.ingest_bulk_uploads.labels(outcome).inc()
 
 
-async def serve_bulk(ingester: BulkIngester, host: str, port: int, tls: ssl.SSLContext | None = None,
-                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+async def serve_bulk(ingester: BulkIngester, host: str, port: int, *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Accept bulk connections until cancelled (which answers those waiting
-    ``ERR``).  With ``tls`` (``-ingest.tls-cert``) uploads come over TLS, as
-    on the line ports."""
+    ``ERR``).  Plain TCP only: an upload ends with a half-close and is
+    answered after it, which a TLS stream cannot do (the node does not open
+    this port when its line ports use TLS)."""
     listeners = await open_tcp_listeners(host, port, "-ingest.bulk")
     bound = listeners[0].socket.getsockname()
-    log.info("event=listening mode=bulk addr=%s:%d tls=%s", bound[0], bound[1],
-             "on" if tls is not None else "off")
+    log.info("event=listening mode=bulk addr=%s:%d", bound[0], bound[1])
     task_status.started(bound[1])
-    await trio.serve_listeners(ingester.handle, tls_listeners(listeners, tls))
+    await trio.serve_listeners(ingester.handle, listeners)
