@@ -6,7 +6,8 @@ store, query) before anything listens, so no peer ever meets a half-built
 node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
 durable TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
-consumers, the segment verifier, the n-gram indexer and the scan workers
+consumers, the segment verifier, the n-gram indexer, the compactor (compaction
+and retention) and the scan workers
 (store role; the workers are processes of their own, which die with the
 node).  Calls the node makes to itself go through ``LocalPeers``, without
 HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
@@ -46,6 +47,7 @@ from .peer import Peers, open_peers
 from .query.api import query_router
 from .query.workers import Scanner
 from .store.api import store_router
+from .store.compactor import Compactor
 from .store.consume import Consumer
 from .store.log import StoreLog
 from .ulid import Stamper
@@ -241,6 +243,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             nursery.start_soon(_scoped, background[-1], store.run_verifier)
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_indexer)
+            background.append(trio.CancelScope())
+            nursery.start_soon(_scoped, background[-1], _compactor(cfg, store).run)
             nursery.start_soon(_start_scanner, scanner)
             for _ in range(cfg.store_consumers):
                 consumer = Consumer(
@@ -275,6 +279,18 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         cluster_scope.cancel()
         signal_scope.cancel()
         api_stop.set()
+
+
+def _compactor(cfg: NodeConfig, store: StoreLog) -> Compactor:
+    return Compactor(
+        store,
+        target_size=cfg.store_target_size,
+        retain=cfg.store_retain,
+        retain_size=cfg.store_retain_size,
+        purge=cfg.store_purge,
+        interval=cfg.store_compaction_interval or 1.0,
+        compact=cfg.store_compaction_interval > 0,
+    )
 
 
 async def _start_scanner(scanner: Scanner) -> None:

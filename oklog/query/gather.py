@@ -69,7 +69,7 @@ class LocalAnswer:
         return local.run(self.plan)
 
     async def aclose(self) -> None:
-        pass
+        self.plan.release()
 
 
 async def scatter(
