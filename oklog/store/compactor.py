@@ -55,6 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+import zstandard
 
 from .. import metrics
 from ..errors import CorruptSegment
@@ -263,16 +264,23 @@ def merge_job(inputs: list[tuple[Path, Table]], directory: Path, cuts: tuple[byt
                 if writer.size >= target_size:
                     finish()
         finish()
+    except zstandard.ZstdError as exc:  # a block damaged behind its sidecar's back
+        _clean(writer, outputs)
+        raise CorruptSegment(f"a compaction input: {exc}") from None
     except BaseException:
-        if writer is not None:
-            writer.abort()
-        for path, _, _ in outputs:
-            path.unlink(missing_ok=True)
+        _clean(writer, outputs)
         raise
     finally:
         for r in readers:
             r.close()
     return outputs
+
+
+def _clean(writer: BlockWriter | None, outputs: list[Output]) -> None:
+    if writer is not None:
+        writer.abort()
+    for path, _, _ in outputs:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
