@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -26,11 +27,17 @@ from oklog.ulid import MAX_ULID, MIN_ULID, Stamper
 from tests.recordutil import rec, segment_bytes
 
 
-def compactor(store: StoreLog, cls: type[Compactor] | None = None, **kw) -> Compactor:  # type: ignore[no-untyped-def]
+def compactor(store: StoreLog, **kw: Any) -> Compactor:
     """A compactor with no age limit: these records are from 1970."""
     kw.setdefault("retain", None)
     kw.setdefault("clock", Clock(time.time()))
-    return (cls or Compactor)(store, **kw)
+    return Compactor(store, **kw)
+
+
+def paused(store: StoreLog, **kw: Any) -> Paused:
+    kw.setdefault("retain", None)
+    kw.setdefault("clock", Clock(time.time()))
+    return Paused(store, **kw)
 
 
 class Clock:
@@ -150,7 +157,7 @@ def test_queries_running_across_a_compaction_job_return_the_exact_answer(tmp_pat
         uploads, want = overlapping_uploads(random.Random(3), 12)
         for data in uploads:
             await store.write_segment(body(data))
-        c = compactor(store, Paused, target_size=16 << 10)
+        c = paused(store, target_size=16 << 10)
         long_query = await local.prepare(store, Query(MIN_ULID, MAX_ULID))
         stream = local.run(long_query)
         got = [await stream.__anext__()]  # started: some units are read already
@@ -229,7 +236,7 @@ def test_an_upload_named_like_a_jobs_input_waits_for_the_job(tmp_path: Path) -> 
         store.open()
         await store.write_segment(body(b"".join(rec(i) for i in range(0, 100, 2))))
         await store.write_segment(body(b"".join(rec(i) for i in range(1, 99, 2))))
-        c = compactor(store, Paused, target_size=1 << 20)
+        c = paused(store, target_size=1 << 20)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(c.step)
             await c.reached.setdefault("claimed", trio.Event()).wait()
