@@ -260,6 +260,34 @@ def test_an_upload_named_like_a_jobs_input_waits_for_the_job(tmp_path: Path) -> 
     trio.run(main)
 
 
+def test_a_job_stopped_after_installing_gives_back_its_inputs(tmp_path: Path) -> None:
+    """Cancelled (a shutdown) with its outputs installed: the inputs come
+    back, but one whose name an output took is retired, not renamed over it."""
+
+    async def main() -> None:
+        store = StoreLog(tmp_path, compression="none")
+        store.open()
+        await store.write_segment(body(b"".join(rec(i) for i in range(0, 30, 3))))  # the outer name
+        await store.write_segment(body(b"".join(rec(i) for i in range(10, 20))))
+        want = b"".join(rec(i) for i in sorted(set(range(10, 20)) | set(range(0, 30, 3))))
+        c = paused(store, target_size=1 << 20)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.step)
+            c.proceed("claimed")
+            c.proceed("written")
+            await c.reached.setdefault("installed", trio.Event()).wait()
+            nursery.cancel_scope.cancel()
+        store._check()
+        assert len(store.index) == 2 and len(store.trash) == 1
+        assert await query_all(store) == want
+        await converge(compactor(store, target_size=1 << 20))
+        assert len(store.index) == 1 and await query_all(store) == want
+        store._check()
+        store.close()
+
+    trio.run(main)
+
+
 def test_open_after_a_crash_between_install_and_retire(tmp_path: Path) -> None:
     """An output installed next to its same-named input: the input goes to
     the trash at start; other inputs come back; nothing is lost or doubled."""

@@ -645,9 +645,15 @@ class StoreLog:
 
     def release(self, segments: list[Segment]) -> list[Segment]:
         """A job failed: its inputs go back to ``.flushed`` (sidecars rewritten
-        from the tables in memory)."""
+        from the tables in memory), but for one whose name an installed
+        output took: that one is retired."""
         back: list[Segment] = []
         for segment in segments:
+            if (self.path / segment.name.filename("flushed")).exists():
+                # an output of the very same name is installed: it holds
+                # every record of this input (it covers its whole range)
+                self.retire([segment], 0.0)
+                continue
             self._job.discard(segment)
             self._verifying.pop(segment, None)
             moved = self._move(segment, "release")
@@ -675,6 +681,7 @@ class StoreLog:
             self._verifying.pop(segment, None)
             moved = self._move(segment, "retire")
             self._forget(segment)
+            self._unverified.discard(segment)  # suspected during the job: gone now
             self.trash[moved.path] = Trashed(moved, now, "compacted")
 
     def expire(self, segment: Segment, purge_at: float, reason: str) -> Segment:
