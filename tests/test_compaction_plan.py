@@ -120,6 +120,11 @@ def test_a_settled_run_collapses_but_a_huge_one_stays_alone() -> None:
     huge = seg(old - 200, old - 150, 90 * REC)
     job = plan([huge] + run[3:], now)  # 90x the rest even when settled: only the tail merges
     assert job is not None and job.inputs == tuple(s.name for s in run[3:])
+    # big settled windows follow the tiered rule: a big segment absorbs no smaller one
+    mib = 1 << 20
+    big = [seg(old - 100 + 10 * i, old - 95 + 10 * i, s * mib) for i, s in enumerate([16, 8, 4])]
+    assert plan(big, now, target=128 * mib) is None
+    assert plan(big + [seg(old - 50, old - 40, 4 * mib)], now, target=128 * mib) is not None
 
 
 def test_segments_at_the_target_size_are_left_alone() -> None:

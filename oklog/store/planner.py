@@ -30,8 +30,9 @@ old regions converge and a busy tail cannot starve them:
    ``settle`` (each merge then at least doubles what any input held, so a
    byte is rewritten at most log2(target / first size) times: tiered
    merging, and a big segment is never rewritten to absorb a tiny one);
-   once it is older (the writes stopped), ``SETTLED_RATIO`` lets a quiet
-   tail collapse into a few files.  The longest such window from the
+   once it is older (the writes stopped) and small (at most
+   ``SETTLED_BYTES`` in all: cheap to rewrite), ``SETTLED_RATIO`` lets a
+   quiet tail collapse into a few files.  The longest such window from the
    oldest start wins.
 
 Outputs are cut near ``target_size`` (and at cuts), so a job's outputs
@@ -48,12 +49,15 @@ from ..segment.name import SegmentName
 from ..ulid import ms_of
 from .lifecycle import State
 
-__all__ = ["Job", "Seg", "plan_compaction", "plan_retention", "SETTLE_MS", "SETTLED_RATIO", "MAX_INPUTS"]
+__all__ = ["Job", "Seg", "plan_compaction", "plan_retention", "SETTLE_MS", "SETTLED_BYTES", "SETTLED_RATIO",
+           "MAX_INPUTS"]
 
 #: A window whose newest record is at least this old (ms) has settled.
 SETTLE_MS = 10_000
-#: How much bigger than the rest of its window a settled segment may be.
+#: How much bigger than the rest of its window a settled segment may be...
 SETTLED_RATIO = 8
+#: ...in a window of at most this many bytes (beyond, the tiered rule holds).
+SETTLED_BYTES = 4 << 20
 #: Inputs of one job at most (each holds one decompressed block while merged).
 MAX_INPUTS = 32
 
@@ -146,7 +150,7 @@ def _small(run: Sequence[Seg], target_size: int, now_ms: int, settle_ms: int,
                 break
             biggest = max(biggest, run[j].size)
             settled = ms_of(run[j].name.hi) <= now_ms - settle_ms
-            ratio = SETTLED_RATIO if settled else 1
+            ratio = SETTLED_RATIO if settled and total <= SETTLED_BYTES else 1
             if biggest <= ratio * (total - biggest):
                 best = j
         if best:
