@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client import REGISTRY
 
 from oklog.query import local
@@ -383,3 +384,78 @@ def test_a_disk_budget_trashes_the_oldest_segments_first(tmp_path: Path) -> None
         store.close()
 
     trio.run(main)
+
+
+# -- the edges -------------------------------------------------------------------------
+
+
+def test_the_compactor_loop_outlives_errors(caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    async def main() -> None:
+        store = StoreLog.__new__(StoreLog)  # never touched: step is replaced
+        c = Compactor(store, target_size=1, interval=1.0)
+
+        async def step() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            if len(calls) == 3:
+                raise OSError(28, "No space left on device")
+
+        c.step = step  # type: ignore[method-assign]
+        with trio.move_on_after(3.5):
+            await c.run()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(calls) == 4
+    assert caplog.text.count("event=compactor_error") == 2
+
+
+def test_a_unit_finds_its_file_under_another_state(tmp_path: Path) -> None:
+    from oklog.errors import SegmentChanged
+    from oklog.query.unit import Unit, run_unit
+
+    data = b"".join(rec(i) for i in range(10))
+    name = SegmentName.of_block(data)
+    planned = tmp_path / name.filename("flushed")
+    planned.write_bytes(data)
+    st = planned.stat()
+    unit = Unit(str(planned), "none", ((0, len(data), False),), MIN_ULID, MAX_ULID, b"", False, None,
+                st.st_size, st.st_ino)
+    assert b"".join(run_unit(unit)) == data
+    for state in ("reading", "trashed", "trashed.1"):  # claimed, retired, retired twice
+        moved = tmp_path / name.filename(state)
+        planned.rename(moved)
+        assert b"".join(run_unit(unit)) == data
+        planned = moved
+    other = tmp_path / name.filename("flushed")
+    other.write_bytes(data)  # another file, the very same size, took the name
+    planned.unlink()
+    with pytest.raises(SegmentChanged):
+        run_unit(unit)
+    other.unlink()
+    with pytest.raises(FileNotFoundError):
+        run_unit(unit)
+
+
+def test_the_flags() -> None:
+    from oklog.config import NodeConfig, flags
+
+    cfg = NodeConfig()
+    assert (cfg.store_retain, cfg.store_purge, cfg.store_retain_size) == (7 * 86400, 86400, 0)
+    parse = {f.name: f.parse for _, f in flags("store")}
+    assert parse["store.segment-retain"]("3s") == 3
+    assert parse["store.segment-retain"]("1h") == 3600
+    assert parse["store.segment-retain-size"]("50GB") == 50 * 10**9
+    assert parse["store.segment-retain-size"]("2GiB") == 2 << 30
+    assert parse["store.segment-retain-size"]("off") == 0
+    assert parse["store.compaction-interval"]("0") == 0
+    from oklog.errors import ConfigError
+
+    for bad, flag in (("7 days", "store.segment-retain"), ("-1s", "store.segment-purge"),
+                      ("lots", "store.segment-retain-size")):
+        with pytest.raises(ConfigError):
+            parse[flag](bad)
+    with pytest.raises(ValueError):
+        Compactor(StoreLog.__new__(StoreLog), target_size=1, pause_at="somewhere")

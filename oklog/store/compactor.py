@@ -115,8 +115,8 @@ class Compactor:
         while True:
             try:
                 await self.step()
-            except OSError as exc:  # a full or failing disk: try again next tick
-                log.error("event=compactor_error error=%r", exc)
+            except Exception as exc:  # a full or failing disk, a bug: never the node's end
+                log.error("event=compactor_error error=%r retry_in=%.0fs", exc, self.interval)
             await trio.sleep(self.interval)
 
     async def step(self) -> Job | None:
