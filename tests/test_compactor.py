@@ -459,3 +459,29 @@ def test_the_flags() -> None:
             parse[flag](bad)
     with pytest.raises(ValueError):
         Compactor(StoreLog.__new__(StoreLog), target_size=1, pause_at="somewhere")
+
+
+def test_a_plan_made_stale_while_planning_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import oklog.store.compactor as compactor_module
+    from oklog.store.planner import plan_compaction
+
+    async def main() -> None:
+        store = StoreLog(tmp_path, compression="none")
+        store.open()
+        await store.write_segment(body(b"".join(rec(i) for i in range(0, 100, 2))))
+        await store.write_segment(body(b"".join(rec(i) for i in range(1, 100, 2))))
+
+        def stale_plan(*args: Any, **kw: Any) -> Any:
+            job = plan_compaction(*args, **kw)
+            assert job is not None
+            victim = next(s for n, s in store.index if n == job.inputs[0])
+            trio.from_thread.run_sync(store._forget, victim)  # as a union or a repair would
+            return job
+
+        monkeypatch.setattr(compactor_module, "plan_compaction", stale_plan)
+        c = compactor(store, target_size=1 << 20)
+        assert await c.step() is None
+        assert len(list(tmp_path.glob("*.flushed"))) == 2 and not list(tmp_path.glob("*.reading"))
+        store.close()
+
+    trio.run(main)

@@ -48,6 +48,7 @@ process exactly there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -127,12 +128,19 @@ class Compactor:
         if not self.compact:
             return None
         view = self.store.live_segments(verified_only=True)
-        job = plan_compaction([seg for _, seg in view.values()], target_size=self.target_size,
-                              now_ms=int(now * 1000), settle_ms=self.settle_ms,
-                              max_inputs=self.max_inputs)
-        if job is not None:
-            await self.run_job(job, [view[name][0] for name in job.inputs])
-            self.purge(self.clock())
+        # planning is pure but O(n log n): off the event loop (a store that
+        # was left uncompacted may hold tens of thousands of files)
+        job = await trio.to_thread.run_sync(functools.partial(
+            plan_compaction, [seg for _, seg in view.values()], target_size=self.target_size,
+            now_ms=int(now * 1000), settle_ms=self.settle_ms, max_inputs=self.max_inputs))
+        if job is None:
+            return None
+        now_view = self.store.live_segments(verified_only=True)
+        segments = [view[name][0] for name in job.inputs]
+        if any(now_view.get(name, (None,))[0] is not s for name, s in zip(job.inputs, segments)):
+            return None  # changed while planning (a union, a repair): plan again next tick
+        await self.run_job(job, segments)
+        self.purge(self.clock())
         return job
 
     # -- retention ------------------------------------------------------------------
