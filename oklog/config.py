@@ -235,7 +235,7 @@ class NodeConfig:
         ("store",), parse=_count, kind=int, metavar="N")
     store_retain: float = setting(
         "store.segment-retain", "7d",
-        "trash segments whose newest record is older than this (3s, 1h, 7d)", ("store",),
+        "trash segments whose newest record is older than this (3s, 1h, 7d; 0: keep forever)", ("store",),
         parse=parse_seconds, metavar="DURATION")
     store_retain_size: int = setting(
         "store.segment-retain-size", "off",

@@ -20,6 +20,8 @@ consume_segments = Counter("oklog_store_consumed_segments", "Ingest segments con
 consume_bytes = Counter("oklog_store_consumed_bytes", "Bytes of records in committed batches")
 replicate_segments = Counter("oklog_store_replicated_segments", "Segments received by /store/replicate")
 replicate_records = Counter("oklog_store_replicated_records", "Records received by /store/replicate")
+replicate_bytes = Counter("oklog_store_replicated_bytes",
+                          "Bytes of segment files written for /store/replicate (on disk)")
 replicate_rejected = Counter("oklog_store_replicate_rejected", "Malformed /store/replicate bodies")
 store_rejected = Counter(
     "oklog_store_rejected_records",
@@ -56,9 +58,6 @@ compaction_bytes = Counter(
 compaction_seconds = Histogram(
     "oklog_store_compaction_seconds", "Duration of compaction jobs that completed",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-)
-replicated_bytes = Counter(
-    "oklog_store_replicated_bytes", "Segment bytes on disk written for /store/replicate uploads"
 )
 store_trashed_segments = Counter(
     "oklog_store_trashed_segments",

@@ -285,7 +285,7 @@ def _compactor(cfg: NodeConfig, store: StoreLog) -> Compactor:
     return Compactor(
         store,
         target_size=cfg.store_target_size,
-        retain=cfg.store_retain,
+        retain=cfg.store_retain or None,  # 0: keep forever
         retain_size=cfg.store_retain_size,
         purge=cfg.store_purge,
         interval=cfg.store_compaction_interval or 1.0,

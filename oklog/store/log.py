@@ -307,7 +307,7 @@ class StoreLog:
             raise
         metrics.replicate_segments.inc()
         metrics.replicate_records.inc(records)
-        metrics.replicated_bytes.inc(segment.size)
+        metrics.replicate_bytes.inc(segment.size)
         return segment
 
     def _writer(self, path: Path) -> BlockWriter:
