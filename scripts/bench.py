@@ -29,9 +29,11 @@ order (table rows in [brackets]):
    (``X-Oklog-Max-Data-Set-Size``: uncompressed record bytes) of exactly
    input + 35 header bytes a line, confirmed by a GET for the tokens
    planted in the first and the very last line.  [node peak RSS] is the
-   node's ``VmHWM`` then.  The bench then waits until every segment has its
-   sidecar (``NAME.flushed.idx``: block table + n-gram index), so that what
-   follows meets an idle, indexed node.
+   node's ``VmHWM`` then.  The bench then waits until compaction has
+   settled (no ``.reading`` or ``.active`` file and the ``*.flushed`` set
+   unchanged for 12 s: the planner's 10 s settle time plus a tick or two)
+   and every segment has its sidecar (``NAME.flushed.idx``: block table +
+   n-gram index), so that what follows meets an idle, indexed node.
 4. [bytes on disk]: every file under the store directory (segments,
    sidecars, anything else) against the input size; [segments only]: the
    ``*.flushed`` files alone.
@@ -71,12 +73,17 @@ order (table rows in [brackets]):
    turn, full range, whole bodies read).  Each is timed from connect until
    ``HEAD`` shows the data set grew by exactly its record bytes; the ratio
    is the loaded rate / the idle rate, with the queries the loop completed.
+10. [compaction: write amplification]: once compaction has settled again,
+   the node's counters: segment bytes compaction wrote
+   (``oklog_store_compaction_bytes_total{direction="out"}``) / segment
+   bytes ``/store/replicate`` wrote (``oklog_store_replicated_bytes_total``),
+   both on disk, over the whole run.
 
 Ratios are "our time / baseline time" (> 1 means slower than the baseline),
 except for bytes on disk (/ input size) and the loaded ingest (/ idle rate).
 The target column holds the goals of the store-format work (freshness,
 bytes on disk, the queries' ratios to grep, HEAD time, loaded / idle
-ingest); a row that misses its target is marked MISS and listed at the end.
+ingest) and of the self-healing work (write amplification); a row that misses its target is marked MISS and listed at the end.
 The Go OK Log column comes from FACTS.md (same kind of machine, not this
 run): its ingest rate, peak RSS / input, query time / grep's, HEAD time.
 
