@@ -218,11 +218,11 @@ def test_a_damaged_input_fails_the_job_and_is_repaired(tmp_path: Path) -> None:
         c = compactor(store, target_size=1 << 20)
         await c.step()
         assert sample("oklog_store_compactions_total", kind="overlap", outcome="failed") == failed + 1
-        assert len(list(tmp_path.glob("*.flushed"))) == 2 and not list(tmp_path.glob("*.active"))
-        assert not list(tmp_path.glob("*.reading"))
-        assert store.unverified() == 2  # given back, to be checked again
-        got = await query_all(store)  # checks (and repairs) first
-        assert store.unverified() == 0 and len(got.splitlines()) > 300
+        assert not list(tmp_path.glob("*.active")) and not list(tmp_path.glob("*.reading"))
+        assert store.unverified() == 0  # given back, checked and the damaged one repaired at once
+        assert len(list(tmp_path.glob("*.corrupt"))) == 1 and c.failures == 1
+        got = await query_all(store)
+        assert len(got.splitlines()) > 300
         await converge(c)
         assert no_overlaps(store) and await query_all(store) == got
         store._check()
@@ -389,26 +389,29 @@ def test_a_disk_budget_trashes_the_oldest_segments_first(tmp_path: Path) -> None
 # -- the edges -------------------------------------------------------------------------
 
 
-def test_the_compactor_loop_outlives_errors(caplog: pytest.LogCaptureFixture) -> None:
-    calls = []
+def test_the_compactor_loop_outlives_errors_and_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[float] = []
 
     async def main() -> None:
         store = StoreLog.__new__(StoreLog)  # never touched: step is replaced
         c = Compactor(store, target_size=1, interval=1.0)
 
         async def step() -> None:
-            calls.append(1)
+            calls.append(trio.current_time())
             if len(calls) == 1:
                 raise RuntimeError("a bug")
+            if len(calls) == 2:
+                c.failures = 3  # three jobs failed in a row: wait 8 ticks
             if len(calls) == 3:
+                c.failures = 0
                 raise OSError(28, "No space left on device")
 
         c.step = step  # type: ignore[method-assign]
-        with trio.move_on_after(3.5):
+        with trio.move_on_after(11.5):
             await c.run()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert len(calls) == 4
+    assert [round(b - a) for a, b in zip(calls, calls[1:])] == [1, 8, 1]
     assert caplog.text.count("event=compactor_error") == 2
 
 

@@ -107,6 +107,7 @@ class Compactor:
         self.settle_ms = settle_ms
         self.max_inputs = max_inputs
         self.pause_at = pause_at if pause_at is not None else os.environ.get(PAUSE_ENV) or None
+        self.failures = 0  # jobs failed in a row: the loop backs off
         if self.pause_at is not None and self.pause_at not in STEPS:
             raise ValueError(f"{PAUSE_ENV}={self.pause_at!r}: want one of {', '.join(STEPS)}")
 
@@ -118,7 +119,8 @@ class Compactor:
                 await self.step()
             except Exception as exc:  # a full or failing disk, a bug: never the node's end
                 log.error("event=compactor_error error=%r retry_in=%.0fs", exc, self.interval)
-            await trio.sleep(self.interval)
+            # a job that keeps failing (a full disk) is retried ever less often, up to a minute
+            await trio.sleep(min(self.interval * 2 ** min(self.failures, 6), max(self.interval, 60.0)))
 
     async def step(self) -> Job | None:
         """Retention, purge, then at most one compaction job; the job run."""
@@ -196,11 +198,18 @@ class Compactor:
             await self._pause("retired")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                self._failed(job, inputs, outputs, installed, exc)
+                back = self._failed(job, inputs, outputs, installed, exc)
                 done.set()
             if not isinstance(exc, Exception):  # cancelled (shutdown): given back, go on stopping
                 raise
+            self.failures += 1
+            if isinstance(exc, CorruptSegment):  # check (and repair) the inputs now, not at the next read
+                try:
+                    await store.verify(back)
+                except Exception as again:
+                    log.error("event=compaction_recheck_failed error=%r", again)
             return []
+        self.failures = 0
         seconds = time.monotonic() - started
         bytes_out = sum(s.size for s in installed)
         metrics.compactions.labels(job.kind, "done").inc()
@@ -213,7 +222,7 @@ class Compactor:
         return installed
 
     def _failed(self, job: Job, inputs: list[Segment], outputs: list[Output],
-                installed: list[Segment], exc: BaseException) -> None:
+                installed: list[Segment], exc: BaseException) -> list[Segment]:
         store = self.store
         for path, _, _ in outputs:
             path.unlink(missing_ok=True)  # not installed (an installed one's path is gone)
@@ -226,6 +235,7 @@ class Compactor:
             metrics.compactions.labels(job.kind, "failed").inc()
             log.error("event=compaction_failed kind=%s inputs=%d installed=%d error=%r",
                       job.kind, len(inputs), len(installed), exc)
+        return back
 
     async def _pause(self, step: str) -> None:
         if self.pause_at == step:
