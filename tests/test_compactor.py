@@ -411,7 +411,7 @@ def test_the_compactor_loop_outlives_errors_and_backs_off(caplog: pytest.LogCapt
             await c.run()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert [round(b - a) for a, b in zip(calls, calls[1:])] == [1, 8, 1]
+    assert [round(b - a) for a, b in zip(calls, calls[1:])] == [1, 8, 1, 1]
     assert caplog.text.count("event=compactor_error") == 2
 
 
