@@ -488,3 +488,42 @@ def test_a_plan_made_stale_while_planning_is_dropped(tmp_path: Path, monkeypatch
         store.close()
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_merge_job_cuts_at_the_target_size_and_at_cuts(tmp_path: Path, compression: str) -> None:
+    from oklog.segment import write_segment
+    from oklog.segment.table import load_sidecar
+    from oklog.store.compactor import merge_job
+    from oklog.ulid import encode_int
+
+    def pay(i: int, src: bytes) -> bytes:  # incompressible enough for zstd to need several files
+        return src + random.Random(i).randbytes(30).hex().encode()
+
+    a = b"".join(rec(i, pay(i, b"a")) for i in range(0, 3000, 2))
+    b = b"".join(rec(i, pay(i, b"b")) for i in range(1, 3000, 3))  # overlaps a; 1 in 6 ULIDs in both
+    paths = []
+    for k, data in enumerate((a, b)):
+        p = tmp_path / f"in{k}.flushed"
+        write_segment(p, [data], compression=compression, block_size=4096)
+        paths.append(p)
+    from oklog.segment import derive_table
+
+    inputs = [(p, load_sidecar(p) or derive_table(p)) for p in paths]
+    cuts = (encode_int(1000, 26), encode_int(1001, 26), encode_int(2500, 26))
+    ids = iter(range(100))
+    outputs = merge_job(inputs, tmp_path, cuts, 32 << 10, compression, 4096, lambda: f"out{next(ids):02d}")
+    want = b"".join(rec(i, pay(i, b"a") if i % 2 == 0 else pay(i, b"b")) for i in sorted(
+        set(range(0, 3000, 2)) | set(range(1, 3000, 3))))
+    got = b"".join(segment_bytes(path) for path, _, _ in outputs)
+    assert got == want  # each ULID once (the first input's copy), in order
+    names = [name for _, name, _ in outputs]
+    assert all(x.hi < y.lo for x, y in zip(names, names[1:]))
+    for cut in cuts:  # no output straddles a cut
+        assert not any(n.lo < cut <= n.hi for n in names)
+    assert len(outputs) > len(cuts) + 1  # and the target size cut the rest
+    assert all(t.size < (32 << 10) + 2 * 4096 for _, _, t in outputs)  # near it: a block or so over
+    for path, name, table in outputs:
+        assert path.suffix == ".active" and SegmentName.of_block(segment_bytes(path)) == name
+        table._check()
+        assert table.size == path.stat().st_size

@@ -63,7 +63,7 @@ from ..errors import CorruptSegment
 from ..records.merge import merge_records
 from ..records.search import bisect
 from ..segment import SegmentName, Table, create_segment, open_segment
-from ..segment.blocked import BlockWriter
+from ..segment.blocked import BlockWriter, cut
 from ..ulid import ms_of
 from .log import Segment, StoreLog
 from .planner import MAX_INPUTS, SETTLE_MS, Job, plan_compaction, plan_retention
@@ -275,12 +275,16 @@ def merge_job(inputs: list[tuple[Path, Table]], directory: Path, cuts: tuple[byt
                     piece, block = block[:at], block[at:]
                 else:
                     piece, block = block, b""
-                if writer is None:
-                    writer = create_segment(directory / f"{new_id()}.active",
-                                            compression=compression, block_size=block_size)
-                writer.write(piece)
-                if writer.size >= target_size:
-                    finish()
+                pos = 0
+                while pos < len(piece):  # a block at a time: outputs end near the target size
+                    end = cut(piece, pos, block_size)
+                    if writer is None:
+                        writer = create_segment(directory / f"{new_id()}.active",
+                                                compression=compression, block_size=block_size)
+                    writer.write(piece[pos:end] if pos or end < len(piece) else piece)
+                    pos = end
+                    if writer.size >= target_size:
+                        finish()
         finish()
     except zstandard.ZstdError as exc:  # a block damaged behind its sidecar's back
         _clean(writer, outputs)
