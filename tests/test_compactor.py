@@ -7,6 +7,7 @@ complete, exact answer.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -96,7 +97,10 @@ def overlapping_uploads(rng: random.Random, n: int) -> tuple[list[bytes], bytes]
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
-def test_overlapping_uploads_compact_into_few_sound_segments(tmp_path: Path, compression: str) -> None:
+def test_overlapping_uploads_compact_into_few_sound_segments(tmp_path: Path, compression: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="oklog.store")
+
     async def main() -> None:
         store = StoreLog(tmp_path, compression=compression, block_size=4096)
         store.open()
@@ -116,6 +120,7 @@ def test_overlapping_uploads_compact_into_few_sound_segments(tmp_path: Path, com
         assert len(files) == len(store.index) and not list(tmp_path.glob("*.reading"))
         assert not list(tmp_path.glob("*.trashed")) and not list(tmp_path.glob("*.active"))
         assert sample("oklog_store_compaction_bytes_total", direction="out") > before
+        assert caplog.text.count("event=compacted kind=overlap") >= 1  # small jobs: at debug level
         # outputs get their n-gram index and sidecar like any new segment
         await store.index_pending()
         assert all(store.table(s).index is not None for _, s in store.index)  # type: ignore[union-attr]

@@ -76,6 +76,8 @@ PAUSE_ENV = "OKLOG_TEST_PAUSE_COMPACTION"
 STEPS = ("claimed", "written", "installed", "retired")
 
 Output = tuple[Path, SegmentName, Table]
+#: Jobs that read less than this are logged at debug level only.
+QUIET_JOB_BYTES = 1 << 20
 
 
 class Compactor:
@@ -216,9 +218,11 @@ class Compactor:
         metrics.compaction_bytes.labels("in").inc(bytes_in)
         metrics.compaction_bytes.labels("out").inc(bytes_out)
         metrics.compaction_seconds.observe(seconds)
-        log.info("event=compacted kind=%s inputs=%d outputs=%d bytes_in=%d bytes_out=%d seconds=%.3f first=%s",
-                 job.kind, len(inputs), len(installed), bytes_in, bytes_out, seconds,
-                 installed[0].path.name if installed else "none")
+        # a quiet cluster compacts tiny segments every second: those at -debug
+        log.log(logging.INFO if bytes_in >= QUIET_JOB_BYTES else logging.DEBUG,
+                "event=compacted kind=%s inputs=%d outputs=%d bytes_in=%d bytes_out=%d seconds=%.3f first=%s",
+                job.kind, len(inputs), len(installed), bytes_in, bytes_out, seconds,
+                installed[0].path.name if installed else "none")
         return installed
 
     def _failed(self, job: Job, inputs: list[Segment], outputs: list[Output],
