@@ -532,3 +532,24 @@ def test_merge_job_cuts_at_the_target_size_and_at_cuts(tmp_path: Path, compressi
         assert path.suffix == ".active" and SegmentName.of_block(segment_bytes(path)) == name
         table._check()
         assert table.size == path.stat().st_size
+
+
+def test_a_segment_deleted_by_hand_is_forgotten(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = StoreLog(tmp_path, compression="none")
+        store.open()
+        for k in range(3):
+            await store.write_segment(body(b"".join(rec(i) for i in range(k, 300, 3))))
+        victim = sorted(tmp_path.glob("*.flushed"))[1]
+        victim.unlink()
+        c = compactor(store, target_size=1 << 20)
+        with pytest.raises(FileNotFoundError):
+            await c.step()
+        assert len(store.index) == 2 and not list(tmp_path.glob("*.reading"))
+        store._check()
+        await converge(c)
+        assert len(store.index) == 1
+        store._check()
+        store.close()
+
+    trio.run(main)

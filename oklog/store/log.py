@@ -632,7 +632,13 @@ class StoreLog:
         claimed: list[Segment] = []
         try:
             for segment in segments:
-                moved = self._move(segment, "claim")
+                try:
+                    moved = self._move(segment, "claim")
+                except FileNotFoundError:  # removed behind our back (by hand): forget it
+                    log.warning("event=segment_gone segment=%s", segment.path.name)
+                    self._forget(segment)
+                    self._unverified.discard(segment)
+                    raise
                 self._rekey(segment, moved)
                 self._job.add(moved)
                 self._verifying[moved] = done
