@@ -34,18 +34,6 @@ store_repaired_segments = Counter(
     "oklog_store_repaired_segments", "Store segment files found damaged and repaired", ["problem"]
 )
 
-queries = Counter("oklog_store_queries", "Queries answered", ["kind"])
-query_errors = Counter("oklog_store_query_errors", "Peers that failed during scatter-gather")
-
-http_requests = Counter(
-    "oklog_http_requests", "HTTP API requests answered", ["method", "route", "status"]
-)
-http_seconds = Histogram(
-    "oklog_http_request_seconds",
-    "Time from request to response headers (a streamed body is not included)",
-    ["route"],
-)
-
 # compaction and retention (oklog.store.compactor)
 compactions = Counter(
     "oklog_store_compactions", "Compaction jobs run, by kind (overlap, small) and outcome (done, failed)",
@@ -64,3 +52,15 @@ store_trashed_segments = Counter(
     "Store segments moved to .trashed by retention, by reason (age, size)", ["reason"],
 )
 store_purged_segments = Counter("oklog_store_purged_segments", "Trashed store segment files removed")
+
+queries = Counter("oklog_store_queries", "Queries answered", ["kind"])
+query_errors = Counter("oklog_store_query_errors", "Peers that failed during scatter-gather")
+
+http_requests = Counter(
+    "oklog_http_requests", "HTTP API requests answered", ["method", "route", "status"]
+)
+http_seconds = Histogram(
+    "oklog_http_request_seconds",
+    "Time from request to response headers (a streamed body is not included)",
+    ["route"],
+)

@@ -6,8 +6,7 @@ store, query) before anything listens, so no peer ever meets a half-built
 node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
 durable TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
-consumers, the segment verifier, the n-gram indexer, the compactor (compaction
-and retention) and the scan workers
+consumers, the segment verifier, the n-gram indexer and the scan workers
 (store role; the workers are processes of their own, which die with the
 node).  Calls the node makes to itself go through ``LocalPeers``, without
 HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
@@ -243,7 +242,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             nursery.start_soon(_scoped, background[-1], store.run_verifier)
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_indexer)
-            background.append(trio.CancelScope())
+            background.append(trio.CancelScope())  # compaction and retention (oklog.store.compactor)
             nursery.start_soon(_scoped, background[-1], _compactor(cfg, store).run)
             nursery.start_soon(_start_scanner, scanner)
             for _ in range(cfg.store_consumers):

@@ -163,14 +163,14 @@ class StoreLog:
         self.tmp = self.path / "tmp"
         self.index: IntervalIndex[Segment] = IntervalIndex()
         self._ids = Stamper()
+        self._leases: Counter[int] = Counter()  # inode -> running queries that read it
+        self.trash: dict[Path, Trashed] = {}  # trashed segment files awaiting purge
+        self._job: set[Segment] = set()  # inputs of the running compaction job (.reading)
         self._finalize = trio.Lock()
         self._lock_fd: int | None = None
         self._unverified: set[Segment] = set()
         self._verifying: dict[Segment, trio.Event] = {}
         self._check_limiter = trio.CapacityLimiter(2)  # whole-file checks run in threads
-        self._leases: Counter[int] = Counter()  # inode -> running queries that read it
-        self.trash: dict[Path, Trashed] = {}  # trashed segment files awaiting purge
-        self._job: set[Segment] = set()  # inputs of the running compaction job (.reading)
 
     # -- open / close ----------------------------------------------------------------
 
@@ -417,8 +417,7 @@ class StoreLog:
                     continue  # replaced (a union, a repair) meanwhile: its new table is queued
                 wild, raw = data
                 table.index = ngram.GramIndex(BitMap64.deserialize(raw), len(table), wild)
-                if segment.path.suffix == ".flushed":  # not one a compaction job reads
-                    await trio.to_thread.run_sync(write_sidecar, segment.path, table, before)
+                await trio.to_thread.run_sync(write_sidecar, segment.path, table, before)
             except FileNotFoundError:
                 continue  # removed meanwhile
             except Exception as exc:  # a worker's error, a damaged block: the index is optional
@@ -640,6 +639,7 @@ class StoreLog:
                     self._unverified.discard(segment)
                     raise
                 self._rekey(segment, moved)
+                self._unindexed.discard(moved)  # no n-gram index (nor sidecar) for a job's input
                 self._job.add(moved)
                 self._verifying[moved] = done
                 claimed.append(moved)
