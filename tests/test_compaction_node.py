@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from oklog.segment.name import SegmentName
@@ -89,7 +90,7 @@ def test_many_small_batches_end_in_few_segments_that_do_not_overlap(tmp_path: Pa
         wait_for("compacted into at most two segments", settled, timeout=45)
         assert query(n.api, **ALL).content == body
         assert not list(store.glob("*.reading")) and not list(store.glob("*.active"))
-        metrics = __import__("httpx").get(f"{n.api}/metrics").text
+        metrics = httpx.get(f"{n.api}/metrics").text
         assert 'oklog_store_compactions_total{kind="small",outcome="done"}' in metrics
     finally:
         n.kill()
