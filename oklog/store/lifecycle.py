@@ -3,9 +3,9 @@
 Theory of operation: a store segment file moves
 
     active ──install──▶ flushed ──claim──▶ reading ──retire──▶ trashed ──purge──▶ purged
-                           ▲ │                │                   ▲
-                           │ └────────────────┼──release──────────┘ (expire: retention)
-                           └──────release─────┘
+                         │   ▲                │                   ▲
+                         │   └────release─────┘                   │
+                         └──────────────────expire────────────────┘
 
 ``active`` is being written (a replicate upload, a compaction output);
 ``flushed`` is complete, synced and queryable; ``reading`` is the input of
