@@ -17,9 +17,10 @@ time); ``release`` gives it back as ``flushed`` when a job fails.
 ``trashed`` segment is never planned by a query again; it is removed
 (``purged``) once its purge time has come and no running query still reads
 it.  The file's extension is its state; the file layer
-(``oklog.store.log``, ``oklog.store.compactor``) asks ``next_state`` before
-each rename, so an illegal move raises ``IllegalTransition`` instead of
-touching the disk.
+(``oklog.store.log``) asks ``next_state`` before each claim, release,
+retire, expire and purge, so an illegal move raises ``IllegalTransition``
+instead of touching the disk (installing a new file is the one way into
+``flushed`` from ``active``, written out in ``StoreLog._install``).
 """
 
 from __future__ import annotations
