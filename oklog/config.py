@@ -118,6 +118,13 @@ def _block_size(s: str) -> int:
     return size
 
 
+def _budget(s: str | int) -> int:
+    """A disk budget: a size, or ``off`` (0)."""
+    if isinstance(s, str) and s.strip().lower() in ("", "off", "none"):
+        return 0
+    return parse_size(s)
+
+
 def _number(s: str | int, least: int) -> int:
     try:
         n = int(s)
@@ -248,6 +255,21 @@ class NodeConfig:
     store_target_age: float = setting("store.segment-target-age", "3s",
                                       "gather segments for at most this long", ("store",),
                                       parse=parse_seconds, metavar="DURATION")
+    store_retain: float = setting(
+        "store.segment-retain", "7d",
+        "trash segments whose newest record is older than this (3s, 1h, 7d; 0: keep forever)", ("store",),
+        parse=parse_seconds, metavar="DURATION")
+    store_retain_size: int = setting(
+        "store.segment-retain-size", "off",
+        "disk budget for segments (500MB, 2GiB): trash the oldest beyond it (off: no budget)",
+        ("store",), parse=_budget, metavar="SIZE")
+    store_purge: float = setting(
+        "store.segment-purge", "24h", "remove trashed segments after this long", ("store",),
+        parse=parse_seconds, metavar="DURATION")
+    store_compaction_interval: float = setting(
+        "store.compaction-interval", "1s",
+        "run at most one compaction job this often (0: never compact; retention still runs)",
+        ("store",), parse=parse_seconds, metavar="DURATION")
     store_replication_factor: int = setting(
         "store.segment-replication-factor", 2,
         "copies of each record across distinct store nodes (a lone node needs 1)", ("store",),

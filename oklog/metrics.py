@@ -46,6 +46,25 @@ store_repaired_segments = Counter(
     "oklog_store_repaired_segments", "Store segment files found damaged and repaired", ["problem"]
 )
 
+# compaction and retention (oklog.store.compactor)
+compactions = Counter(
+    "oklog_store_compactions", "Compaction jobs run, by kind (overlap, small) and outcome (done, failed)",
+    ["kind", "outcome"],
+)
+compaction_bytes = Counter(
+    "oklog_store_compaction_bytes",
+    "Segment bytes on disk read (in) and written (out) by compaction jobs that completed", ["direction"],
+)
+compaction_seconds = Histogram(
+    "oklog_store_compaction_seconds", "Duration of compaction jobs that completed",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+store_trashed_segments = Counter(
+    "oklog_store_trashed_segments",
+    "Store segments moved to .trashed by retention, by reason (age, size)", ["reason"],
+)
+store_purged_segments = Counter("oklog_store_purged_segments", "Trashed store segment files removed")
+
 queries = Counter("oklog_store_queries", "Queries answered", ["kind"])
 query_errors = Counter("oklog_store_query_errors", "Peers that failed during scatter-gather")
 query_seconds = Histogram(

@@ -56,6 +56,7 @@ from .query.repair import Repairer
 from .query.workers import Scanner
 from .security import NodeSecurity
 from .store.api import store_router
+from .store.compactor import Compactor
 from .store.consume import Consumer
 from .store.log import StoreLog
 from .stream.api import stream_router
@@ -320,6 +321,8 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             nursery.start_soon(_scoped, background[-1], store.run_verifier)
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_indexer)
+            background.append(trio.CancelScope())  # compaction and retention (oklog.store.compactor)
+            nursery.start_soon(_scoped, background[-1], _compactor(cfg, store).run)
             nursery.start_soon(_start_scanner, scanner)
             if repairer is not None:
                 background.append(trio.CancelScope())
@@ -360,6 +363,18 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         if store is not None:
             store.live.close()
         api_stop.set()
+
+
+def _compactor(cfg: NodeConfig, store: StoreLog) -> Compactor:
+    return Compactor(
+        store,
+        target_size=cfg.store_target_size,
+        retain=cfg.store_retain or None,  # 0: keep forever
+        retain_size=cfg.store_retain_size,
+        purge=cfg.store_purge,
+        interval=cfg.store_compaction_interval or 1.0,
+        compact=cfg.store_compaction_interval > 0,
+    )
 
 
 async def _start_scanner(scanner: Scanner) -> None:

@@ -29,9 +29,11 @@ order (table rows in [brackets]):
    (``X-Oklog-Max-Data-Set-Size``: uncompressed record bytes) of exactly
    input + 35 header bytes a line, confirmed by a GET for the tokens
    planted in the first and the very last line.  [node peak RSS] is the
-   node's ``VmHWM`` then.  The bench then waits until every segment has its
-   sidecar (``NAME.flushed.idx``: block table + n-gram index), so that what
-   follows meets an idle, indexed node.
+   node's ``VmHWM`` then.  The bench then waits until compaction has
+   settled (no ``.reading`` or ``.active`` file and the ``*.flushed`` set
+   unchanged for 12 s: the planner's 10 s settle time plus a tick or two)
+   and every segment has its sidecar (``NAME.flushed.idx``: block table +
+   n-gram index), so that what follows meets an idle, indexed node.
 4. [bytes on disk]: every file under the store directory (segments,
    sidecars, anything else) against the input size; [segments only]: the
    ``*.flushed`` files alone.
@@ -71,12 +73,17 @@ order (table rows in [brackets]):
    turn, full range, whole bodies read).  Each is timed from connect until
    ``HEAD`` shows the data set grew by exactly its record bytes; the ratio
    is the loaded rate / the idle rate, with the queries the loop completed.
+10. [compaction: write amplification]: once compaction has settled again,
+   the node's counters: segment bytes compaction wrote
+   (``oklog_store_compaction_bytes_total{direction="out"}``) / segment
+   bytes ``/store/replicate`` wrote (``oklog_store_replicated_bytes_total``),
+   both on disk, over the whole run.
 
 Ratios are "our time / baseline time" (> 1 means slower than the baseline),
 except for bytes on disk (/ input size) and the loaded ingest (/ idle rate).
 The target column holds the goals of the store-format work (freshness,
 bytes on disk, the queries' ratios to grep, HEAD time, loaded / idle
-ingest); a row that misses its target is marked MISS and listed at the end.
+ingest) and of the self-healing work (write amplification); a row that misses its target is marked MISS and listed at the end.
 The Go OK Log column comes from FACTS.md (same kind of machine, not this
 run): its ingest rate, peak RSS / input, query time / grep's, HEAD time.
 
@@ -163,7 +170,11 @@ GOALS: dict[str, Goal] = {
     "match everything": Goal("<=", 3.0, "≤ 3.00x"),  # ours / cat
     "stats HEAD": Goal("<=", 0.025, "≤ 25 ms"),  # median seconds
     "ingest under queries": Goal(">=", 0.60, "≥ 60%"),  # loaded rate / idle rate
+    "write amplification": Goal("<=", 3.0, "≤ 3.00x"),  # compaction bytes written / bytes replicated
 }
+#: Seconds without a change to the store's segment files before compaction
+#: counts as settled: the planner's settle time (10 s) plus a tick or two.
+COMPACTION_QUIET = 12.0
 
 
 class BenchFailure(Exception):
@@ -584,6 +595,21 @@ class Node:
         """The segment files, by name."""
         return sorted(str(p) for p in self.store_dir.glob("*.flushed"))
 
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` as {'name{labels}': value}."""
+        status, _, body = self.request("GET", "/metrics", timeout=60)
+        if status != 200:
+            raise BenchFailure(f"GET /metrics answered {status}")
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass
+        return out
+
     def unindexed(self) -> list[str]:
         """Segment files without a sidecar (its n-gram index not built yet)."""
         return [f for f in self.store_files() if not os.path.exists(f + ".idx")]
@@ -638,6 +664,39 @@ def wait_queryable(node: Node, want: int, stall_timeout: float, poll: float = 0.
         elif time.monotonic() - last_change > stall_timeout:
             raise BenchFailure(f"store stuck at {size} of {want} bytes for {stall_timeout:.0f} s\n{node.log_tail()}")
         time.sleep(poll)
+
+
+def wait_compacted(node: Node, timeout: float) -> float | None:
+    """Wait until compaction has settled: no job running and the segment
+    files unchanged for ``COMPACTION_QUIET`` s; seconds waited (None: timed out)."""
+    t0 = time.perf_counter()
+    last, since = None, t0
+    while True:
+        node.check_alive()
+        now = time.perf_counter()
+        busy = any(node.store_dir.glob("*.reading")) or any(node.store_dir.glob("*.active"))
+        state = (tuple(node.store_files()), busy)
+        if state != last:
+            last, since = state, now
+        elif not busy and now - since >= COMPACTION_QUIET:
+            return now - t0
+        if now - t0 > timeout:
+            return None
+        time.sleep(0.25)
+
+
+def compaction_stats(node: Node) -> dict:
+    """What compaction did, from the node's counters; write amplification =
+    segment bytes compaction wrote / segment bytes replicate uploads wrote."""
+    m = node.metrics()
+    out = m.get('oklog_store_compaction_bytes_total{direction="out"}', 0.0)
+    read = m.get('oklog_store_compaction_bytes_total{direction="in"}', 0.0)
+    replicated = m.get("oklog_store_replicated_bytes_total", 0.0)
+    jobs = sum(v for k, v in m.items() if k.startswith("oklog_store_compactions_total") and 'outcome="done"' in k)
+    failed = sum(v for k, v in m.items() if k.startswith("oklog_store_compactions_total") and 'outcome="failed"' in k)
+    return {"jobs": int(jobs), "failed": int(failed), "bytes_read": int(read), "bytes_written": int(out),
+            "bytes_replicated": int(replicated), "segment_files": len(node.store_files()),
+            "write_amplification": ratio(out, replicated)}
 
 
 def wait_indexed(node: Node, timeout: float) -> float | None:
@@ -1059,6 +1118,13 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
     node = Node(procs, work, args.node_flag)
     fwd_fixed = measure_ingest(args, procs, node, data, res)
     stored = data.record_bytes  # record bytes the store holds from here on
+    say(f"waiting for compaction to settle (segment files unchanged for {COMPACTION_QUIET:.0f} s)")
+    settle_s = wait_compacted(node, args.stall_timeout)
+    if settle_s is None:
+        res.note(f"compaction still busy after {args.stall_timeout:.0f} s")
+    d["compaction"] = {"settle_after_ingest_s": settle_s, "after_ingest": compaction_stats(node)}
+    say(f"  {d['compaction']['after_ingest']['jobs']} jobs; {d['compaction']['after_ingest']['segment_files']} "
+        f"segment files")
 
     files, records = measure_store(args, procs, node, data, res)
     measure_queries(args, procs, node, data, files, records, rg, res)
@@ -1073,6 +1139,12 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
     measure_ingest_under_queries(args, procs, node, work, stored, fwd_fixed, res)
 
     d["ingest"]["node_rss"]["peak_hwm_end"] = proc_status(node.pid, "VmHWM")
+    say("waiting for compaction to settle")
+    if wait_compacted(node, args.stall_timeout) is None:
+        res.note(f"compaction still busy after {args.stall_timeout:.0f} s")
+    d["compaction"]["end"] = end = compaction_stats(node)
+    say(f"  {end['jobs']} jobs, {fmt_b(end['bytes_written'])} written for {fmt_b(end['bytes_replicated'])} "
+        f"replicated: write amplification {fmt_r(end['write_amplification'])}; {end['segment_files']} segment files")
     node.check_alive()
     errors = node.log_errors()
     d["node_log_errors"] = errors[:20]
@@ -1305,6 +1377,7 @@ def check_goals(d: dict) -> None:
         **{name: q["ratio_to_grep"] for name, q in queries.items()},
         "stats HEAD": d.get("stats_head", {}).get("median_s"),
         "ingest under queries": d.get("ingest_under_queries", {}).get("loaded_per_idle"),
+        "write amplification": d.get("compaction", {}).get("end", {}).get("write_amplification"),
     }
     d["targets"] = {key: {"target": g.text, "value": values.get(key), "met": g.met(values.get(key))}
                     for key, g in GOALS.items()}
@@ -1404,6 +1477,13 @@ def store_rows(d: dict) -> list[str]:
     if h:
         rows.append(_row("  stats only (HEAD /store/query)", fmt_s(h["median_s"]), "", fmt_r(h["ratio_to_readyz"]),
                          "GET /readyz", fmt_s(GO["head_s"]), _target(d, "stats HEAD")))
+    comp = d.get("compaction", {}).get("end")
+    if comp:
+        rows.append(_row("  compaction: write amplification", fmt_b(comp["bytes_written"]), f"{comp['jobs']} jobs",
+                         fmt_r(comp["write_amplification"]), "replicated", "", _target(d, "write amplification")))
+        rows.append(f"  (compaction wrote {fmt_b(comp['bytes_written'])} and read {fmt_b(comp['bytes_read'])} for "
+                    f"{fmt_b(comp['bytes_replicated'])} of uploaded segments; {comp['segment_files']} segment files "
+                    f"at the end; {comp['failed']} failed jobs)")
     copy = st["records_copy"]
     rows.append(f"  (zstdcat over the .flushed files: {copy['lines']:,} lines, {fmt_b(copy['bytes'])}: "
                 f"{'every record' if copy['every_record'] else 'NOT every record'}; "

@@ -73,7 +73,7 @@ class LocalAnswer:
         return local.run(self.plan)
 
     async def aclose(self) -> None:
-        pass
+        self.plan.release()
 
 
 async def scatter(

@@ -20,8 +20,13 @@ status, not a cut-short answer.
 Running hands the units to the scanner and streams the results in ULID
 order.  Segments that overlap each other (not yet compacted) are k-way
 merged with de-duplication; a segment that overlaps no other streams
-straight through.  A file removed after planning is skipped; one replaced
-(a same-named upload's union) or found damaged cuts the answer short
+straight through.  A plan holds a *lease* on the files it names
+(``StoreLog.lease``) until its scan is over: a compaction job that claims
+or retires one of them renames it (``.reading``, ``.trashed``) but keeps
+it on disk, and a unit finds it under its new name by its inode
+(``oklog.query.unit``), so compaction never cuts an answer short.  A file
+removed after planning otherwise is skipped; one replaced (a same-named
+upload's union) or found damaged cuts the answer short
 (``SegmentChanged``, ``CorruptSegment``: the latter also has the segment
 checked again), so an answer is never a mix of two files.
 """
@@ -40,7 +45,7 @@ from .. import metrics
 from ..errors import CorruptSegment
 from ..segment.ngram import literal_grams
 from ..segment.table import Table
-from ..store.log import Segment, StoreLog
+from ..store.log import Lease, Segment, StoreLog
 from .params import Query
 from .streams import merge_streams
 from .unit import Unit
@@ -71,6 +76,11 @@ class LocalPlan:
     groups: list[list[SegmentPlan]]  # overlapping segments, in ULID order
     scanner: Scanner | None = None
     store: StoreLog | None = None  # told about a segment found damaged while read
+    lease: Lease | None = None  # keeps the planned files on disk until the scan is done
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
     def plans(self) -> Iterator[SegmentPlan]:
         return (p for group in self.groups for p in group)
@@ -151,7 +161,11 @@ async def prepare(store: StoreLog, query: Query, scanner: Scanner | None = None,
     while True:
         p = plan(store, query, scanner)
         pending = [s.segment for s in p.plans() if not store.verified(s.segment)]
-        if stats_only or not pending:
+        if stats_only:
+            return p
+        if not pending:
+            # no await since planning: every file planned is still there
+            p.lease = store.lease(s.segment for s in p.plans())
             return p
         await store.verify(pending)
 
@@ -176,7 +190,7 @@ def units(p: SegmentPlan, query: Query) -> Iterator[Unit]:
 def _unit(p: SegmentPlan, query: Query, blocks: list[tuple[int, int, bool]]) -> Unit:
     assert p.table is not None
     return Unit(str(p.segment.path), p.table.compression, tuple(blocks), query.lo, query.hi,
-                query.q, query.regex, query.topic, p.segment.size)
+                query.q, query.regex, query.topic, p.segment.size, p.segment.ino)
 
 
 _fallback: list[Scanner] = []
@@ -206,6 +220,15 @@ async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query, light
 
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
+    try:
+        async with aclosing(_run(local)) as blocks:
+            async for block in blocks:
+                yield block
+    finally:
+        local.release()
+
+
+async def _run(local: LocalPlan) -> AsyncGenerator[bytes, None]:
     scanner = local.scanner or _threads()
     metrics.query_blocks.labels("read").inc(local.blocks_read)
     metrics.query_blocks.labels("skipped").inc(local.blocks_in_range - local.blocks_read)

@@ -15,6 +15,7 @@ import functools
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import zstandard
@@ -44,6 +45,7 @@ class Unit:
     regex: bool
     topic: bytes | None
     size: int = -1  # the file's size when planned (-1: do not check)
+    ino: int = 0  # the file's inode when planned (0: do not check)
 
 
 @functools.lru_cache(maxsize=16)  # each RE2 program may hold up to ~8 MiB
@@ -73,12 +75,8 @@ def run_unit(unit: Unit) -> list[bytes]:
     """The records of ``unit``'s blocks within ``[lo, hi]`` that match, as
     whole-line pieces in order."""
     matcher = _matcher(unit.q, unit.regex, unit.topic)
-    fd = os.open(unit.path, os.O_RDONLY)
+    fd = _open_planned(unit)
     try:
-        if unit.size >= 0 and os.fstat(fd).st_size != unit.size:
-            # replaced since planning (a same-named upload's union): the
-            # planned offsets mean nothing in the new file
-            raise SegmentChanged(f"{unit.path} changed since the query was planned")
         datas = []
         for offset, length, cut in unit.blocks:
             data = os.pread(fd, length, offset)
@@ -96,6 +94,56 @@ def run_unit(unit: Unit) -> list[bytes]:
     finally:
         os.close(fd)
     return _coalesce(matcher.grep_parts(datas))
+
+
+#: The states a planned segment file may have moved to since (a compaction
+#: job claimed it, gave it back, or retired it: the query holds a lease, so
+#: the file itself is still there, see ``oklog.store.log.Lease``).
+_STATES = (".flushed", ".reading", ".trashed")
+
+
+def _open_planned(unit: Unit) -> int:
+    """A descriptor of the file ``unit`` was planned on: at its path, or
+    under the name of another state it has moved to meanwhile (found by
+    its inode).  ``SegmentChanged`` if another file took its name (a
+    same-named upload's union: the planned offsets mean nothing there),
+    ``FileNotFoundError`` if it is gone."""
+    changed = False
+    for path in _candidates(unit.path):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        st = os.fstat(fd)
+        if (unit.ino and st.st_ino != unit.ino) or (unit.size >= 0 and st.st_size != unit.size):
+            os.close(fd)
+            changed = True
+            continue
+        return fd
+    if changed:
+        raise SegmentChanged(f"{unit.path} changed since the query was planned")
+    raise FileNotFoundError(unit.path)
+
+
+def _candidates(path: str) -> Iterator[str]:
+    """``path`` first, then the same segment in each other state (and
+    ``NAME.trashed.N``: a name trashed twice); lazily: the common case
+    opens ``path`` and looks no further."""
+    yield path
+    base, dot, suffix = path.rpartition(".")
+    if not dot or "." + suffix not in _STATES:
+        return
+    for state in _STATES:
+        if state != "." + suffix:
+            yield base + state
+    directory = os.path.dirname(path) or "."
+    stem = os.path.basename(base) + ".trashed."
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.startswith(stem))
+    except OSError:
+        return
+    for n in names:
+        yield os.path.join(directory, n)
 
 
 def _coalesce(parts: list[bytes], small: int = 64 << 10) -> list[bytes]:
