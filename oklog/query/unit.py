@@ -62,7 +62,13 @@ def _decompress(data: bytes) -> bytes:
 
 def run_unit(unit: Unit) -> list[bytes]:
     """The records of ``unit``'s blocks within ``[lo, hi]`` that match, as
-    whole-line pieces in order."""
+    whole-line pieces in order (small pieces joined: see ``_coalesce``)."""
+    return _coalesce(_matches(unit))
+
+
+def _matches(unit: Unit) -> list[bytes]:
+    """``run_unit``'s pieces as the matcher made them (many small ones
+    for a term on some of the lines)."""
     matcher = _matcher(unit.q, unit.regex, unit.topic)
     fd = os.open(unit.path, os.O_RDONLY)
     try:
@@ -86,7 +92,7 @@ def run_unit(unit: Unit) -> list[bytes]:
                 datas.append(data)
     finally:
         os.close(fd)
-    return _coalesce(matcher.grep_parts(datas))
+    return matcher.grep_parts(datas)
 
 
 def _coalesce(parts: list[bytes], small: int = 64 << 10) -> list[bytes]:
@@ -109,18 +115,39 @@ def _coalesce(parts: list[bytes], small: int = 64 << 10) -> list[bytes]:
 
 def run_unit_spilled(unit: Unit, spill_dir: str) -> bytes | str:
     """``run_unit`` in a worker process, joined: a big result is written to
-    a file in ``spill_dir`` and its path returned instead (see ``collect``)."""
-    data = b"".join(run_unit(unit))
-    if len(data) < SPILL:
-        return data
+    a file in ``spill_dir`` and its path returned instead (see ``collect``).
+    The pieces go to the file as they are (``writev``), never joined first:
+    for a term on a fifth of the lines that saved two copies of the answer."""
+    parts = _matches(unit)
+    if sum(map(len, parts)) < SPILL:
+        return b"".join(parts)
     fd, path = tempfile.mkstemp(dir=spill_dir)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        _write_all(fd, parts)
     except BaseException:
         os.unlink(path)
         raise
+    finally:
+        os.close(fd)
     return path
+
+
+_IOV_MAX = 1024  # pieces per writev (Linux's limit)
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every piece, in order, with as few system calls as may be."""
+    i = 0
+    while i < len(parts):
+        batch = parts[i : i + _IOV_MAX]
+        written = os.writev(fd, batch)
+        for piece in batch:  # skip the whole pieces written
+            if written < len(piece):
+                break
+            written -= len(piece)
+            i += 1
+        if written:  # a piece written in part: the rest of it on its own
+            parts[i] = parts[i][written:]
 
 
 def collect(result: bytes | str | list[bytes]) -> bytes | list[bytes]:
