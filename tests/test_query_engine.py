@@ -240,3 +240,21 @@ def test_spill_dirs_of_dead_nodes_are_removed(tmp_path: Path, monkeypatch: pytes
     mine.mkdir()
     fresh = workers._spill_dir()
     assert not dead.exists() and mine.exists() and fresh.startswith(str(tmp_path))
+
+
+def test_spilled_pieces_are_written_whole_and_in_order_even_in_partial_writes(monkeypatch):
+    import os
+
+    from oklog.query import unit as unit_mod
+
+    written = bytearray()
+
+    def writev(fd: int, buffers: list[bytes]) -> int:  # the kernel may take less than asked
+        data = b"".join(bytes(b) for b in buffers)[:7]
+        written.extend(data)
+        return len(data)
+
+    monkeypatch.setattr(os, "writev", writev)
+    parts = [b"abc\n", b"", b"defghijklmnop\n", b"q\n"] + [b"r%d\n" % i for i in range(2500)]
+    unit_mod._write_all(0, list(parts))
+    assert bytes(written) == b"".join(parts)
