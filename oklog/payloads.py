@@ -1,7 +1,7 @@
 """Record headers cut off a block of lines in a few vectorised passes.
 
 ``oklog query`` prints each record's payload: ``ULID SP TOPIC SP PAYLOAD
-LF`` becomes ``PAYLOAD LF``.  Per line that is a regex match and a slice
+LF`` becomes ``PAYLOAD LF`` (``ULID SP PAYLOAD LF`` with ``-ulid``).  Per line that is a regex match and a slice
 (~0.6 µs a line, ~0.6 s for a million records).  In the usual answer every
 header has the same length (one topic), so ``fixed_width`` does it with
 numpy on the whole block instead: find the LFs, check that every line has
@@ -32,10 +32,11 @@ def _numpy() -> Any:
     return _np
 
 
-def fixed_width(block: bytes) -> bytes | None:
+def fixed_width(block: bytes, keep_ulid: bool = False) -> bytes | None:
     """``block`` (whole lines, ending in LF) with every line's header
-    ``ULID SP TOPIC SP`` removed, when all headers are well-formed and of
-    one length; otherwise ``None``."""
+    ``ULID SP TOPIC SP`` removed (``keep_ulid``: only ``TOPIC SP``, leaving
+    ``ULID SP PAYLOAD``), when all headers are well-formed and of one
+    length; otherwise ``None``."""
     if not block or block[-1] != 10 or len(block) < 28:
         return None
     sp = block.find(b" ", 27, block.find(b"\n"))
@@ -60,5 +61,5 @@ def fixed_width(block: bytes) -> bytes | None:
     if topic.size and bool(((topic == 32) | (topic == 10)).any()):
         return None
     keep = np.ones(len(a), dtype=bool)
-    keep[(starts[:, None] + np.arange(width)).ravel()] = False
+    keep[(starts[:, None] + np.arange(27 if keep_ulid else 0, width)).ravel()] = False
     return bytes(a[keep].tobytes())

@@ -111,6 +111,10 @@ _PAYLOAD = re.compile(rb"[0-9A-Z]{26} [^ \n]* ([^\n]*\n)")
 
 def _strip_topic_lines(block: bytes) -> bytes:
     # ULID SP TOPIC SP PAYLOAD -> ULID SP PAYLOAD; malformed lines unchanged.
+    if len(block) >= payloads.MIN_BLOCK:
+        cut = payloads.fixed_width(block, keep_ulid=True)
+        if cut is not None:
+            return cut
     lines = block.split(b"\n")
     lines.pop()  # block ends with LF
     return b"\n".join([ln[:27] + ln[i + 1 :] if ln[26:27] == b" " and (i := ln.find(b" ", 27)) > 0 else ln

@@ -13,12 +13,13 @@ from oklog.payloads import fixed_width
 ULID = "01HZX3J8Q2W5E7R9T1Y3U5I7O9"[:26].replace("I", "J").replace("O", "P")
 
 
-def reference(block: bytes) -> bytes:
-    """Per line: ``ULID SP TOPIC SP PAYLOAD`` -> ``PAYLOAD``; other lines unchanged."""
+def reference(block: bytes, keep_ulid: bool = False) -> bytes:
+    """Per line: ``ULID SP TOPIC SP PAYLOAD`` -> ``PAYLOAD`` (``keep_ulid``:
+    ``ULID SP PAYLOAD``); other lines unchanged."""
     out = []
     for line in block.split(b"\n")[:-1]:
-        m = re.fullmatch(rb"[0-9A-Z]{26} [^ \n]* ([^\n]*)", line)
-        out.append(m.group(1) if m else line)
+        m = re.fullmatch(rb"([0-9A-Z]{26} )[^ \n]* ([^\n]*)", line)
+        out.append((m.group(1) if keep_ulid else b"") + m.group(2) if m else line)
     return b"\n".join(out) + b"\n"
 
 
@@ -36,6 +37,7 @@ def records(draw, topic: bytes = b"default") -> bytes:
 def test_one_topic_is_cut_exactly(lines):
     block = b"".join(lines)
     assert fixed_width(block) == reference(block)
+    assert fixed_width(block, keep_ulid=True) == reference(block, keep_ulid=True)
 
 
 odd_line = st.one_of(
@@ -57,6 +59,8 @@ def test_anything_else_is_exact_or_declined(lines):
     block = b"".join(lines)
     got = fixed_width(block)
     assert got is None or got == reference(block)
+    got = fixed_width(block, keep_ulid=True)
+    assert got is None or got == reference(block, keep_ulid=True)
 
 
 def test_declines_what_it_cannot_do_and_cuts_mixed_topics_of_one_length():
