@@ -33,7 +33,6 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from . import bodysend
 from .addr import is_wildcard, join_host_port, parse_addr
 from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
 from .config import NodeConfig
@@ -121,7 +120,9 @@ def ops_router(ready: Callable[[], bool], warnings: Callable[[], list[str]]) -> 
 
 async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    bodysend.install()  # big bodies to the socket without hypercorn's extra copy
+    from .bodysend import install  # here, not at the top: the import block is busy with other branches
+
+    install()  # big bodies to the socket without hypercorn's extra copy
     # hypercorn adopts (and later closes) these file descriptors: detach them.
     config = hypercorn.config.Config()
     config.bind = [f"fd://{s.detach()}" for s in socks]
