@@ -120,7 +120,7 @@ def ops_router(ready: Callable[[], bool], warnings: Callable[[], list[str]]) -> 
 
 async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    from .bodysend import install  # here, not at the top: the import block is busy with other branches
+    from .bodysend import install  # installed by an API server only (routers tested alone keep hypercorn as is)
 
     install()  # big bodies to the socket without hypercorn's extra copy
     # hypercorn adopts (and later closes) these file descriptors: detach them.
