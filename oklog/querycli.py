@@ -27,7 +27,7 @@ from urllib.parse import quote, quote_from_bytes
 import httpx
 import trio
 
-from oklog import timespec
+from oklog import payloads, timespec
 from oklog.addr import api_url
 from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
@@ -42,6 +42,11 @@ __all__ = ["run_query", "resolve_time", "query_url", "RecordStripper", "human_by
 #: between nodes (a rare-term scan may send nothing for a while).
 CONNECT_TIMEOUT = 5.0
 BODY_GAP = 300.0
+#: Body bytes gathered before they are converted and written at once...
+BLOCK = 1 << 20
+#: ...unless a read brings less than this: the store paused (a sparse
+#: answer), so what has come is printed now rather than held back.
+SHORT_READ = 32 << 10
 
 _HEADERS = [
     "X-Oklog-From",
@@ -108,6 +113,10 @@ _PAYLOAD = re.compile(rb"[0-9A-Z]{26} [^ \n]* ([^\n]*\n)")
 
 def _strip_topic_lines(block: bytes) -> bytes:
     # ULID SP TOPIC SP PAYLOAD -> ULID SP PAYLOAD; malformed lines unchanged.
+    if len(block) >= payloads.MIN_BLOCK:
+        cut = payloads.fixed_width(block, keep_ulid=True)
+        if cut is not None:
+            return cut
     lines = block.split(b"\n")
     lines.pop()  # block ends with LF
     return b"\n".join([ln[:27] + ln[i + 1 :] if ln[26:27] == b" " and (i := ln.find(b" ", 27)) > 0 else ln
@@ -115,9 +124,15 @@ def _strip_topic_lines(block: bytes) -> bytes:
 
 
 def _payload_lines(block: bytes) -> bytes:
-    # ULID SP TOPIC SP PAYLOAD -> PAYLOAD.  One findall over the block is the
-    # fast path; if some line does not have the record shape (count differs),
-    # redo the block line by line, leaving malformed lines unchanged.
+    # ULID SP TOPIC SP PAYLOAD -> PAYLOAD.  A big block whose headers all
+    # have one length is cut in vectorised passes (oklog.payloads); else one
+    # findall over the block; if some line does not have the record shape
+    # (count differs), redo the block line by line, leaving malformed lines
+    # unchanged.
+    if len(block) >= payloads.MIN_BLOCK:
+        cut = payloads.fixed_width(block)
+        if cut is not None:
+            return cut
     found = _PAYLOAD.findall(block)
     if len(found) == block.count(b"\n"):
         return b"".join(found)
@@ -333,11 +348,19 @@ async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verb
         _print_stats(resp, time.monotonic() - begin, err)
     else:
         stripper = RecordStripper(with_ulid)
+        held: list[bytes] = []
+        size = 0
         try:
             async for chunk in resp.aiter_bytes():
-                data = stripper.feed(chunk)
-                if data:
-                    out.write(data)
+                held.append(chunk)
+                size += len(chunk)
+                if size >= BLOCK or len(chunk) < SHORT_READ:
+                    data = stripper.feed(held[0] if len(held) == 1 else b"".join(held))
+                    held, size = [], 0
+                    if data:
+                        out.write(data)
+            if held:
+                out.write(stripper.feed(b"".join(held)))
             out.write(stripper.finish())
             out.flush()
         except BrokenPipeError:
