@@ -153,9 +153,6 @@ class _HypercornConfig(hypercorn.config.Config):
 async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
                     tls: ssl.SSLContext | None = None,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    from .bodysend import install  # installed by an API server only (routers tested alone keep hypercorn as is)
-
-    install()  # big bodies to the socket without hypercorn's extra copy
     # hypercorn adopts (and later closes) these file descriptors: detach them.
     config = _HypercornConfig()
     config.tls = tls  # fd:// binds are served with TLS when this is set
