@@ -264,6 +264,11 @@ def forward(
                                   help="client certificate (PEM) for ingesters run with -ingest.tls-ca"),
     key_file: str = typer.Option("", "-key-file", "--key-file", metavar="FILE",
                                  help="private key (PEM) of -cert-file"),
+    verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
+                                 help="log a one-line status (sent, rate, buffered, dropped, target) "
+                                      "every -status-interval"),
+    status_interval: str = typer.Option("10s", "-status-interval", "--status-interval",
+                                        metavar="DURATION", help="how often -v logs its status line"),
     debug: bool = DEBUG,
 ) -> None:
     from pathlib import Path
@@ -285,7 +290,8 @@ def forward(
             fail(str(exc))
     values: dict[str, Any] = {}
     for name, parse, text in (("bulk.size", parse_size, bulk_size), ("bulk.age", parse_seconds, bulk_age),
-                              ("bulk.timeout", parse_seconds, bulk_timeout)):
+                              ("bulk.timeout", parse_seconds, bulk_timeout),
+                              ("status-interval", parse_seconds, status_interval)):
         try:
             values[name] = parse(text)
         except OklogError as exc:
@@ -293,7 +299,8 @@ def forward(
     size, age, timeout = values["bulk.size"], values["bulk.age"], values["bulk.timeout"]
     run_or_fail(lambda: trio.run(lambda: run_forward(
         list(ingesters), 0, prefixes=list(prefix or []), durable=durable, bulk=bulk,
-        buffer_size=buffer, drop=drop, tls=tls, bulk_size=size, bulk_age=age, bulk_timeout=timeout)))
+        buffer_size=buffer, drop=drop, tls=tls, bulk_size=size, bulk_age=age, bulk_timeout=timeout,
+        status_interval=(values["status-interval"] or None) if verbose else None)))
 
 
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")

@@ -59,6 +59,7 @@ after the end of its peer's data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -615,6 +616,7 @@ async def forward(
     bulk_size: int = 4 << 20,
     bulk_age: float = 1.0,
     bulk_timeout: float = 120.0,
+    status_interval: float | None = None,
 ) -> None:
     """Forward every line read from ``source_fd`` to the ingesters ``targets``.
 
@@ -646,6 +648,9 @@ async def forward(
       and sent again (to the next ingester, after the backoff) on ``ERR``,
       a broken connection or no reply within ``bulk_timeout`` seconds.
       Returns only once every segment is acknowledged.
+    - ``status_interval``: log a one-line status (``event=status``: lines
+      sent and their rate, buffered, dropped, unconfirmed, the current
+      target) every this many seconds (``-v``).
     """
     if bulk and durable:
         raise ConfigError("choose one of durable and bulk")
@@ -687,6 +692,8 @@ async def forward(
             sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
                              close_timeout, tls)
         nursery.start_soon(reader.run, source)
+        if status_interval:
+            nursery.start_soon(_report_status, stats, buf, sender, status_interval)
         await sender.run(buf)
         nursery.cancel_scope.cancel()  # connection watchers
     if bulk:
@@ -699,6 +706,29 @@ async def forward(
     done(_kv(event="done", lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
              lines_dropped=stats.lines_dropped, lines_unconfirmed=stats.lines_unconfirmed,
              reconnects=stats.reconnects))
+
+
+def status_fields(before: ForwardStats, now: ForwardStats, seconds: float, buffered: int,
+                  target: str | None) -> dict[str, object]:
+    """One periodic status line (``-v``): totals, the send rate since the
+    last line, what waits in the buffer, and where lines go now."""
+    rate = (now.lines_sent - before.lines_sent) / seconds if seconds > 0 else 0.0
+    return {"event": "status", "target": target or "none", "lines_sent": now.lines_sent,
+            "lines_per_s": f"{rate:.0f}", "bytes_sent": now.bytes_sent, "buffered_lines": buffered,
+            "lines_dropped": now.lines_dropped, "lines_unconfirmed": now.lines_unconfirmed,
+            "reconnects": now.reconnects}
+
+
+async def _report_status(stats: ForwardStats, buf: _Buffer, sender: "_Sender", interval: float) -> None:
+    """Log ``status_fields`` every ``interval`` seconds until cancelled."""
+    before, last = dataclasses.replace(stats), trio.current_time()
+    while True:
+        await trio.sleep(interval)
+        now = trio.current_time()
+        conn = sender.conn
+        log.info(_kv(**status_fields(before, stats, now - last, buf.lines,
+                                     conn.endpoint.label if conn is not None else None)))
+        before, last = dataclasses.replace(stats), now
 
 
 def _prefix_bytes(prefixes: Sequence[str | bytes]) -> bytes:
