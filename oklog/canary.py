@@ -60,6 +60,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from oklog import timespec
 from oklog.addr import api_url, parse_addr
 from oklog.canarybook import CanaryBook
+from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
 from oklog.records.format import TOPIC_RE
 
@@ -431,6 +432,7 @@ async def run_canary(
     metrics: CanaryMetrics | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
+    conf: ClientConf | None = None,
 ) -> CanaryBook:
     """Run the canary (see the module docstring); returns its book, whose
     ``ok()`` is the verdict.  Status lines and the summary go to ``err``.
@@ -447,7 +449,7 @@ async def run_canary(
     print(f"canary run={cfg.run_id} ingest={cfg.ingest} store={api_url(cfg.store)} "
           f"rate={cfg.rate:g}/s max_wait={cfg.max_wait:g}s", file=err, flush=True)
     try:
-        async with httpx.AsyncClient(timeout=timeouts, transport=transport) as client, \
+        async with (conf or ClientConf()).async_client(timeout=timeouts, transport=transport) as client, \
                 trio.open_nursery() as nursery:
             writer = _Writer(cfg, book, metrics, nursery, clock)
             checker = _Checker(cfg, book, metrics, client, clock)

@@ -156,6 +156,29 @@ def fail(message: str) -> None:
 
 DEBUG = typer.Option(False, "-debug", "--debug", help="log debug messages too")
 
+# Every client command of the HTTP API takes these four (docs/security.md) and
+# passes client_conf(...) on: oklog.clientconf.ClientConf builds its httpx client.
+TOKEN_FILE = typer.Option("", "-token-file", "--token-file", metavar="FILE",
+                          help="send the token in FILE (first line) as Authorization: Bearer, "
+                               "for nodes run with -api.token-file")
+CA_FILE = typer.Option("", "-ca-file", "--ca-file", metavar="FILE",
+                       help="CA bundle to verify an https:// node (default: the system's trust store)")
+CERT_FILE = typer.Option("", "-cert-file", "--cert-file", metavar="FILE",
+                         help="client certificate (PEM), for nodes that require one (-api.tls-ca)")
+KEY_FILE = typer.Option("", "-key-file", "--key-file", metavar="FILE",
+                        help="private key (PEM) of -cert-file")
+
+
+def client_conf(token_file: str, ca_file: str, cert_file: str = "", key_file: str = "") -> Any:
+    """The ``ClientConf`` of a client command's security flags; a bad file
+    is one line on stderr and exit 1."""
+    from .clientconf import ClientConf
+
+    try:
+        return ClientConf.load(token_file, ca_file, cert_file, key_file)
+    except OklogError as exc:
+        fail(str(exc))
+
 
 # --- node modes -------------------------------------------------------------------------------
 
@@ -211,35 +234,79 @@ command("store", "Run a store node: consumes, replicates and answers queries.")(
          "Forward stdin lines to ingest nodes, e.g. ./myservice | oklog forward localhost.\n\n"
          "The fast (default) and durable modes have no acknowledgements: lines written to a "
          "connection that then breaks may be lost, and are reported as lines_unconfirmed. "
-         "The durable port fsyncs what it read before reading more.")
+         "The durable port fsyncs what it read before reading more. "
+         "The bulk mode is lossless end to end: stdin is cut into segments and each is sent "
+         "again until an ingester answers OK, which it does once a store has it replicated.")
 def forward(
     ingesters: List[str] = typer.Argument(
         ..., metavar="ADDR",
-        help="ingester addresses: host, host:port, tcp://, tcp+dns://, tcp+dnssrv://"),
+        help="ingester addresses: host, host:port, tcp://, tls://, tcp+dns://, tcp+dnssrv://"),
     prefix: Optional[List[str]] = typer.Option(None, "-prefix", "--prefix", metavar="TEXT",
                                                help="prefix every line with TEXT (repeatable)"),
     durable: bool = typer.Option(False, "-durable", "--durable",
                                  help="send to the durable port (7652 by default)"),
     bulk: bool = typer.Option(False, "-bulk", "--bulk",
-                              help="bulk mode: not implemented yet (exits with an error)"),
+                              help="send acknowledged segments to the bulk port (7653 by default)"),
+    bulk_size: str = typer.Option("4MiB", "-bulk.size", "--bulk.size", metavar="SIZE",
+                                  help="bulk mode: cut a segment at this many bytes"),
+    bulk_age: str = typer.Option("1s", "-bulk.age", "--bulk.age", metavar="DURATION",
+                                 help="bulk mode: cut a segment this long after its first line"),
+    bulk_timeout: str = typer.Option("2m", "-bulk.timeout", "--bulk.timeout", metavar="DURATION",
+                                     help="bulk mode: send a segment again if no reply came within this long"),
     buffer: int = typer.Option(1024, "-buffer", "--buffer", metavar="LINES",
                                help="lines buffered between stdin and the network"),
     drop: bool = typer.Option(False, "-drop", "--drop",
                               help="drop the oldest buffered lines when full instead of blocking"),
+    ca_file: str = typer.Option("", "-ca-file", "--ca-file", metavar="FILE",
+                                help="CA bundle to verify tls:// ingesters (default: the system's "
+                                     "trust store)"),
+    cert_file: str = typer.Option("", "-cert-file", "--cert-file", metavar="FILE",
+                                  help="client certificate (PEM) for ingesters run with -ingest.tls-ca"),
+    key_file: str = typer.Option("", "-key-file", "--key-file", metavar="FILE",
+                                 help="private key (PEM) of -cert-file"),
+    verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
+                                 help="log a one-line status (sent, rate, buffered, dropped, target) "
+                                      "every -status-interval"),
+    status_interval: str = typer.Option("10s", "-status-interval", "--status-interval",
+                                        metavar="DURATION", help="how often -v logs its status line"),
     debug: bool = DEBUG,
 ) -> None:
+    from pathlib import Path
+
+    from .config import parse_seconds, parse_size
     from .forward import forward as run_forward
+    from .tls import client_context
 
     setup_logging(debug)
+    tls = None
+    if ca_file or cert_file or key_file:
+        if not any(t.lower().startswith("tls://") for t in ingesters):
+            fail("-ca-file, -cert-file and -key-file are for tls:// ingesters "
+                 "(ingesters run with -ingest.tls-cert)")
+        try:
+            tls = client_context(Path(ca_file) if ca_file else None, Path(cert_file) if cert_file else None,
+                                 Path(key_file) if key_file else None, alpn=[])
+        except OklogError as exc:
+            fail(str(exc))
+    values: dict[str, Any] = {}
+    for name, parse, text in (("bulk.size", parse_size, bulk_size), ("bulk.age", parse_seconds, bulk_age),
+                              ("bulk.timeout", parse_seconds, bulk_timeout),
+                              ("status-interval", parse_seconds, status_interval)):
+        try:
+            values[name] = parse(text)
+        except OklogError as exc:
+            fail(f"-{name}: {exc}")
+    size, age, timeout = values["bulk.size"], values["bulk.age"], values["bulk.timeout"]
     run_or_fail(lambda: trio.run(lambda: run_forward(
         list(ingesters), 0, prefixes=list(prefix or []), durable=durable, bulk=bulk,
-        buffer_size=buffer, drop=drop)))
+        buffer_size=buffer, drop=drop, tls=tls, bulk_size=size, bulk_age=age, bulk_timeout=timeout,
+        status_interval=(values["status-interval"] or None) if verbose else None)))
 
 
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")
 def query(
     store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
-                              help="address of any store node"),
+                              help="address of any store node (https://host:port for TLS)"),
     from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
                               help="from: a duration ago (5m, 1h30m, 7d, 1w), an RFC3339 time or a ULID"),
     to: str = typer.Option("now", "-to", "--to", metavar="TIME",
@@ -255,14 +322,83 @@ def query(
                                  help="print the request and response headers"),
     timeout: str = typer.Option("20s", "-timeout", "--timeout", metavar="DURATION",
                                 help="give up if the store has not started answering after this long"),
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
 ) -> None:
     from .querycli import run_query
 
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
     code = run_query(store, from_=from_, to=to, q=os.fsencode(q), regex=regex, stats=stats,
-                     with_ulid=ulid, verbose=verbose, topic=topic, timeout=timeout)
+                     with_ulid=ulid, verbose=verbose, topic=topic, timeout=timeout, conf=conf)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `oklog query ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(code)
+
+
+@command("repair", "Re-replicate under-replicated records, step by step: oklog repair -from 30d -step 1h",
+         "Walk a time range step by step and copy every record found on fewer store nodes than "
+         "the replication factor to nodes that lack it. Cron-able: safe to run repeatedly and "
+         "concurrently (at worst an extra copy). A healthy step moves only ULIDs. Exits 1 if the "
+         "store cannot be reached or any step failed.")
+def repair(
+    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                              help="address of any store node (it does the work)"),
+    from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
+                              help="from: a duration ago (30d, 1h), an RFC3339 time or a ULID"),
+    to: str = typer.Option("now", "-to", "--to", metavar="TIME",
+                           help="to: now, a duration ago, an RFC3339 time or a ULID"),
+    step: str = typer.Option("1h", "-step", "--step", metavar="DURATION",
+                             help="check this much time per request"),
+    dry_run: bool = typer.Option(False, "-dry-run", "--dry-run",
+                                 help="count under-replicated records, copy nothing"),
+    timeout: str = typer.Option("10m", "-timeout", "--timeout", metavar="DURATION",
+                                help="give up on a step that has not answered after this long"),
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
+) -> None:
+    from .repaircli import run_repair
+
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
+    raise typer.Exit(run_repair(store, from_=from_, to=to, step=step, dry_run=dry_run,
+                                timeout=timeout, conf=conf))
+@command("stream", "Print matching records as they are stored: oklog stream -q ERROR",
+         "Print matching records as the store tier writes them, until interrupted "
+         "(e.g. oklog stream -q ERROR). Records appear about as soon as they become "
+         "queryable (under a second on an idle cluster); copies from the replicas are "
+         "de-duplicated within -window. A client too slow to keep up loses the oldest "
+         "records and is told so on stderr; a lost connection is opened again.")
+def stream(
+    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                              help="address of any store node"),
+    q: str = typer.Option("", "-q", "--q", metavar="TEXT",
+                          help="what to find in records (any bytes; empty matches all)"),
+    regex: bool = typer.Option(False, "-regex", "--regex", help="q is a regular expression"),
+    topic: Optional[str] = typer.Option(None, "-topic", "--topic", metavar="TOPIC",
+                                        help="only records of this topic"),
+    window: str = typer.Option("3s", "-window", "--window", metavar="DURATION",
+                               help="de-duplication window (0 turns it off)"),
+    ulid: bool = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID"),
+    verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
+                                 help="print the request and every reconnection attempt"),
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
+) -> None:
+    from .streamcli import run_stream
+
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
+    code = run_stream(store, q=os.fsencode(q), regex=regex, topic=topic, window=window,
+                      with_ulid=ulid, verbose=verbose, conf=conf)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise typer.Exit(code)
 
@@ -317,6 +453,10 @@ def canary(
     metrics_addr: Optional[str] = typer.Option(None, "-metrics-addr", "--metrics-addr", metavar="ADDR",
                                                help="serve oklog_canary_* metrics at http://ADDR/metrics"),
     debug: bool = DEBUG,
+    token_file: str = TOKEN_FILE,
+    ca_file: str = CA_FILE,
+    cert_file: str = CERT_FILE,
+    key_file: str = KEY_FILE,
 ) -> None:
     from .canary import CanaryConfig, run_canary
     from .timespec import parse_duration
@@ -335,7 +475,8 @@ def canary(
                        query_interval=seconds["-query-interval"],
                        report_interval=seconds["-report-interval"], metrics_addr=metrics_addr)
     ok: list[bool] = []
-    run_or_fail(lambda: ok.append(trio.run(lambda: run_canary(cfg, handle_signals=True)).ok()))
+    conf = client_conf(token_file, ca_file, cert_file, key_file)
+    run_or_fail(lambda: ok.append(trio.run(lambda: run_canary(cfg, handle_signals=True, conf=conf)).ok()))
     raise typer.Exit(0 if ok and ok[0] else 1)
 
 

@@ -75,6 +75,10 @@ def _optional(s: str) -> str | None:
     return s or None
 
 
+def _optional_path(s: str) -> Path | None:
+    return Path(s) if s else None
+
+
 def _serf_mode(s: str) -> bool | None:
     modes = {"auto": None, "on": True, "off": False}
     if s not in modes:
@@ -89,6 +93,18 @@ def _record_size(s: str) -> int:
     return size
 
 
+def _topic_mode(s: str) -> str:
+    if s not in ("static", "dynamic"):
+        raise ConfigError(f"invalid value {s!r}: want static or dynamic")
+    return s
+
+
+def _topic(s: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_-]*", s, re.ASCII):
+        raise ConfigError(f"invalid topic {s!r}: want [a-zA-Z0-9][a-zA-Z0-9_-]*")
+    return s
+
+
 def _compression(s: str) -> str:
     if s not in ("zstd", "none"):
         raise ConfigError(f"invalid value {s!r}: want zstd or none")
@@ -100,6 +116,13 @@ def _block_size(s: str) -> int:
     if not 4096 <= size <= 64 << 20:
         raise ConfigError(f"{s!r}: must be between 4KiB and 64MiB")
     return size
+
+
+def _budget(s: str | int) -> int:
+    """A disk budget: a size, or ``off`` (0)."""
+    if isinstance(s, str) and s.strip().lower() in ("", "off", "none"):
+        return 0
+    return parse_size(s)
 
 
 def _number(s: str | int, least: int) -> int:
@@ -118,6 +141,13 @@ def _count(s: str | int) -> int:
 
 def _positive(s: str | int) -> int:
     return _number(s, 1)
+
+
+def _bulk_size(s: str) -> int:
+    size = parse_size(s)
+    if size < 1:
+        raise ConfigError(f"{s!r}: must be at least 1 byte")
+    return size
 
 
 # --- the settings ------------------------------------------------------------------------
@@ -178,8 +208,15 @@ class NodeConfig:
                                   metavar="ADDR")
     ingest_bulk: str = setting(
         "ingest.bulk", "tcp://0.0.0.0:7653",
-        "listen address for bulk segment writes (accepted for OK Log compatibility; "
-        "bulk ingest is not implemented yet, nothing listens)", ("ingest",), metavar="ADDR")
+        "listen address for bulk writes: one upload becomes one segment, answered OK once a "
+        "store committed it (replicated)", ("ingest",), metavar="ADDR")
+    ingest_bulk_timeout: float = setting(
+        "ingest.bulk-timeout", "1m",
+        "answer a bulk upload ERR if no store commits it within this long (it is still stored)",
+        ("ingest",), parse=parse_seconds, metavar="DURATION")
+    ingest_bulk_max_size: int = setting(
+        "ingest.bulk-max-size", "128MiB", "refuse (ERR) bulk uploads larger than this",
+        ("ingest",), parse=_bulk_size, metavar="SIZE")
     ingest_path: Path = setting("ingest.path", "data/ingest", "directory for ingest segments",
                                 ("ingest",), parse=Path, metavar="DIR")
     ingest_flush_size: int = setting("ingest.segment-flush-size", "16MiB",
@@ -200,6 +237,14 @@ class NodeConfig:
     ingest_max_record_size: int = setting(
         "ingest.max-record-size", "1MiB", "longer records are rejected and counted (at most 64MiB)",
         ("ingest",), parse=_record_size, metavar="SIZE")
+    ingest_topic_mode: str = setting(
+        "ingest.topic-mode", "static",
+        "static: every record gets -ingest.topic; dynamic: each line is TOPIC SP PAYLOAD "
+        "(lines without a valid topic are rejected and counted)", ("ingest",),
+        parse=_topic_mode, metavar="static|dynamic")
+    ingest_topic: str = setting(
+        "ingest.topic", "default", "the topic of every record in static topic mode", ("ingest",),
+        parse=_topic, metavar="TOPIC")
     store_path: Path = setting("store.path", "data/store", "directory for store segments",
                                ("store",), parse=Path, metavar="DIR")
     store_consumers: int = setting("store.segment-consumers", 1, "concurrent segment consumers",
@@ -210,6 +255,21 @@ class NodeConfig:
     store_target_age: float = setting("store.segment-target-age", "3s",
                                       "gather segments for at most this long", ("store",),
                                       parse=parse_seconds, metavar="DURATION")
+    store_retain: float = setting(
+        "store.segment-retain", "7d",
+        "trash segments whose newest record is older than this (3s, 1h, 7d; 0: keep forever)", ("store",),
+        parse=parse_seconds, metavar="DURATION")
+    store_retain_size: int = setting(
+        "store.segment-retain-size", "off",
+        "disk budget for segments (500MB, 2GiB): trash the oldest beyond it (off: no budget)",
+        ("store",), parse=_budget, metavar="SIZE")
+    store_purge: float = setting(
+        "store.segment-purge", "24h", "remove trashed segments after this long", ("store",),
+        parse=parse_seconds, metavar="DURATION")
+    store_compaction_interval: float = setting(
+        "store.compaction-interval", "1s",
+        "run at most one compaction job this often (0: never compact; retention still runs)",
+        ("store",), parse=parse_seconds, metavar="DURATION")
     store_replication_factor: int = setting(
         "store.segment-replication-factor", 2,
         "copies of each record across distinct store nodes (a lone node needs 1)", ("store",),
@@ -226,6 +286,51 @@ class NodeConfig:
         "store.scan-workers", 2,
         "query scan worker processes, at a lower CPU priority (0: threads of the node)",
         ("store",), parse=_count, kind=int, metavar="N")
+    store_repair_grace: float = setting(
+        "store.repair-grace", "5s",
+        "read repair and oklog repair leave records younger than this alone (they may still be "
+        "on their way to their replicas)", ("store",), parse=parse_seconds, metavar="DURATION")
+    store_read_repair_buffer: int = setting(
+        "store.read-repair-buffer", "8MiB",
+        "under-replicated records one query keeps in memory for read repair; past that, read "
+        "repair fetches them from their holders (0: no read repair on queries)", ("store",),
+        parse=parse_size, metavar="SIZE")
+
+    # --- security (docs/security.md; files are read and checked at start by oklog.security)
+    api_token_file: Path | None = setting(
+        "api.token-file", "",
+        "require Authorization: Bearer <first line of FILE> on every API call except "
+        "/health, /healthz, /readyz (and /metrics with -api.metrics-public); "
+        "this node sends it to its peers", parse=_optional_path, metavar="FILE")
+    api_metrics_public: bool = setting(
+        "api.metrics-public", False, "serve /metrics without the token", parse=bool, kind=bool)
+    api_tls_cert: Path | None = setting(
+        "api.tls-cert", "", "serve the API over HTTPS with this certificate (PEM: it, then its chain); "
+        "also this node's client certificate toward its peers", parse=_optional_path, metavar="FILE")
+    api_tls_key: Path | None = setting(
+        "api.tls-key", "", "private key (PEM) of -api.tls-cert", parse=_optional_path, metavar="FILE")
+    api_tls_ca: Path | None = setting(
+        "api.tls-ca", "",
+        "require API clients (and peers) to present a certificate signed by this CA (mTLS)",
+        parse=_optional_path, metavar="FILE")
+    ca_file: Path | None = setting(
+        "ca-file", "", "CA bundle to verify the HTTPS APIs of other nodes "
+        "(default: -api.tls-ca if given, else the system's trust store)",
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_cert: Path | None = setting(
+        "ingest.tls-cert", "", "forwarders must connect with TLS (oklog forward tls://host:port) "
+        "to the ingest ports; this certificate (PEM; may be -api.tls-cert's)", ("ingest",),
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_key: Path | None = setting(
+        "ingest.tls-key", "", "private key (PEM) of -ingest.tls-cert", ("ingest",),
+        parse=_optional_path, metavar="FILE")
+    ingest_tls_ca: Path | None = setting(
+        "ingest.tls-ca", "", "forwarders must present a certificate signed by this CA",
+        ("ingest",), parse=_optional_path, metavar="FILE")
+    cluster_key_file: Path | None = setting(
+        "cluster.key-file", "",
+        "encrypt gossip with the base64 16/24/32-byte key in FILE (`serf keygen`); "
+        "every node of the cluster needs the same key", parse=_optional_path, metavar="FILE")
 
     @property
     def roles(self) -> tuple[str, ...]:

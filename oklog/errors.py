@@ -62,6 +62,12 @@ class SegmentNotRead(ClientError):
     status_hint = 428
 
 
+class UploadTooLarge(ClientError):
+    """A bulk upload went beyond ``-ingest.bulk-max-size``: nothing of it is kept."""
+
+    status_hint = 413
+
+
 class IllegalTransition(OklogError):
     """A lifecycle state machine was asked for a move it does not allow.
 

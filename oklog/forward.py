@@ -41,16 +41,30 @@ confirms that the ingester got what was written.  Lines written to a
 connection that breaks or does not close cleanly may be lost; they are
 counted as ``lines_unconfirmed`` (and logged at the failover) rather than
 passed off as delivered, and the batch in flight when a write fails is
-sent again to the next ingester.  Bulk mode (not built yet) is the
-acknowledged, lossless one.
+sent again to the next ingester.  Bulk mode (``oklog.forwardbulk``) is the
+acknowledged, lossless one: it reuses the reader, the buffer and the
+failover of this module, and sends segments that a store must commit
+before the ingester answers ``OK``.
+
+``tls://host:port`` targets speak TLS to ingesters run with
+``-ingest.tls-cert`` (the server certificate is verified against
+``-ca-file`` or the system's trust store; ``-cert-file``/``-key-file`` for
+``-ingest.tls-ca``).  TLS has no half-close, so "done" is a TCP FIN under
+the TLS session on both sides (``https_compatible`` streams): the same
+confirmation as plain TCP, no weaker.  Bulk mode over TLS ends its upload
+the same way.  Bulk mode does not work over TLS (yet): an upload ends with
+a half-close and is answered after it, and a TLS stream cannot go on
+after the end of its peer's data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 import socket
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +74,8 @@ import trio
 from oklog.addr import join_host_port, split_addr
 from oklog.errors import ConfigError
 from oklog.lines import LineSplitter
+from oklog.tls import client_context
+from oklog.tls import describe as describe_tls
 
 __all__ = [
     "DEFAULT_FAST_PORT",
@@ -83,7 +99,9 @@ _BATCH_BYTES = 1024 * 1024  # at most this much per send_all (unless one block i
 _MAX_BUFFER_BYTES = 16 * 1024 * 1024  # byte bound of the buffer, besides buffer_size lines
 _DROP_LOG_INTERVAL = 1.0  # seconds between "dropped" log lines
 
-_SCHEMES = {"tcp": "tcp", "tcp+dns": "tcp+dns", "tcp+dnsip": "tcp+dns", "tcp+dnssrv": "tcp+dnssrv"}
+_SCHEMES = {"tcp": "tcp", "tcp+dns": "tcp+dns", "tcp+dnsip": "tcp+dns", "tcp+dnssrv": "tcp+dnssrv",
+            "tls": "tls"}
+_STATIC = ("tcp", "tls")  # one target is one address
 
 # Where the rotation starts; tests replace it with a seeded Random.
 _rng = random.Random()
@@ -100,6 +118,10 @@ class ForwardStats:
     #: possibly lost (the line protocol has no acknowledgements)
     lines_unconfirmed: int = 0
     reconnects: int = 0  #: failed connects + broken connections (each moves on to the next target)
+    # bulk mode (lines_sent and bytes_sent then count acknowledged segments only)
+    segments_acked: int = 0  #: segments an ingester answered OK (committed by a store)
+    resends: int = 0  #: segment uploads that failed (ERR, timeout, broken) and were sent again
+    lines_rejected: int = 0  #: lines an ingester left out of an acknowledged segment (too long)
 
 
 @dataclass(frozen=True)
@@ -124,13 +146,14 @@ class Target:
 
 
 def parse_target(s: str, default_port: int = DEFAULT_FAST_PORT) -> Target:
-    """Parse ``host``, ``host:port``, ``tcp://host:port``,
+    """Parse ``host``, ``host:port``, ``tcp://host:port``, ``tls://host:port``,
     ``tcp+dns://host:port`` or ``tcp+dnssrv://name[:port]``."""
     scheme, host, port = split_addr(s)
     scheme = scheme or "tcp"
     if scheme not in _SCHEMES:
         raise ConfigError(
-            f"{s!r}: unsupported scheme {scheme!r} (use host:port, tcp://, tcp+dns:// or tcp+dnssrv://)"
+            f"{s!r}: unsupported scheme {scheme!r} "
+            "(use host:port, tcp://, tls://, tcp+dns:// or tcp+dnssrv://)"
         )
     scheme = _SCHEMES[scheme]
     if not host:
@@ -347,10 +370,11 @@ class _Endpoint:
     label: str
     host: str
     port: int
+    tls: bool = False
 
 
 class _Conn:
-    def __init__(self, endpoint: _Endpoint, stream: trio.SocketStream) -> None:
+    def __init__(self, endpoint: _Endpoint, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         self.endpoint = endpoint
         self.stream = stream
         self.dead: str | None = None  # why the ingester side is gone, if it is
@@ -370,11 +394,18 @@ class _Conn:
 
     async def aclose(self) -> None:
         self.scope.cancel()
+        if isinstance(self.stream, trio.SSLStream):
+            # no close_notify: it could block on a peer that stopped reading
+            await trio.aclose_forcefully(self.stream)
+            return
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
 
 
 class _Sender:
+    connect_log_level = logging.INFO
+    watch_connections = True  #: a task per connection notices the ingester closing it
+
     def __init__(
         self,
         targets: list[Target],
@@ -384,8 +415,10 @@ class _Sender:
         backoff_max: float,
         connect_timeout: float,
         close_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.targets = targets
+        self.tls = tls
         self.nursery = nursery
         self.stats = stats
         self.backoff_initial = backoff_initial
@@ -440,7 +473,10 @@ class _Sender:
             self._unconfirmed(conn, "close", conn.dead or "closed by ingester")
             return
         try:
-            await conn.stream.send_eof()
+            if isinstance(conn.stream, trio.SSLStream):  # no half-close in TLS: FIN beneath it
+                await conn.stream.transport_stream.send_eof()
+            else:
+                await conn.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._unconfirmed(conn, "close", e)
             return
@@ -497,22 +533,38 @@ class _Sender:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
             except OSError:
                 pass
-            self.conn = _Conn(ep, stream)
-            self.nursery.start_soon(self.conn.watch)
-            log.info(_kv(event="connect", target=ep.label))
+            conn_stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
+            if ep.tls:
+                assert self.tls is not None
+                conn_stream = trio.SSLStream(stream, self.tls, server_hostname=ep.host,
+                                             https_compatible=True)
+                try:
+                    with trio.fail_after(self.connect_timeout):
+                        await conn_stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError) as e:
+                    await trio.aclose_forcefully(stream)
+                    reason = describe_tls(e) or ("TLS handshake timed out" if isinstance(
+                        e, trio.TooSlowError) else f"TLS handshake failed: {e} (an ingester run with "
+                        "-ingest.tls-ca refuses forwarders without an accepted -cert-file/-key-file)")
+                    await self._fail("connect", ep, reason)
+                    continue
+            self.conn = _Conn(ep, conn_stream)
+            if self.watch_connections:
+                self.nursery.start_soon(self.conn.watch)
+            log.log(self.connect_log_level, _kv(event="connect", target=ep.label))
             return
 
     async def _resolve(self) -> None:
         first = not self.resolved
-        static = all(t.scheme == "tcp" for t in self.targets)
+        static = all(t.scheme in _STATIC for t in self.targets)
         if static and not first:
             self.index = 0
             return
         endpoints: list[_Endpoint] = []
         for t in self.targets:
-            if t.scheme == "tcp":
+            if t.scheme in _STATIC:
                 assert t.port is not None
-                endpoints.append(_Endpoint(str(t), t.host, t.port))
+                endpoints.append(_Endpoint(str(t), t.host, t.port, tls=t.scheme == "tls"))
             elif t.scheme == "tcp+dns":
                 assert t.port is not None
                 try:
@@ -560,6 +612,11 @@ async def forward(
     max_line_size: int = 16 * 1024 * 1024,
     connect_timeout: float = 5.0,
     close_timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
+    bulk_size: int = 4 << 20,
+    bulk_age: float = 1.0,
+    bulk_timeout: float = 120.0,
+    status_interval: float | None = None,
 ) -> None:
     """Forward every line read from ``source_fd`` to the ingesters ``targets``.
 
@@ -583,17 +640,37 @@ async def forward(
     - ``backoff_initial``/``backoff_max``: delay after each failure before
       trying the next target, doubling, reset by a successful send.
     - ``max_line_size``: longer lines are dropped and counted.
-    - ``bulk=True`` is not implemented yet (ConfigError).
+    - ``tls``: the client context for ``tls://`` targets (default: the
+      system's trust store, no client certificate).
+    - ``bulk=True``: send segments to the bulk port (7653 by default) and
+      wait for each one's ``OK`` (``oklog.forwardbulk``): a segment is cut
+      at ``bulk_size`` bytes or ``bulk_age`` seconds after its first line,
+      and sent again (to the next ingester, after the backoff) on ``ERR``,
+      a broken connection or no reply within ``bulk_timeout`` seconds.
+      Returns only once every segment is acknowledged.
+    - ``status_interval``: log a one-line status (``event=status``: lines
+      sent and their rate, buffered, dropped, unconfirmed, the current
+      target) every this many seconds (``-v``).
     """
-    if bulk:
-        raise ConfigError("bulk forwarding is not implemented yet")
+    if bulk and durable:
+        raise ConfigError("choose one of durable and bulk")
+    if bulk and (bulk_size < 1 or bulk_age <= 0 or bulk_timeout <= 0):
+        raise ConfigError("bulk size, age and timeout must be positive")
     if buffer_size < 1:
         raise ConfigError(f"buffer size must be at least 1 line, not {buffer_size}")
     if max_line_size < 1:
         raise ConfigError(f"max line size must be positive, not {max_line_size}")
     if backoff_initial <= 0 or backoff_max < backoff_initial:
         raise ConfigError("backoff must satisfy 0 < initial <= max")
-    parsed = parse_targets(targets, DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT)
+    default_port = DEFAULT_BULK_PORT if bulk else DEFAULT_DURABLE_PORT if durable else DEFAULT_FAST_PORT
+    parsed = parse_targets(targets, default_port)
+    if bulk and any(t.scheme == "tls" for t in parsed):
+        # a bulk upload ends with a half-close and is then answered; TLS (as
+        # trio implements it) cannot read on after the peer's end
+        raise ConfigError("-bulk does not work over tls:// yet; use the line ports over TLS "
+                          "(-durable for fsynced writes), or -bulk without TLS")
+    if tls is None and any(t.scheme == "tls" for t in parsed):
+        tls = client_context(alpn=[])
     prefix = _prefix_bytes(prefixes)
     if stats is None:
         stats = ForwardStats()
@@ -605,14 +682,53 @@ async def forward(
     except OSError as e:
         raise ConfigError(f"cannot read from file descriptor {source_fd}: {e.strerror or e}") from None
     async with trio.open_nursery() as nursery:
-        sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout, close_timeout)
+        sender: _Sender
+        if bulk:
+            from .forwardbulk import BulkSender
+
+            sender = BulkSender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
+                                size=bulk_size, age=bulk_age, ack_timeout=bulk_timeout, tls=tls)
+        else:
+            sender = _Sender(parsed, nursery, stats, backoff_initial, backoff_max, connect_timeout,
+                             close_timeout, tls)
         nursery.start_soon(reader.run, source)
+        if status_interval:
+            nursery.start_soon(_report_status, stats, buf, sender, status_interval)
         await sender.run(buf)
         nursery.cancel_scope.cancel()  # connection watchers
+    if bulk:
+        log.info(_kv(event="done", mode="bulk", segments_acked=stats.segments_acked,
+                     lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
+                     lines_rejected=stats.lines_rejected, lines_dropped=stats.lines_dropped,
+                     resends=stats.resends, reconnects=stats.reconnects))
+        return
     done = log.warning if stats.lines_unconfirmed else log.info
     done(_kv(event="done", lines_sent=stats.lines_sent, bytes_sent=stats.bytes_sent,
              lines_dropped=stats.lines_dropped, lines_unconfirmed=stats.lines_unconfirmed,
              reconnects=stats.reconnects))
+
+
+def status_fields(before: ForwardStats, now: ForwardStats, seconds: float, buffered: int,
+                  target: str | None) -> dict[str, object]:
+    """One periodic status line (``-v``): totals, the send rate since the
+    last line, what waits in the buffer, and where lines go now."""
+    rate = (now.lines_sent - before.lines_sent) / seconds if seconds > 0 else 0.0
+    return {"event": "status", "target": target or "none", "lines_sent": now.lines_sent,
+            "lines_per_s": f"{rate:.0f}", "bytes_sent": now.bytes_sent, "buffered_lines": buffered,
+            "lines_dropped": now.lines_dropped, "lines_unconfirmed": now.lines_unconfirmed,
+            "reconnects": now.reconnects}
+
+
+async def _report_status(stats: ForwardStats, buf: _Buffer, sender: "_Sender", interval: float) -> None:
+    """Log ``status_fields`` every ``interval`` seconds until cancelled."""
+    before, last = dataclasses.replace(stats), trio.current_time()
+    while True:
+        await trio.sleep(interval)
+        now = trio.current_time()
+        conn = sender.conn
+        log.info(_kv(**status_fields(before, stats, now - last, buf.lines,
+                                     conn.endpoint.label if conn is not None else None)))
+        before, last = dataclasses.replace(stats), now
 
 
 def _prefix_bytes(prefixes: Sequence[str | bytes]) -> bytes:

@@ -12,7 +12,7 @@ This is the API edge: ``OklogError`` subclasses become their
 its traceback and answered with a bare 500.
 
 Middleware is the seam for what every request goes through (metrics and
-timing today; auth and request ids later): a ``Middleware`` takes the next
+timing, and the bearer-token check of ``oklog.auth``): a ``Middleware`` takes the next
 ``Handler`` and returns a handler, and ``Router.use`` stacks them around
 routing and error mapping, so a middleware sees every request -- unknown
 paths included -- and every final status.
@@ -46,6 +46,7 @@ class Request:
     headers: dict[str, str]
     _receive: Callable[[], Awaitable[dict[str, Any]]]
     _body_done: bool = False
+    client: str = ""  # "host:port" of the peer, for logs
 
     @property
     def params(self) -> dict[str, str]:
@@ -143,6 +144,7 @@ class Router:
             raw_query=scope.get("query_string", b""),
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             _receive=receive,
+            client=_client(scope),
         )
         response = await self._app(request)
         await _send(response, request, receive, send)
@@ -191,6 +193,11 @@ def header_value(value: str) -> bytes:
     beyond latin-1 are percent-escaped (headers echo user input such as q)."""
     escaped = _UNSAFE_IN_HEADER.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
     return escaped.encode("latin-1")
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
 
 
 def _one_line(message: str) -> str:

@@ -3,16 +3,20 @@
 Theory of operation: ``run_node`` opens the data directories, binds the API
 socket, plans its cluster membership and mounts every route (ops, ingest,
 store, query) before anything listens, so no peer ever meets a half-built
-node.  It then runs in one nursery: the HTTP API (hypercorn), the fast and
-durable TCP listeners and the flusher (ingest role); the cluster (its own
+node.  It then runs in one nursery: the HTTP API (hypercorn), the fast,
+durable and bulk TCP listeners and the flusher (ingest role); the cluster (its own
 Serf agent, if any, started only now: joining advertises the node); the
-consumers, the segment verifier, the n-gram indexer and the scan workers
-(store role; the workers are processes of their own, which die with the
-node).  Calls the node makes to itself go through ``LocalPeers``, without
-HTTP.  It then waits for SIGINT/SIGTERM and shuts down in order:
+consumers, the segment verifier, the n-gram indexer, read repair's
+background task and the scan workers (store role; the workers are
+processes of their own, which die with the node), and the live-stream
+service (``oklog.stream.fanout``; started before the API serves, stopped
+last, which ends every open stream).  Calls the node makes to itself go
+through ``LocalPeers``, without HTTP.  It then waits for SIGINT/SIGTERM and
+shuts down in order:
 
-1. stop the TCP listeners (closing forwarder connections), flush the
-   active segment;
+1. stop the TCP listeners (closing forwarder connections; a bulk upload
+   still waiting for its commit is answered ``ERR``), flush the active
+   segment;
 2. ingest role: keep serving ``/ingest/*`` until every flushed segment is
    consumed or ``ingest_shutdown_timeout`` passes (a second signal skips
    the wait);
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +44,7 @@ from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
 from .config import NodeConfig
 from .http import Request, Response, Router, json_response, request_metrics, text
 from .ingest.api import ingest_router
+from .ingest.bulk import BulkIngester, serve_bulk
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
 from .listen import check_free, tcp_sockets
@@ -46,10 +52,15 @@ from .localpeers import LocalPeers
 from .peer import Peers, open_peers
 from .query.api import query_router
 from .query.histogram import histogram_router
+from .query.repair import Repairer
 from .query.workers import Scanner
+from .security import NodeSecurity
 from .store.api import store_router
+from .store.compactor import Compactor
 from .store.consume import Consumer
 from .store.log import StoreLog
+from .stream.api import stream_router
+from .stream.fanout import StreamService
 from .ui import ui_router
 from .ulid import Stamper
 
@@ -58,15 +69,15 @@ __all__ = ["NodeConfig", "run_node"]
 log = logging.getLogger("oklog.node")
 
 
-def advertised_api(cfg: NodeConfig, port: int) -> str:
-    """The API URL other nodes use to reach this one."""
+def advertised_api(cfg: NodeConfig, port: int, scheme: str = "http") -> str:
+    """The API URL other nodes use to reach this one (``https`` with TLS)."""
     host, _ = parse_addr(cfg.api, 7650)
     if cfg.cluster_advertise:
         host, _ = parse_addr(cfg.cluster_advertise, 7659)
     elif is_wildcard(host):
         chost, _ = parse_addr(cfg.cluster, 7659)
         host = chost if not is_wildcard(chost) else "0.0.0.0"
-    return f"http://{join_host_port(host, port)}"
+    return f"{scheme}://{join_host_port(host, port)}"
 
 
 def replication_warnings(cfg: NodeConfig, membership: Membership) -> list[str]:
@@ -125,10 +136,27 @@ def ops_router(not_ready: Callable[[], str | None], warnings: Callable[[], list[
     return router
 
 
+class _HypercornConfig(hypercorn.config.Config):
+    """hypercorn's config with an SSL context made by ``oklog.tls`` (checked
+    at start-up, HTTP/1.1 only) instead of one it builds from file names."""
+
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.tls is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls
+
+
 async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
+                    tls: ssl.SSLContext | None = None,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     # hypercorn adopts (and later closes) these file descriptors: detach them.
-    config = hypercorn.config.Config()
+    config = _HypercornConfig()
+    config.tls = tls  # fd:// binds are served with TLS when this is set
+    config.ssl_handshake_timeout = 10.0
     config.bind = [f"fd://{s.detach()}" for s in socks]
     config.accesslog = None
     config.errorlog = logging.getLogger("oklog.http.server")
@@ -138,18 +166,20 @@ async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
     await hypercorn.trio.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
 
 
-def _cluster_config(cfg: NodeConfig, api_port: int) -> ClusterConfig:
+def _cluster_config(cfg: NodeConfig, api_port: int, security: NodeSecurity | None = None) -> ClusterConfig:
+    security = security or NodeSecurity()
     return ClusterConfig(
         bind=_hostport(cfg.cluster, 7659),
         advertise=_hostport(cfg.cluster_advertise, 7659) if cfg.cluster_advertise else None,
         peers=[_hostport(p, 7659) for p in cfg.peers],
         serf_rpc=_hostport(cfg.cluster_serf_rpc, 7373) if cfg.cluster_serf_rpc else None,
-        api_url=advertised_api(cfg, api_port),
+        api_url=advertised_api(cfg, api_port, security.scheme),
         role=cfg.mode,
         # The node's own directory: sibling nodes may share a parent.
         data_dir=Path(cfg.store_path if "store" in cfg.roles else cfg.ingest_path),
         fast=cfg.fast_gossip,
         use_serf=cfg.use_serf,
+        encrypt_key=security.gossip_key,
     )
 
 
@@ -161,6 +191,7 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
     scanner = Scanner(cfg.store_scan_workers)  # starts nothing until asked to
     if stop is None:
         stop = trio.Event()
+    security = NodeSecurity.load(cfg)  # a bad token, certificate or key file stops us here
     try:
         if "ingest" in roles:
             ingest_log = IngestLog(
@@ -178,17 +209,18 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
         api_host, api_port = parse_addr(cfg.api, 7650)
         api_socks = tcp_sockets(api_host, api_port, "-api")
         try:
-            cluster = plan_cluster(_cluster_config(cfg, api_socks[0].getsockname()[1]))
+            cluster = plan_cluster(_cluster_config(cfg, api_socks[0].getsockname()[1], security))
         except BaseException:
             for sock in api_socks:
                 sock.close()
             raise
-        async with open_peers() as http_peers:
+        async with open_peers(conf=security.peer) as http_peers:
             # calls to this node itself skip HTTP (same semantics, half the work)
             peers = LocalPeers(http_peers, cluster.membership.self_url(), ingest=ingest_log, store=store)
             unregister = gauges.register(gauges.StateCollector(ingest_log, store, cluster.membership))
             try:
-                await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status)
+                await _serve(cfg, cluster, api_socks, ingest_log, store, scanner, peers, stop, task_status,
+                             security)
             finally:
                 unregister()
     finally:
@@ -202,7 +234,9 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
 
 async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
                  ingest_log: IngestLog | None, store: StoreLog | None, scanner: Scanner,
-                 peers: Peers, stop: trio.Event, task_status: Any) -> None:
+                 peers: Peers, stop: trio.Event, task_status: Any,
+                 security: NodeSecurity | None = None) -> None:
+    security = security or NodeSecurity()
     membership = cluster.membership
 
     def warnings() -> list[str]:
@@ -226,27 +260,52 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
 
     router = Router()
     router.use(request_metrics(router))
+    if (auth := security.middleware()) is not None:
+        router.use(auth)  # every route, those mounted below and any added later
     router.mount(ops_router(not_ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
+    repairer: Repairer | None = None
+    streams: StreamService | None = None
     if store is not None:
+        repairer = Repairer(membership, peers, rf=cfg.store_replication_factor,
+                            grace=cfg.store_repair_grace, buffer=cfg.store_read_repair_buffer,
+                            store=store, scanner=scanner)
         router.mount(store_router(store, cluster_state))
-        router.mount(query_router(store, membership, peers, warnings, scanner))
+        router.mount(query_router(store, membership, peers, warnings, scanner, repairer))
         router.mount(histogram_router(store, membership, peers, scanner, warnings))
         router.mount(ui_router())
+        streams = StreamService(store.live, membership.stores, membership.self_url(), peers)
+        router.mount(stream_router(store.live, streams))
 
     async with trio.open_nursery() as nursery:
+        streams_scope = trio.CancelScope()
+        if streams is not None:  # live streams: their readers run in this service's nursery
+            await nursery.start(_scoped, streams_scope, streams.run)
         api_stop = trio.Event()
-        binds = await nursery.start(serve_api, router, api_socks, api_stop)
+        binds = await nursery.start(serve_api, router, api_socks, api_stop, security.server_tls)
 
         listen_scopes: list[trio.CancelScope] = []
         flusher_scope = trio.CancelScope()
         if ingest_log is not None:
-            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper())
+            ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper(),
+                                    topic_mode=cfg.ingest_topic_mode, topic=cfg.ingest_topic.encode())
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())
-                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable)
+                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable,
+                                    security.ingest_tls)
+            # the line ports' stamping (their stamper: every ULID strictly increasing; their topic mode)
+            bulk = BulkIngester(ingest_log, stamp_block=ingester.stamp_block,
+                                max_record_size=cfg.ingest_max_record_size,
+                                max_size=cfg.ingest_bulk_max_size, ack_timeout=cfg.ingest_bulk_timeout)
+            if security.ingest_tls is None:
+                host, port = parse_addr(cfg.ingest_bulk, 7653)
+                listen_scopes.append(trio.CancelScope())
+                await nursery.start(_scoped, listen_scopes[-1], serve_bulk, bulk, host, port)
+            else:  # a plain bulk port would let in whom TLS keeps out; bulk has no TLS yet
+                log.warning("event=bulk_disabled reason=ingest_tls (bulk ingest does not work over "
+                            "TLS yet: -ingest.bulk is not opened on a node with -ingest.tls-cert)")
             nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
 
         # Every route is mounted and the listeners are up: now join (and advertise).
@@ -262,7 +321,12 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             nursery.start_soon(_scoped, background[-1], store.run_verifier)
             background.append(trio.CancelScope())
             nursery.start_soon(_scoped, background[-1], store.run_indexer)
+            background.append(trio.CancelScope())  # compaction and retention (oklog.store.compactor)
+            nursery.start_soon(_scoped, background[-1], _compactor(cfg, store).run)
             nursery.start_soon(_start_scanner, scanner)
+            if repairer is not None:
+                background.append(trio.CancelScope())
+                await nursery.start(_scoped, background[-1], repairer.run)
             for _ in range(cfg.store_consumers):
                 consumer = Consumer(
                     store,
@@ -295,7 +359,22 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             scope.cancel()
         cluster_scope.cancel()
         signal_scope.cancel()
+        streams_scope.cancel()  # ends every live stream's body
+        if store is not None:
+            store.live.close()
         api_stop.set()
+
+
+def _compactor(cfg: NodeConfig, store: StoreLog) -> Compactor:
+    return Compactor(
+        store,
+        target_size=cfg.store_target_size,
+        retain=cfg.store_retain or None,  # 0: keep forever
+        retain_size=cfg.store_retain_size,
+        purge=cfg.store_purge,
+        interval=cfg.store_compaction_interval or 1.0,
+        compact=cfg.store_compaction_interval > 0,
+    )
 
 
 async def _start_scanner(scanner: Scanner) -> None:

@@ -26,12 +26,17 @@ from typing import AsyncIterator, BinaryIO, Mapping, Protocol
 import httpx
 import trio
 
+from .clientconf import ClientConf
 from .errors import PeerRejected, PeerUnavailable
+from .tls import describe as describe_tls
 
 log = logging.getLogger("oklog.peer")
 
 SMALL = httpx.Timeout(10.0, connect=5.0)
 STREAM = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
+#: A live stream sends a heartbeat every 10 s: silence for longer than
+#: this means the connection is dead (``oklog.stream.wire.IDLE_TIMEOUT``).
+LIVE = httpx.Timeout(connect=5.0, read=35.0, write=10.0, pool=10.0)
 UPLOAD_CHUNK = 1 << 20
 
 
@@ -80,6 +85,13 @@ class Peers(Protocol):
         """A store's ``/store/_histogram`` answer (its JSON body)."""
         ...
 
+    async def open_stream(self, store: str, raw_query: bytes) -> QueryAnswer:
+        """Open a live stream on a store's ``/store/_stream``; return once
+        its headers arrived.  The body runs until closed (the caller closes
+        it); it has a line at least every ``oklog.stream.wire.HEARTBEAT``
+        seconds."""
+        ...
+
 
 @dataclass
 class QueryResponse:
@@ -91,8 +103,11 @@ class QueryResponse:
     response: httpx.Response
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.response.aiter_raw():
-            yield chunk
+        try:
+            async for chunk in self.response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:  # a body cut off mid-way
+            raise PeerUnavailable(self.peer, _describe(exc)) from exc
 
     async def aclose(self) -> None:
         await self.response.aclose()
@@ -101,8 +116,9 @@ class QueryResponse:
 class HttpPeers:
     """``Peers`` over HTTP, with explicit timeouts (module docstring)."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self.client = client or httpx.AsyncClient(
+    def __init__(self, client: httpx.AsyncClient | None = None, conf: ClientConf | None = None) -> None:
+        # ``conf``: the node's token and TLS settings, sent with every call
+        self.client = client or (conf or ClientConf()).async_client(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
         )
 
@@ -171,12 +187,13 @@ class HttpPeers:
             raise PeerRejected(store, resp.status_code, resp.text[:200])
 
     async def open_query(
-        self, store: str, raw_query: bytes, *, method: str = "GET", path: str = "/store/_query"
+        self, store: str, raw_query: bytes, *, method: str = "GET", path: str = "/store/_query",
+        timeout: httpx.Timeout = STREAM,
     ) -> QueryResponse:
         """Send a query and return once headers arrived; the caller closes it."""
         url = f"{store}{path}?{raw_query.decode('latin-1')}"
         try:
-            request = self.client.build_request(method, url, timeout=STREAM)
+            request = self.client.build_request(method, url, timeout=timeout)
             resp = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise PeerUnavailable(url, _describe(exc)) from exc
@@ -197,6 +214,9 @@ class HttpPeers:
         if resp.status_code != 200:
             raise PeerRejected(store, resp.status_code, resp.text[:200].strip())
         return resp.content
+    async def open_stream(self, store: str, raw_query: bytes) -> QueryResponse:
+        """Open a live stream on ``/store/_stream``; the caller closes it."""
+        return await self.open_query(store, raw_query, path="/store/_stream", timeout=LIVE)
 
 
 async def file_chunks(paths: list[Path]) -> AsyncIterator[bytes]:
@@ -212,12 +232,16 @@ async def file_chunks(paths: list[Path]) -> AsyncIterator[bytes]:
 
 
 def _describe(exc: httpx.HTTPError) -> str:
+    tls = describe_tls(exc)
+    if tls is not None:
+        return f"{type(exc).__name__}: {tls}"
     return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
 
 
 @asynccontextmanager
-async def open_peers(client: httpx.AsyncClient | None = None) -> AsyncIterator[HttpPeers]:
-    peers = HttpPeers(client)
+async def open_peers(client: httpx.AsyncClient | None = None,
+                     conf: ClientConf | None = None) -> AsyncIterator[HttpPeers]:
+    peers = HttpPeers(client, conf)
     try:
         yield peers
     finally:

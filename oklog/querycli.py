@@ -27,9 +27,11 @@ from urllib.parse import quote, quote_from_bytes
 import httpx
 import trio
 
-from oklog import timespec
+from oklog import payloads, timespec
 from oklog.addr import api_url
+from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
+from oklog.tls import describe as describe_tls
 from oklog.lines import LineSplitter
 
 __all__ = ["run_query", "resolve_time", "query_url", "RecordStripper", "human_bytes"]
@@ -40,6 +42,11 @@ __all__ = ["run_query", "resolve_time", "query_url", "RecordStripper", "human_by
 #: between nodes (a rare-term scan may send nothing for a while).
 CONNECT_TIMEOUT = 5.0
 BODY_GAP = 300.0
+#: Body bytes gathered before they are converted and written at once...
+BLOCK = 1 << 20
+#: ...unless a read brings less than this: the store paused (a sparse
+#: answer), so what has come is printed now rather than held back.
+SHORT_READ = 32 << 10
 
 _HEADERS = [
     "X-Oklog-From",
@@ -106,6 +113,10 @@ _PAYLOAD = re.compile(rb"[0-9A-Z]{26} [^ \n]* ([^\n]*\n)")
 
 def _strip_topic_lines(block: bytes) -> bytes:
     # ULID SP TOPIC SP PAYLOAD -> ULID SP PAYLOAD; malformed lines unchanged.
+    if len(block) >= payloads.MIN_BLOCK:
+        cut = payloads.fixed_width(block, keep_ulid=True)
+        if cut is not None:
+            return cut
     lines = block.split(b"\n")
     lines.pop()  # block ends with LF
     return b"\n".join([ln[:27] + ln[i + 1 :] if ln[26:27] == b" " and (i := ln.find(b" ", 27)) > 0 else ln
@@ -113,9 +124,15 @@ def _strip_topic_lines(block: bytes) -> bytes:
 
 
 def _payload_lines(block: bytes) -> bytes:
-    # ULID SP TOPIC SP PAYLOAD -> PAYLOAD.  One findall over the block is the
-    # fast path; if some line does not have the record shape (count differs),
-    # redo the block line by line, leaving malformed lines unchanged.
+    # ULID SP TOPIC SP PAYLOAD -> PAYLOAD.  A big block whose headers all
+    # have one length is cut in vectorised passes (oklog.payloads); else one
+    # findall over the block; if some line does not have the record shape
+    # (count differs), redo the block line by line, leaving malformed lines
+    # unchanged.
+    if len(block) >= payloads.MIN_BLOCK:
+        cut = payloads.fixed_width(block)
+        if cut is not None:
+            return cut
     found = _PAYLOAD.findall(block)
     if len(found) == block.count(b"\n"):
         return b"".join(found)
@@ -198,6 +215,7 @@ def run_query(
     err: TextIO | None = None,
     now: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    conf: ClientConf | None = None,
 ) -> int:
     """Run one query against ``store``; return the process exit code.
 
@@ -207,6 +225,7 @@ def run_query(
     ``timeout`` (a duration or seconds) bounds the wait for the store to
     start answering.  ``now`` (Unix seconds) fixes the clock for relative
     ``from_``/``to``.  ``transport`` is for tests (``httpx.MockTransport``).
+    ``conf`` carries the token and TLS settings (``-token-file``, ``-ca-file``...).
     """
     out = sys.stdout.buffer if out is None else out
     err = sys.stderr if err is None else err
@@ -231,20 +250,36 @@ def run_query(
     if verbose:
         print(f"{request.method} {request.url}", file=err)
     try:
-        return trio.run(_run, request, with_ulid, verbose, out, err, transport)
+        return trio.run(_run, request, with_ulid, verbose, out, err, transport, conf or ClientConf())
     except httpx.ConnectError as e:
         print(f"error: cannot connect to store at {base}: {_connect_reason(e)}", file=err)
+    except httpx.RemoteProtocolError as e:
+        print(f"error: query to {base} failed: {e or type(e).__name__}{_closed_hint(base, conf)}",
+              file=err)
     except trio.TooSlowError:
         print(f"error: store at {base} did not answer within {request.wait:g}s", file=err)
     except httpx.TimeoutException as e:
         print(f"error: store at {base} timed out: {e or type(e).__name__}", file=err)
     except httpx.HTTPError as e:
-        print(f"error: query to {base} failed: {e or type(e).__name__}", file=err)
+        print(f"error: query to {base} failed: {describe_tls(e) or e or type(e).__name__}", file=err)
     return 1
+
+
+def _closed_hint(base: str, conf: ClientConf | None) -> str:
+    """Why a node may close a connection without answering."""
+    if base.startswith("http:"):
+        return " (if the node serves HTTPS, use -store https://...)"
+    if conf is None or conf.cert_file is None:
+        return (" (a node that requires client certificates, -api.tls-ca, closes the connection: "
+                "give -cert-file and -key-file)")
+    return " (the node may not accept our client certificate: is it signed by the node's -api.tls-ca?)"
 
 
 def _connect_reason(exc: BaseException) -> str:
     """The root cause of a failed connect, in a few words."""
+    tls = describe_tls(exc)
+    if tls is not None:
+        return tls
     seen: list[BaseException] = []
     todo = [exc]
     while todo:
@@ -269,10 +304,10 @@ class _Request:
 
 
 async def _run(request: _Request, with_ulid: bool, verbose: bool, out: BinaryIO, err: TextIO,
-               transport: httpx.AsyncBaseTransport | None) -> int:
+               transport: httpx.AsyncBaseTransport | None, conf: ClientConf) -> int:
     timeouts = httpx.Timeout(connect=CONNECT_TIMEOUT, read=BODY_GAP, write=30.0, pool=CONNECT_TIMEOUT)
     begin = time.monotonic()
-    async with httpx.AsyncClient(timeout=timeouts, transport=transport) as client:
+    async with conf.async_client(timeout=timeouts, transport=transport) as client:
         with trio.fail_after(request.wait):
             resp = await client.send(client.build_request(request.method, request.url), stream=True)
         try:
@@ -299,6 +334,10 @@ async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verb
         reason = _first_line(body)
         if status == 400:
             print(f"error: bad query: {reason or 'HTTP 400'}", file=err)
+        elif status == 401:
+            hint = "" if "-token-file" in reason else " (give the cluster's token with -token-file)"
+            print(f"error: store {request.base} answered HTTP 401: {reason or 'unauthorized'}{hint}",
+                  file=err)
         else:
             print(f"error: store {request.base} answered HTTP {status}"
                   + (f": {reason}" if reason else ""), file=err)
@@ -309,11 +348,19 @@ async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verb
         _print_stats(resp, time.monotonic() - begin, err)
     else:
         stripper = RecordStripper(with_ulid)
+        held: list[bytes] = []
+        size = 0
         try:
             async for chunk in resp.aiter_bytes():
-                data = stripper.feed(chunk)
-                if data:
-                    out.write(data)
+                held.append(chunk)
+                size += len(chunk)
+                if size >= BLOCK or len(chunk) < SHORT_READ:
+                    data = stripper.feed(held[0] if len(held) == 1 else b"".join(held))
+                    held, size = [], 0
+                    if data:
+                        out.write(data)
+            if held:
+                out.write(stripper.feed(b"".join(held)))
             out.write(stripper.finish())
             out.flush()
         except BrokenPipeError:

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -69,6 +70,8 @@ class Node:
     cluster_port: int = 0
     proc: subprocess.Popen | None = None
     port_retries: int = PORT_RETRIES
+    scheme: str = "http"  # "https" for a node run with -api.tls-cert
+    verify: Any = True  # httpx's verify for /readyz (an SSLContext for TLS nodes)
 
     def __post_init__(self) -> None:
         if not self.api_port:
@@ -80,7 +83,7 @@ class Node:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self.scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def log_path(self) -> Path:
@@ -122,7 +125,7 @@ class Node:
                     continue
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.api}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.api}/readyz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

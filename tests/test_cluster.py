@@ -149,7 +149,8 @@ def test_wildcard_binds_with_serf_reach_themselves(tmp_path):
                                                    "-store.segment-target-age", "1s"])
     n.args = lambda: [  # type: ignore[method-assign]
         "ingeststore", "-api", f"0.0.0.0:{n.api_port}", "-ingest.fast", f"0.0.0.0:{n.fast_port}",
-        "-ingest.durable", f"0.0.0.0:{n.durable_port}", "-cluster", f"0.0.0.0:{n.cluster_port}",
+        "-ingest.durable", f"0.0.0.0:{n.durable_port}", "-ingest.bulk", f"0.0.0.0:{n.bulk_port}",
+        "-cluster", f"0.0.0.0:{n.cluster_port}",
         "-ingest.path", str(n.data / "ingest"), "-store.path", str(n.data / "store"), *n.extra]
     n.start()
     try:

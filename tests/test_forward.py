@@ -6,7 +6,9 @@ import logging
 import os
 import random
 import socket
+import subprocess
 import sys
+from functools import partial
 
 import pytest
 import trio
@@ -180,7 +182,9 @@ def test_dnssrv_needs_dnspython(monkeypatch):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"bulk": True}, "bulk forwarding is not implemented yet"),
+        ({"bulk": True, "durable": True}, "choose one of durable and bulk"),
+        ({"bulk": True, "bulk_size": 0}, "bulk size, age and timeout must be positive"),
+        ({"bulk": True, "bulk_age": 0}, "bulk size, age and timeout must be positive"),
         ({"buffer_size": 0}, "buffer size"),
         ({"prefixes": ["a\nb"]}, "newline"),
         ({"backoff_initial": 0}, "backoff"),
@@ -715,3 +719,48 @@ def test_an_ingester_that_closes_before_our_eof_leaves_the_lines_unconfirmed(sta
     trio.run(main)
     assert ing.data == b"one\ntwo\n"
     assert stats.lines_sent == 2 and stats.lines_unconfirmed == 2
+
+
+def test_status_fields_give_totals_rate_and_target():
+    from oklog.forward import status_fields
+
+    before = ForwardStats(lines_sent=100, bytes_sent=1000)
+    now = ForwardStats(lines_sent=600, bytes_sent=6000, lines_dropped=3, reconnects=1)
+    fields = status_fields(before, now, 2.0, 42, "127.0.0.1:7651")
+    assert fields == {"event": "status", "target": "127.0.0.1:7651", "lines_sent": 600,
+                      "lines_per_s": "250", "bytes_sent": 6000, "buffered_lines": 42,
+                      "lines_dropped": 3, "lines_unconfirmed": 0, "reconnects": 1}
+    assert status_fields(now, now, 0.0, 0, None)["target"] == "none"
+
+
+def test_verbose_forward_logs_a_status_line_periodically():
+    """`oklog forward -v -status-interval 200ms` with a producer that keeps writing."""
+    ing = FakeIngester()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await ing.start(n)
+            proc = await n.start(partial(
+                trio.run_process,
+                [sys.executable, "-m", "oklog", "forward", "-v", "-status-interval", "200ms",
+                 f"127.0.0.1:{ing.port}"],
+                stdin=subprocess.PIPE, stderr=subprocess.PIPE, check=False))
+            assert proc.stdin is not None and proc.stderr is not None
+            for i in range(12):
+                await proc.stdin.send_all(b"status line %d\n" % i)
+                await trio.sleep(0.1)
+            await proc.stdin.aclose()
+            err = b""
+            with trio.fail_after(60):
+                async for chunk in proc.stderr:
+                    err += chunk
+                await proc.wait()
+            assert proc.returncode == 0, err.decode()
+            statuses = [line for line in err.splitlines() if b"event=status" in line]
+            assert len(statuses) >= 3, err.decode()
+            assert b"target=127.0.0.1:%d" % ing.port in statuses[-1]
+            assert b"lines_per_s=" in statuses[-1] and b"buffered_lines=" in statuses[-1]
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert ing.data == b"".join(b"status line %d\n" % i for i in range(12))

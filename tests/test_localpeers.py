@@ -229,3 +229,19 @@ def test_a_write_that_cannot_be_taken_back_makes_a_segment_no_longer_trusted(tmp
         assert ingest._active.path.read_bytes().endswith(b" default next\n")
 
     trio.run(main)
+
+
+def test_a_block_held_back_by_a_full_disk_is_stamped_again_in_order() -> None:
+    """The ingester re-stamps a block it could not write (oklog.ingest.server):
+    same topics and payloads, byte for byte, with ULIDs after everything
+    stamped meanwhile."""
+    from oklog.ingest.server import restamp
+
+    stamper = Stamper()
+    first = stamp([b"a", b"", b"  spaced \x00\xff", b"last"], stamper, b"app-1")
+    between = stamp([b"other connection"], stamper)
+    again = restamp(first, stamper)
+    validate_block(again)
+    old, new = first.split(b"\n")[:-1], again.split(b"\n")[:-1]
+    assert [line[27:] for line in new] == [line[27:] for line in old]
+    assert between[:26] < new[0][:26] and new == sorted(new)

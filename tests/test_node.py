@@ -180,7 +180,7 @@ def test_sigkill_loses_nothing_written(tmp_path):
 def test_second_process_on_same_directory_is_refused(node):
     other = subprocess.run(
         oklog_cmd("ingeststore", "-api", "127.0.0.1:0", "-ingest.fast", "127.0.0.1:0",
-                  "-ingest.durable", "127.0.0.1:0", "-cluster.serf", "off",
+                  "-ingest.durable", "127.0.0.1:0", "-ingest.bulk", "127.0.0.1:0", "-cluster.serf", "off",
                   "-ingest.path", str(node.data / "ingest"), "-store.path", str(node.data / "other")),
         capture_output=True, timeout=30, cwd=ROOT)
     assert other.returncode == 1

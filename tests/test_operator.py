@@ -133,7 +133,7 @@ def test_an_unknown_flag_is_named_whole() -> None:
     assert out.returncode == 2 and b"No such option: -frm" in out.stderr
 
 
-@pytest.mark.parametrize("flag", ["-api", "-ingest.fast", "-ingest.durable"])
+@pytest.mark.parametrize("flag", ["-api", "-ingest.fast", "-ingest.durable", "-ingest.bulk"])
 def test_a_busy_port_names_its_address(tmp_path: Path, flag: str) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -439,3 +439,48 @@ def test_long_gaps_in_the_body_are_not_cut(store):
     store.delay = 1.0  # between body chunks: longer than the header timeout
     code, out, err = query(store, timeout=0.3)
     assert (code, out, err) == (0, PAYLOADS, "")
+
+
+@pytest.mark.parametrize("with_ulid", [False, True])
+def test_a_big_answer_in_odd_chunks_prints_exactly(with_ulid, monkeypatch):
+    # blocks of whole lines above payloads.MIN_BLOCK take the vectorised cut;
+    # a malformed line in one of them sends that block down the per-line path
+    rng = random.Random(7)
+    lines = [f"{U1[:20]}{i:06d} default payload {i} {'x' * rng.randrange(0, 200)}\n".encode()
+             for i in range(4000)]
+    lines[2500] = b"malformed line without a header\n"
+    body = b"".join(lines)
+    want = b"".join(
+        line if line.startswith(b"malformed") else
+        (line[:27] if with_ulid else b"") + line.split(b" ", 2)[2] for line in lines)
+
+    from oklog import payloads
+
+    cut_fast = []
+    real = payloads.fixed_width
+
+    def spy(block: bytes, keep_ulid: bool = False) -> bytes | None:
+        got = real(block, keep_ulid)
+        cut_fast.append(got is not None)
+        return got
+
+    monkeypatch.setattr(payloads, "fixed_width", spy)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        pieces, at = [], 0
+        while at < len(body):  # big reads, and now and then a short one (a flush)
+            n = rng.choice([100_000, 90_000, 70_000, 5_000])
+            pieces.append(body[at : at + n])
+            at += n
+        class Pieces(httpx.AsyncByteStream):
+            async def __aiter__(self):  # type: ignore[no-untyped-def]
+                for piece in pieces:
+                    yield piece
+
+        return httpx.Response(200, stream=Pieces())
+
+    out = io.BytesIO()
+    code = run_query("h:1", with_ulid=with_ulid, out=out, err=io.StringIO(), now=NOW,
+                     transport=httpx.MockTransport(handler))
+    assert code == 0 and out.getvalue() == want
+    assert True in cut_fast and False in cut_fast  # both paths taken

@@ -14,6 +14,7 @@ from oklog.store.log import StoreLog
 
 def test_node_stops_in_order_and_releases_its_directories(tmp_path):
     cfg = NodeConfig(api="127.0.0.1:0", ingest_fast="127.0.0.1:0", ingest_durable="127.0.0.1:0",
+                     ingest_bulk="127.0.0.1:0",
                      use_serf=False, ingest_path=tmp_path / "ingest", store_path=tmp_path / "store",
                      store_replication_factor=1, ingest_flush_age=0.2, store_target_age=0.2)
 
@@ -43,6 +44,7 @@ def test_every_route_answers_before_the_node_joins_the_cluster(tmp_path, monkeyp
     from oklog.cluster import membership as membership_mod
 
     cfg = NodeConfig(api="127.0.0.1:0", ingest_fast="127.0.0.1:0", ingest_durable="127.0.0.1:0",
+                     ingest_bulk="127.0.0.1:0",
                      use_serf=False, ingest_path=tmp_path / "ingest", store_path=tmp_path / "store",
                      store_replication_factor=1)
     seen: dict[str, int] = {}

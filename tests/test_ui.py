@@ -324,3 +324,40 @@ def test_screenshot_for_the_docs(browser: Any, node: Node) -> None:
     page.wait_for_function("document.getElementById('bars').dataset.state === 'done'")
     page.screenshot(path=str(ROOT / "docs" / "ui.png"))
     page.close()
+
+
+def test_a_node_with_a_token_asks_for_it_once_and_then_answers(browser: Any, tmp_path: Any) -> None:
+    """With -api.token-file the page loads, the first API call's 401 asks
+    for the token, and every later request of the tab sends it."""
+    token = "s3cret-token-for-the-ui"
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    n = Node("ingeststore", tmp_path / "node", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf", "off",
+        "-api.token-file", str(tmp_path / "token")])
+    n.start()
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        body = b"".join(b"%s default tokened line %d\n" % (encode_int(int(time.time() * 1000) - 60_000 + i, 10)
+                                                          + encode_int(i, 16), i) for i in range(50))
+        assert httpx.post(f"{n.api}/store/replicate", content=body, headers=headers, timeout=30).status_code == 200
+        page = browser.new_page(bypass_csp=True)
+        page.set_default_timeout(WAIT_MS)
+        asked: list[str] = []
+
+        def answer(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept(token)
+
+        page.on("dialog", answer)
+        page.goto(f"{n.api}/ui?" + urlencode({"q": "tokened", "from": "1h", "to": "now"}))
+        wait_done(page)
+        assert rendered(page).count("tokened line") == 50
+        assert len(asked) == 1 and "token" in asked[0]
+        page.fill("#q", "line 7")
+        page.press("#q", "Enter")
+        wait_done(page)
+        assert "tokened line 7" in rendered(page) and len(asked) == 1  # no second prompt
+        page.close()
+    finally:
+        n.kill()

@@ -59,7 +59,8 @@ class AgentConfig:
     log_path: Path = Path("serf.log")
     profile: str = "lan"
     fast: bool = False
-    rpc_auth: str | None = None  # RPC clients must then send this key
+    rpc_auth: str | None = field(default=None, repr=False)  # RPC clients must then send this key
+    encrypt_key: str | None = field(default=None, repr=False)  # gossip encryption (base64)
 
 
 def serf_binary() -> str | None:
@@ -83,6 +84,8 @@ def agent_config_json(config: AgentConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {"leave_on_terminate": True}
     if config.rpc_auth:
         settings["rpc_auth"] = config.rpc_auth
+    if config.encrypt_key:
+        settings["encrypt_key"] = config.encrypt_key
     if config.fast:
         settings.update(
             reconnect_interval="1s", reconnect_timeout="3s", tombstone_timeout="3s"
@@ -109,6 +112,17 @@ def agent_argv(serf: str, config: AgentConfig, config_file: Path) -> list[str]:
     for key, value in sorted(config.tags.items()):
         argv += ["-tag", f"{key}={value}"]
     return argv
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` readable by its owner only (0600, even if it existed):
+    the agent's config file may hold the gossip key and the RPC key."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _pdeathsig_setup() -> Callable[[], None]:
@@ -194,7 +208,7 @@ async def run_agent(
     log_path = config.log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config_file = log_path.with_name(log_path.stem + "-config.json")
-    config_file.write_text(json.dumps(agent_config_json(config)))
+    write_private(config_file, json.dumps(agent_config_json(config)).encode())
     argv = agent_argv(serf, config, config_file)
     try:
         with open(log_path, "ab") as log:

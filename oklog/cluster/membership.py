@@ -45,6 +45,26 @@ ROLE_TAG = "oklog.role"
 API_TAG = "oklog.api"
 
 
+def _api_scheme(api_url: str) -> str:
+    """``https`` for an ``https://`` API URL, else ``http``."""
+    return "https" if api_url.lower().startswith("https://") else "http"
+
+
+def _api_tag(scheme: str, hostport: str) -> str:
+    """The ``oklog.api`` tag: ``host:port`` (plain HTTP, as before) or
+    ``https://host:port`` when the API serves TLS."""
+    return f"https://{hostport}" if scheme == "https" else hostport
+
+
+def member_url(tag: str) -> str | None:
+    """A member's base URL from its ``oklog.api`` tag (``host:port`` means
+    ``http://``); None for a tag that is not an http(s) address."""
+    if "://" not in tag:
+        return f"http://{tag}"
+    scheme = tag.split("://", 1)[0].lower()
+    return tag if scheme in ("http", "https") else None
+
+
 def _api_hostport(api_url: str) -> str:
     """``http://host:port`` (or bare ``host:port``) → ``host:port``."""
     text = api_url if "://" in api_url else f"http://{api_url}"
@@ -100,7 +120,7 @@ class StaticMembership:
     def __init__(self, api_url: str, role: str) -> None:
         self.role = check_role(role)
         self.api = _api_hostport(api_url)
-        self.url = f"http://{self.api}"
+        self.url = f"{_api_scheme(api_url)}://{self.api}"
         self.name = socket.gethostname()
 
     def ingesters(self) -> list[str]:
@@ -148,6 +168,7 @@ class SerfMembership:
         self._rpc = split_host_port(rpc_addr)
         self.role = check_role(role)
         self.api = _api_hostport(api_url)
+        self.scheme = _api_scheme(api_url)
         self.refresh = refresh
         self._auth_key = auth_key
         self._timeout = timeout
@@ -174,7 +195,7 @@ class SerfMembership:
         return list(self._members)
 
     def self_url(self) -> str:
-        return f"http://{self.api}"
+        return f"{self.scheme}://{self.api}"
 
     def state(self) -> dict[str, Any]:
         return {
@@ -192,14 +213,14 @@ class SerfMembership:
         ingesters: set[str] = set()
         stores: set[str] = set()
         for m in self._members:
-            api = m.tags.get(API_TAG)
-            if m.status != "alive" or not api:
+            url = member_url(m.tags.get(API_TAG, ""))
+            if m.status != "alive" or not m.tags.get(API_TAG) or url is None:
                 continue
             role = m.tags.get(ROLE_TAG, "")
             if serves_ingest(role):
-                ingesters.add(f"http://{api}")
+                ingesters.add(url)
             if serves_store(role):
-                stores.add(f"http://{api}")
+                stores.add(url)
         self._ingesters = sorted(ingesters)
         self._stores = sorted(stores)
         self.updated = time.time()
@@ -275,7 +296,8 @@ class SerfMembership:
             if me and me[0].addr:
                 addr = me[0].addr
                 self.api = f"[{addr}]:{api_port}" if ":" in addr else f"{addr}:{api_port}"
-        await client.tags({**self._extra_tags, ROLE_TAG: self.role, API_TAG: self.api})
+        await client.tags({**self._extra_tags, ROLE_TAG: self.role,
+                           API_TAG: _api_tag(self.scheme, self.api)})
 
     async def publish(self, tags: dict[str, str]) -> None:
         """Advertise extra tags (e.g. load); kept and re-sent on reconnect.
@@ -328,6 +350,8 @@ class ClusterConfig:
     fast: bool = False
     use_serf: bool | None = None  # None: use serf if the binary is available
     tags: dict[str, str] = field(default_factory=dict)  # extra tags to advertise
+    # Serf's gossip encryption key (base64), from -cluster.key-file
+    encrypt_key: str | None = field(default=None, repr=False)
 
 
 def node_name(api_url: str) -> str:
@@ -382,16 +406,24 @@ def plan_cluster(cfg: ClusterConfig) -> Cluster:
         )
     if not cfg.serf_rpc and use_serf and not available():
         raise ClusterError("serf requested but not on PATH: install it with apt-get install serf")
+    if cfg.serf_rpc and cfg.encrypt_key:
+        raise ConfigError(
+            "-cluster.key-file cannot apply to a Serf agent oklog does not start "
+            "(-cluster.serf-rpc): give that agent the key (its encrypt_key setting)"
+        )
     if cfg.serf_rpc:
         return Cluster(SerfMembership(cfg.serf_rpc, cfg.api_url, cfg.role, tags=cfg.tags))
     if not use_serf:
+        if cfg.encrypt_key:
+            raise ConfigError("-cluster.key-file encrypts Serf gossip, but this node runs without "
+                              "Serf (-cluster.serf off, or serf not installed)")
         return Cluster(StaticMembership(cfg.api_url, cfg.role))
     tags = dict(cfg.tags)
     api = _api_hostport(cfg.api_url)
     if not is_wildcard(api.rpartition(":")[0]):
         # Known from the first gossip; a wildcard API address is
         # resolved by SerfMembership once it knows our gossip address.
-        tags.update({ROLE_TAG: cfg.role, API_TAG: api})
+        tags.update({ROLE_TAG: cfg.role, API_TAG: _api_tag(_api_scheme(cfg.api_url), api)})
     agent = AgentConfig(
         node_name=node_name(cfg.api_url),
         bind=cfg.bind,
@@ -401,8 +433,14 @@ def plan_cluster(cfg: ClusterConfig) -> Cluster:
         tags=tags,
         log_path=cfg.data_dir / "serf.log",
         fast=cfg.fast,
+        encrypt_key=cfg.encrypt_key,
+        # With a gossip key, lock the agent's RPC too: its keyring commands
+        # would hand the key to any local user who finds the port.
+        rpc_auth=secrets.token_urlsafe(24) if cfg.encrypt_key else None,
     )
-    return Cluster(SerfMembership(agent.rpc_addr, cfg.api_url, cfg.role, tags=cfg.tags), agent)
+    membership = SerfMembership(agent.rpc_addr, cfg.api_url, cfg.role, tags=cfg.tags,
+                                auth_key=agent.rpc_auth)
+    return Cluster(membership, agent)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -8,6 +8,11 @@ with ``flock`` keeps a second process out.  On open, leftover ``.active`` and
 written is handed to the store tier again (at-least-once; duplicates are
 removed at read time by ULID).
 
+A bulk upload (``oklog.ingest.bulk``) writes a segment of its own beside
+the active one (``open_bulk`` → ``write`` → ``finish_bulk`` or
+``discard_bulk``); ``finish_bulk`` returns an event set when a store node
+commits that segment, which is when the uploader gets its ``OK``.
+
 Writes are plain blocking ``write`` calls of whole record blocks (the page
 cache absorbs them far faster than the network delivers); ``fsync`` runs in
 a worker thread so the event loop keeps serving other connections.
@@ -87,6 +92,7 @@ class IngestLog:
         self._flushing = 0
         self._stamped: set[str] = set()  # segments this process wrote (not recovered)
         self.changed = trio.Event()  # set (and replaced) when segments are consumed
+        self._commits: dict[str, trio.Event] = {}  # bulk segments whose uploader waits
 
     # -- open / close -----------------------------------------------------------
 
@@ -185,6 +191,47 @@ class IngestLog:
         os.rename(active.path, self.path / f"{active.id}.flushed")
         fsync_path(self.path)
 
+    # -- bulk uploads: one segment each, written beside the active one -----------
+
+    def open_bulk(self) -> ActiveSegment:
+        """A new segment for one bulk upload (``ActiveSegment.write`` it)."""
+        seg_id = self._ids.one().decode()
+        self.book.activate(seg_id)
+        segment = ActiveSegment(self.path, seg_id, self.clock())
+        self._stamped.add(seg_id)
+        return segment
+
+    async def finish_bulk(self, segment: ActiveSegment) -> trio.Event:
+        """Sync the upload's segment and rename it ``.flushed`` (from now on
+        the store tier may take it); the event is set once a store node
+        commits it.  On an error the segment is discarded."""
+        self._flushing += 1
+        try:
+            await trio.to_thread.run_sync(self._finish, segment, abandon_on_cancel=False)
+        except BaseException:
+            self.discard_bulk(segment)
+            raise
+        finally:
+            self._flushing -= 1
+        committed = self._commits[segment.id] = trio.Event()  # before anyone can claim it
+        self.book.flushed(segment.id, segment.size)
+        metrics.ingest_segments_flushed.inc()
+        return committed
+
+    def discard_bulk(self, segment: ActiveSegment) -> None:
+        """Remove the segment of an upload that did not complete (the
+        uploader got no ``OK`` and sends it again)."""
+        if self.book.state_of(segment.id) is not State.ACTIVE:
+            return
+        self.book.discard(segment.id)
+        self._stamped.discard(segment.id)
+        segment.file.close()
+        segment.path.unlink(missing_ok=True)
+
+    def forget_commit(self, seg_id: str) -> None:
+        """Nobody waits for this segment's commit any more (it is still consumed)."""
+        self._commits.pop(seg_id, None)
+
     async def run_flusher(self, *, tick: float = 0.05, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Flush by age (on time: freshness is this age plus the consumer's
         poll) and return timed-out pending segments, forever."""
@@ -231,6 +278,9 @@ class IngestLog:
 
     def commit(self, seg_id: str) -> None:
         self.book.commit(_checked_id(seg_id))
+        committed = self._commits.pop(seg_id, None)  # a bulk upload waiting for this
+        if committed is not None:
+            committed.set()
         self._stamped.discard(seg_id)
         os.unlink(self.path / f"{seg_id}.pending")
         metrics.ingest_segments_committed.inc()

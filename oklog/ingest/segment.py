@@ -6,10 +6,12 @@ Theory of operation: an ingester's segment moves
                         ▲                   │
                         └──fail / expire────┘
 
-``active`` is being written; ``flushed`` is complete and waits for a store
-node; ``pending`` has been handed to one store node by ``/ingest/next`` and
-must be read and committed before ``deadline``, else it returns to
-``flushed`` for another store node.  A commit before the segment was read
+``active`` is being written (by the line ports, or by one bulk upload,
+which is discarded if the upload does not complete: ``active ──discard──▶
+deleted``); ``flushed`` is complete and waits for a store node;
+``pending`` has been handed to one store node by ``/ingest/next`` and must
+be read and committed before ``deadline``, else it returns to ``flushed``
+for another store node.  A commit before the segment was read
 whole is refused (``SegmentNotRead``): the API marks it read only once its
 last byte went out, so a store that lost the stream half-way cannot commit
 (and delete) data it does not hold.
@@ -39,6 +41,7 @@ class State(enum.Enum):
 # (event, from-state) -> to-state.  Anything else is illegal.
 TRANSITIONS: dict[tuple[str, State], State] = {
     ("flush", State.ACTIVE): State.FLUSHED,
+    ("discard", State.ACTIVE): State.DELETED,
     ("claim", State.FLUSHED): State.PENDING,
     ("commit", State.PENDING): State.DELETED,
     ("fail", State.PENDING): State.FLUSHED,
@@ -82,6 +85,14 @@ class IngestBook:
         entry.state = next_state("flush", entry.state)
         entry.size = size
         self._flushed.add(seg_id)
+
+    def discard(self, seg_id: str) -> None:
+        """An active segment was abandoned (an incomplete bulk upload) and removed."""
+        entry = self._entries.get(seg_id)
+        if entry is None:
+            raise UnknownSegment(f"no segment {seg_id!r}")
+        entry.state = next_state("discard", entry.state)
+        del self._entries[seg_id]
 
     def recovered(self, seg_id: str, size: int) -> None:
         """A ``.flushed`` file found at start-up (crash recovery)."""

@@ -3,7 +3,10 @@
 A connection's bytes go through a ``LineSplitter`` (whole lines, long ones
 rejected), are stamped with monotonic ULIDs as one block and appended to the
 active segment in one synchronous step, so every segment stays sorted and a
-connection's lines keep their sending order.  In durable mode the segment is
+connection's lines keep their sending order.  Topics: in static mode
+every record gets the ingester's topic; in dynamic mode each line's first
+field is its topic and lines without a valid one are rejected and counted
+(``oklog.records.topics``), the connection going on.  In durable mode the segment is
 fsynced before the next read from that connection: what a durable forwarder
 has had accepted by TCP flow control beyond that point is not yet promised.
 
@@ -19,6 +22,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
+import ssl
+import struct
 from typing import Awaitable, Callable
 
 import trio
@@ -26,8 +32,10 @@ import trio
 from .. import metrics
 from ..lines import LineSplitter
 from ..listen import open_tcp_listeners
-from ..records.format import stamp
-from ..ulid import Stamper
+from ..records.format import DEFAULT_TOPIC, stamp
+from ..records.topics import MODES, check_topic, stamp_dynamic
+from ..tls import tls_listeners
+from ..ulid import ULID_LEN, Stamper
 from .log import IngestLog
 
 log = logging.getLogger("oklog.ingest")
@@ -40,27 +48,36 @@ DISK_FULL_RETRY = (0.1, 1.0)  # first and longest wait before writing again
 class LineIngester:
     """Handles forwarder connections for one ``IngestLog``."""
 
-    def __init__(self, ingest_log: IngestLog, *, max_record_size: int, stamper: Stamper) -> None:
+    def __init__(self, ingest_log: IngestLog, *, max_record_size: int, stamper: Stamper,
+                 topic_mode: str = "static", topic: bytes = DEFAULT_TOPIC) -> None:
+        if topic_mode not in MODES:
+            raise ValueError(f"topic mode must be static or dynamic: {topic_mode!r}")
+        if not check_topic(topic):
+            raise ValueError(f"invalid topic {topic!r}")
         self.log = ingest_log
         self.max_record_size = max_record_size
         self.stamper = stamper
+        self.dynamic = topic_mode == "dynamic"
+        self.topic = topic
 
-    def handler(self, durable: bool) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    def handler(self, durable: bool) -> Callable[[trio.abc.Stream], Awaitable[None]]:
         mode = "durable" if durable else "fast"
 
-        async def handle(stream: trio.SocketStream) -> None:
+        async def handle(stream: trio.abc.Stream) -> None:
             metrics.ingest_connections.labels(mode).inc()
             try:
                 await self._handle(stream, durable)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("event=connection_error mode=%s error=%r", mode, exc)
+                if isinstance(stream, trio.SSLStream):
+                    _reset(stream.transport_stream)
             finally:
                 metrics.ingest_connections.labels(mode).dec()
                 await trio.aclose_forcefully(stream)
 
         return handle
 
-    async def _handle(self, stream: trio.SocketStream, durable: bool) -> None:
+    async def _handle(self, stream: trio.abc.Stream, durable: bool) -> None:
         # A final line without LF still counts as a record.
         splitter = LineSplitter(final_tail="keep", max_line=self.max_record_size, too_long="drop")
         while True:
@@ -74,10 +91,11 @@ class LineIngester:
                     self.max_record_size,
                 )
                 splitter.rejected = 0
+            records = 0
             if block:
-                lines = block.split(b"\n")
-                lines.pop()  # after the final LF
-                full = await self._append(lines, durable)
+                block, records = self.stamp_block(block)
+            if block:
+                full = await self._append(block, records, durable)
                 if full:
                     await self.log.flush()
                 elif durable:
@@ -85,14 +103,13 @@ class LineIngester:
             if not data:
                 return
 
-    async def _append(self, lines: list[bytes], durable: bool) -> bool:
-        """Stamp and write ``lines`` as one block, waiting while the disk is
-        full; True when the segment should be flushed.  The block is stamped
-        again at every try: blocks other connections wrote meanwhile have
-        later ULIDs, and a segment stays sorted."""
+    async def _append(self, block: bytes, records: int, durable: bool) -> bool:
+        """Write a stamped block, waiting while the disk is full; True when
+        the segment should be flushed.  The block is stamped again before
+        every new try: blocks other connections wrote meanwhile have later
+        ULIDs, and a segment stays sorted."""
         wait, since = DISK_FULL_RETRY[0], None
         while True:
-            block = stamp(lines, self.stamper)
             try:
                 full = self.log.write(block)
             except OSError as exc:
@@ -106,13 +123,51 @@ class LineIngester:
                                 "durable" if durable else "fast", self.log.path, exc.strerror)
                 await trio.sleep(wait)
                 wait = min(wait * 2, DISK_FULL_RETRY[1])
+                block = restamp(block, self.stamper)
                 continue
             if since is not None:
                 log.warning("event=disk_space_back mode=%s waited=%.1fs",
                             "durable" if durable else "fast", trio.current_time() - since)
-            metrics.ingest_records.inc(len(lines))
+            metrics.ingest_records.inc(records)
             metrics.ingest_bytes.inc(len(block))
             return full
+
+    def stamp_block(self, block: bytes) -> tuple[bytes, int]:
+        """Producer lines → a block of records, and how many it holds."""
+        lines = block.split(b"\n")
+        lines.pop()  # after the final LF
+        if not self.dynamic:
+            return stamp(lines, self.stamper, self.topic), len(lines)
+        records, bad = stamp_dynamic(lines, self.stamper)
+        if bad:
+            self._invalid_topics(bad)
+        return records, len(lines) - bad
+
+    def _invalid_topics(self, count: int) -> None:
+        metrics.ingest_rejected.labels("invalid_topic").inc(count)
+        log.warning("event=record_rejected reason=invalid_topic count=%d "
+                    "(dynamic topic mode: each line must be TOPIC SP PAYLOAD, "
+                    "TOPIC as [a-zA-Z0-9][a-zA-Z0-9_-]*)", count)
+
+
+def restamp(block: bytes, stamper: Stamper) -> bytes:
+    """The same records with new ULIDs from ``stamper`` (their topics were
+    checked when first stamped)."""
+    lines = block.split(b"\n")
+    lines.pop()  # after the final LF
+    return stamp_dynamic([line[ULID_LEN + 1:] for line in lines], stamper)[0]
+
+
+def _reset(stream: trio.abc.Stream) -> None:
+    """Close with a TCP reset, not a FIN: a forwarder whose TLS handshake
+    failed (a plain ``tcp://`` forwarder, a refused certificate) must not
+    take our close for "read everything" -- it then counts its lines as
+    unconfirmed instead of delivered."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
 
 
 async def serve_lines(
@@ -120,16 +175,20 @@ async def serve_lines(
     host: str,
     port: int,
     durable: bool,
+    tls: ssl.SSLContext | None = None,
     *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept forwarder connections until cancelled (which closes them all).
 
     A wildcard host listens on every address family (see ``oklog.listen``).
+    With ``tls`` (``-ingest.tls-cert``), forwarders must speak TLS; a failed
+    handshake is one ``connection_error`` line, like a broken connection.
     """
     flag = "-ingest.durable" if durable else "-ingest.fast"
     listeners = await open_tcp_listeners(host, port, flag)
     bound = listeners[0].socket.getsockname()
-    log.info("event=listening mode=%s addr=%s:%d", "durable" if durable else "fast", bound[0], bound[1])
+    log.info("event=listening mode=%s addr=%s:%d tls=%s", "durable" if durable else "fast",
+             bound[0], bound[1], "on" if tls is not None else "off")
     task_status.started(bound[1])
-    await trio.serve_listeners(ingester.handler(durable), listeners)
+    await trio.serve_listeners(ingester.handler(durable), tls_listeners(listeners, tls))

@@ -8,18 +8,42 @@ statistics headers and reads no record data.
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import aclosing
 from typing import AsyncIterator, Callable
 
 from .. import metrics
 from ..cluster.membership import Membership
-from ..http import Request, Response, Router
+from ..errors import BadQuery
+from ..http import Request, Response, Router, json_response
 from ..peer import Peers
 from ..store.log import StoreLog
 from . import gather, local
+from .copies import ids_block
 from .params import Query, parse_query
+from .repair import IDS_HEADER, Repairer
 from .workers import Scanner
+
+_TRUE = {"", "true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _switch(request: Request, name: str) -> bool:
+    """A present-means-true parameter (``ids``, ``dry-run``), as ``regex``."""
+    value = request.params.get(name)
+    if value is None:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise BadQuery(f'invalid "{name}": want true or false, got {value[:64]!r}')
+
+
+async def _ids_only(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for block in body:
+        yield ids_block(block)
 
 
 def query_headers(query: Query) -> dict[str, str]:
@@ -52,26 +76,39 @@ def query_router(
     peers: Peers,
     warnings: Callable[[], list[str]] = list,
     scanner: Scanner | None = None,
+    repairer: Repairer | None = None,
 ) -> Router:
     """``warnings()``: what the user should know about this cluster, sent
     with every cluster query as one ``X-Oklog-Warning`` header (``|``
-    between warnings); ``oklog query`` prints it on stderr."""
+    between warnings); ``oklog query`` prints it on stderr.
+
+    ``repairer``: read repair on ``/store/query`` and the walker's
+    ``POST /store/repair`` (``oklog.query.repair``).  Extensions of
+    ``/store/_query``: every answer names its node (``X-Oklog-Node``, the
+    advertised API URL); ``ids=true`` answers ``ULID LF`` lines only (and
+    says so: ``X-Oklog-Ids: true``), for counting copies cheaply.
+    """
     router = Router()
 
     async def local_query(request: Request) -> Response:
         started = time.monotonic()
         query = parse_query(request.raw_query)
+        ids = _switch(request, "ids")
         p = await local.prepare(store, query, scanner, stats_only=request.method == "HEAD")
         headers = query_headers(query) | p.stats_headers() | {
             "X-Oklog-Nodes-Queried": "1",
             "X-Oklog-Error-Count": "0",
             "X-Oklog-Duration": f"{time.monotonic() - started:.6f}s",
+            gather.NODE_HEADER: membership.self_url(),
         }
+        if ids:
+            headers[IDS_HEADER] = "true"
         metrics.queries.labels(_kind(request, "local")).inc()
         if request.method == "HEAD":
             metrics.query_seconds.labels("stats").observe(time.monotonic() - started)
             return Response(200, b"", headers, content_type="text/plain; charset=utf-8")
-        return Response(200, timed(local.run(p), "local", started), headers,
+        body = _ids_only(local.run(p)) if ids else local.run(p)
+        return Response(200, timed(body, "local", started), headers,
                         content_type="text/plain; charset=utf-8")
 
     async def cluster_query(request: Request) -> Response:
@@ -95,9 +132,25 @@ def query_router(
                 await r.aclose()
             metrics.query_seconds.labels("stats").observe(time.monotonic() - started)
             return response
-        response.body = timed(gather.merged_body(gathered), "cluster", started)
+        short = repairer.counting(gathered) if repairer is not None else None
+        if repairer is None or short is None:
+            body = gather.merged_body(gathered)
+        else:  # read repair: the merge counts copies; the repairer acts afterwards
+            body = gather.merged_body(gathered, copies=repairer.rf, short=short,
+                                      done=functools.partial(repairer.submit, query, short))
+        response.body = timed(body, "cluster", started)
         return response
+
+    async def repair(request: Request) -> Response:
+        query = parse_query(request.raw_query)  # from, to (q and the rest are ignored)
+        dry_run = _switch(request, "dry-run")
+        if repairer is None:
+            return json_response({"error": "repair is not available on this node"}, 501)
+        stats = await repairer.walk(query.lo, query.hi, dry_run=dry_run)
+        metrics.queries.labels("repair").inc()
+        return json_response(stats.as_json())
 
     router.add("GET|HEAD", "/store/_query", local_query)
     router.add("GET|HEAD", "/store/query", cluster_query)
+    router.add("POST", "/store/repair", repair)
     return router

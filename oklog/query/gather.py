@@ -26,7 +26,7 @@ from ..errors import OklogError, PeerError
 from ..lines import aiter_blocks
 from ..peer import Peers, QueryAnswer
 from . import local
-from .streams import merge_streams
+from .streams import ShortSink, merge_streams
 
 log = logging.getLogger("oklog.query")
 
@@ -35,6 +35,10 @@ log = logging.getLogger("oklog.query")
 # waited for the scan and gave up after 5 s).  Only the gaps between body
 # chunks can be long; the peer client's read timeout covers those.
 HEADER_DEADLINE = 15.0
+
+#: ``/store/_query`` names the answering node (its advertised API URL), so a
+#: merge counts copies per distinct node (an extension header).
+NODE_HEADER = "X-Oklog-Node"
 
 
 @dataclass
@@ -69,7 +73,7 @@ class LocalAnswer:
         return local.run(self.plan)
 
     async def aclose(self) -> None:
-        pass
+        self.plan.release()
 
 
 async def scatter(
@@ -113,37 +117,74 @@ async def scatter(
     return gathered
 
 
-async def merged_body(gathered: Gathered) -> AsyncIterator[bytes]:
-    """The union of every store's records, in ULID order, each ULID once."""
+async def merged_body(gathered: Gathered, *, copies: int = 0, short: ShortSink | None = None,
+                      done: Callable[[bool], None] | None = None) -> AsyncIterator[bytes]:
+    """The union of every store's records, in ULID order, each ULID once.
+
+    Read repair: with ``short``, records seen on fewer than ``copies``
+    distinct nodes (``X-Oklog-Node``) go there as well; ``done(complete)``
+    is called once the merge ends or the client leaves, ``complete`` when
+    no store broke off mid-answer.
+    """
+    broken: list[str] = []
     try:
+        answers = one_per_node(gathered.responses)
         # this node's own answer is whole-line blocks already: no re-splitting
-        sources = [_guarded(r) if isinstance(r, LocalAnswer) else _safe_blocks(r)
-                   for r in gathered.responses]
-        async for block in merge_streams(sources):
+        sources = [_guarded(r, broken) if isinstance(r, LocalAnswer) else _safe_blocks(r, broken)
+                   for r in answers]
+        async for block in merge_streams(sources, trusted=all(map(_unique, answers)), copies=copies,
+                                         short=short):
             yield block
     finally:
         with trio.CancelScope(shield=True):
             for r in gathered.responses:
                 await r.aclose()
+        if done is not None:
+            done(not broken)
 
 
-async def _guarded(response: QueryAnswer) -> AsyncIterator[bytes]:
+def node_of(answer: QueryAnswer) -> str:
+    """The identity of the node behind an answer: its ``X-Oklog-Node``
+    header (its advertised API URL), else the URL it was asked at."""
+    return answer.headers.get(NODE_HEADER) or answer.peer
+
+
+def _unique(answer: QueryAnswer) -> bool:
+    """Whether an answer holds each ULID once: this node's own, or a peer's
+    that says it is one of ours (``X-Oklog-Node``: ``query.local`` merges
+    overlapping segments with de-duplication, and a store segment never
+    repeats a ULID).  Any other store's answer is checked for repeats."""
+    return isinstance(answer, LocalAnswer) or NODE_HEADER in answer.headers
+
+
+def one_per_node(answers: list[QueryAnswer]) -> list[QueryAnswer]:
+    """The first answer of each distinct node (one node reached under two
+    addresses holds one copy, not two, and its answer is merged once)."""
+    seen: dict[str, QueryAnswer] = {}
+    for r in answers:
+        seen.setdefault(node_of(r), r)
+    return list(seen.values())
+
+
+async def _guarded(response: QueryAnswer, broken: list[str]) -> AsyncIterator[bytes]:
     """This node's own answer; one that breaks (a segment found damaged)
     ends its share, as a peer's broken stream does."""
     try:
         async for block in response.chunks():
             yield block
     except (OklogError, OSError) as exc:
+        broken.append(response.peer)
         metrics.query_errors.inc()
         log.warning("event=query_local_broken error=%r", exc)
 
 
-async def _safe_blocks(response: QueryAnswer) -> AsyncIterator[bytes]:
+async def _safe_blocks(response: QueryAnswer, broken: list[str]) -> AsyncIterator[bytes]:
     """A peer's body as whole-line blocks; a broken stream just ends."""
     try:
         async for block in aiter_blocks(response.chunks(), final_tail="drop"):
             yield block
     except Exception as exc:  # httpx errors, truncated bodies
+        broken.append(response.peer)
         metrics.query_errors.inc()
         log.warning("event=query_stream_broken peer=%s error=%r", response.peer, exc)
 

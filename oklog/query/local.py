@@ -5,7 +5,8 @@ query's range; each segment's table (``oklog.segment.table``) gives the
 blocks of the range by their first and last ULID, and its n-gram index
 drops the blocks that lack a literal every match needs (the query's
 ``Required`` clauses: ``q`` itself, or the literals of a regex, plus the
-topic).  What is left is cut into *units* of a few blocks, the work a scan
+topic); with ``topic=``, its topic index (``oklog.segment.topics``) drops
+every block holding no record of that topic.  What is left is cut into *units* of a few blocks, the work a scan
 worker does at once (``oklog.query.workers``).  HEAD needs the plan only.
 
 ``prepare`` first makes every segment the query needs safe to read
@@ -19,8 +20,13 @@ status, not a cut-short answer.
 Running hands the units to the scanner and streams the results in ULID
 order.  Segments that overlap each other (not yet compacted) are k-way
 merged with de-duplication; a segment that overlaps no other streams
-straight through.  A file removed after planning is skipped; one replaced
-(a same-named upload's union) or found damaged cuts the answer short
+straight through.  A plan holds a *lease* on the files it names
+(``StoreLog.lease``) until its scan is over: a compaction job that claims
+or retires one of them renames it (``.reading``, ``.trashed``) but keeps
+it on disk, and a unit finds it under its new name by its inode
+(``oklog.query.unit``), so compaction never cuts an answer short.  A file
+removed after planning otherwise is skipped; one replaced (a same-named
+upload's union) or found damaged cuts the answer short
 (``SegmentChanged``, ``CorruptSegment``: the latter also has the segment
 checked again), so an answer is never a mix of two files.
 """
@@ -39,7 +45,7 @@ from .. import metrics
 from ..errors import CorruptSegment
 from ..segment.ngram import literal_grams
 from ..segment.table import Table
-from ..store.log import Segment, StoreLog
+from ..store.log import Lease, Segment, StoreLog
 from .params import Query
 from .streams import merge_streams
 from .unit import Unit
@@ -70,6 +76,11 @@ class LocalPlan:
     groups: list[list[SegmentPlan]]  # overlapping segments, in ULID order
     scanner: Scanner | None = None
     store: StoreLog | None = None  # told about a segment found damaged while read
+    lease: Lease | None = None  # keeps the planned files on disk until the scan is done
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
     def plans(self) -> Iterator[SegmentPlan]:
         return (p for group in self.groups for p in group)
@@ -124,11 +135,12 @@ def plan_segment(segment: Segment, table: Table | None, query: Query,
     p = SegmentPlan(segment, table, [], len(span), table.raw_bytes(span))
     if query.matcher.strategy == "none":
         return p
+    mask = -1  # bit i: block i may match
     if clauses and table.index is not None and span:
-        mask = table.index.candidates(clauses)  # bit i: block i may match
-        p.blocks = [i for i in span if mask >> i & 1]
-    else:
-        p.blocks = list(span)
+        mask = table.index.candidates(clauses)
+    if query.topic is not None and table.topics is not None:
+        mask &= table.topics.blocks_with(query.topic)  # exact: blocks holding that topic
+    p.blocks = list(span) if mask == -1 else [i for i in span if mask >> i & 1]
     return p
 
 
@@ -149,7 +161,11 @@ async def prepare(store: StoreLog, query: Query, scanner: Scanner | None = None,
     while True:
         p = plan(store, query, scanner)
         pending = [s.segment for s in p.plans() if not store.verified(s.segment)]
-        if stats_only or not pending:
+        if stats_only:
+            return p
+        if not pending:
+            # no await since planning: every file planned is still there
+            p.lease = store.lease(s.segment for s in p.plans())
             return p
         await store.verify(pending)
 
@@ -174,7 +190,7 @@ def units(p: SegmentPlan, query: Query) -> Iterator[Unit]:
 def _unit(p: SegmentPlan, query: Query, blocks: list[tuple[int, int, bool]]) -> Unit:
     assert p.table is not None
     return Unit(str(p.segment.path), p.table.compression, tuple(blocks), query.lo, query.hi,
-                query.q, query.regex, query.topic, p.segment.size)
+                query.q, query.regex, query.topic, p.segment.size, p.segment.ino)
 
 
 _fallback: list[Scanner] = []
@@ -204,6 +220,15 @@ async def _segment_results(scanner: Scanner, p: SegmentPlan, query: Query, light
 
 async def run(local: LocalPlan) -> AsyncIterator[bytes]:
     """Matching records in ULID order, each once, as blocks of whole lines."""
+    try:
+        async with aclosing(_run(local)) as blocks:
+            async for block in blocks:
+                yield block
+    finally:
+        local.release()
+
+
+async def _run(local: LocalPlan) -> AsyncGenerator[bytes, None]:
     scanner = local.scanner or _threads()
     metrics.query_blocks.labels("read").inc(local.blocks_read)
     metrics.query_blocks.labels("skipped").inc(local.blocks_in_range - local.blocks_read)

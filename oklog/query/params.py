@@ -31,7 +31,7 @@ from oklog.query.scan import Matcher
 from oklog.records.format import TOPIC_RE
 from oklog.ulid import is_ulid
 
-__all__ = ["Query", "parse_query"]
+__all__ = ["Query", "parse_query", "regex_param", "split_params"]
 
 _TRUE = {b"", b"true", b"1", b"yes", b"on"}
 _FALSE = {b"false", b"0", b"no", b"off"}
@@ -107,6 +107,24 @@ def parse_query(raw_query: bytes | str, *, now_ms: int | None = None) -> Query:
     to the system clock, read once for both bounds.
     Raises ``BadQuery`` (one line) on any bad input, and nothing else.
     """
+    params = split_params(raw_query)
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    lo, from_text = _bound(params, b"from", now, upper=False)
+    hi, to_text = _bound(params, b"to", now, upper=True)
+    return Query(
+        lo=lo,
+        hi=hi,
+        q=params.get(b"q", b""),
+        regex=regex_param(params),
+        topic=params.get(b"topic") or None,
+        from_text=from_text,
+        to_text=to_text,
+    )
+
+
+def split_params(raw_query: bytes | str) -> dict[bytes, bytes]:
+    """A raw URL query string as name → value, both percent-decoded to
+    bytes (``+`` is a space; a repeated name: the first wins)."""
     if isinstance(raw_query, str):
         raw_query = raw_query.encode("utf-8", "surrogatepass")
     params: dict[bytes, bytes] = {}
@@ -116,31 +134,20 @@ def parse_query(raw_query: bytes | str, *, now_ms: int | None = None) -> Query:
         key, _, value = piece.partition(b"=")
         key = unquote_to_bytes(key.replace(b"+", b" "))
         params.setdefault(key, unquote_to_bytes(value.replace(b"+", b" ")))
+    return params
 
-    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    lo, from_text = _bound(params, b"from", now, upper=False)
-    hi, to_text = _bound(params, b"to", now, upper=True)
 
-    regex = False
-    if b"regex" in params:
-        value = params[b"regex"].lower()
-        if value in _TRUE:
-            regex = True
-        elif value not in _FALSE:
-            raise BadQuery(
-                f'invalid "regex": want true or false, got {_show(params[b"regex"])}'
-            )
-
-    topic = params.get(b"topic") or None
-    return Query(
-        lo=lo,
-        hi=hi,
-        q=params.get(b"q", b""),
-        regex=regex,
-        topic=topic,
-        from_text=from_text,
-        to_text=to_text,
-    )
+def regex_param(params: dict[bytes, bytes]) -> bool:
+    """The ``regex`` flag (present means true; ``BadQuery`` on a value
+    that is neither true nor false)."""
+    if b"regex" not in params:
+        return False
+    value = params[b"regex"].lower()
+    if value in _TRUE:
+        return True
+    if value not in _FALSE:
+        raise BadQuery(f'invalid "regex": want true or false, got {_show(params[b"regex"])}')
+    return False
 
 
 def _bound(

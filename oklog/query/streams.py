@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, AsyncIterator
+from typing import AsyncGenerator, AsyncIterator, Protocol
 
 from ..records.merge import merge_records
 from ..records.search import bisect, last_ulid
 
-__all__ = ["merge_streams"]
+__all__ = ["ShortSink", "merge_streams"]
 
 
-async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncGenerator[bytes, None]:
-    """Block-level k-way merge of sorted record streams, de-duplicated."""
-    if len(sources) == 1:  # one store: nothing to merge, blocks pass through
+class ShortSink(Protocol):
+    """Where a counting merge puts records seen in too few sources
+    (``oklog.query.copies.ShortRecords``); ``full``: stop counting."""
+
+    full: bool
+
+    def add(self, block: bytes) -> None: ...
+
+
+async def merge_streams(sources: list[AsyncIterator[bytes]], *, trusted: bool = False, copies: int = 0,
+                        short: ShortSink | None = None) -> AsyncGenerator[bytes, None]:
+    """Block-level k-way merge of sorted record streams, de-duplicated.
+
+    ``trusted``: no source repeats a ULID (``merge_records``'
+    ``trusted_unique``; true of every store's answer), which spares the
+    intra-source duplicate checks.
+
+    ``copies``/``short`` (read repair): records found in fewer than
+    ``copies`` of the sources go to ``short`` as well, until it is ``full``.
+    Every copy of a ULID is in the same round (each round takes every line
+    up to the smallest last ULID of the sources still streaming), so the
+    count is exact; a part only one source has is reported whole, and the
+    counting itself stays inside ``merge_records`` (C-level on the happy
+    path, where every record has its copies).
+    """
+    if len(sources) == 1 and short is None:  # one store: nothing to merge, blocks pass through
         async for block in sources[0]:
             yield block
         return
@@ -44,8 +67,17 @@ async def merge_streams(sources: list[AsyncIterator[bytes]]) -> AsyncGenerator[b
             i = min((i for i in range(len(sources)) if current[i]),
                     key=lambda i: last_ulid(current[i]) if open_[i] else b"\xff")
             parts, current[i] = [current[i]], b""
+        counting = short is not None and copies > 1 and not short.full
         if len(parts) == 1:
+            if counting:
+                assert short is not None
+                short.add(parts[0])
             yield parts[0]
+        elif counting:
+            assert short is not None
+            for out in merge_records([[p] for p in parts], trusted_unique=trusted, copies_needed=copies,
+                                     on_short=short.add):
+                yield out
         else:
-            for out in merge_records([[p] for p in parts]):
+            for out in merge_records([[p] for p in parts], trusted_unique=trusted):
                 yield out

@@ -21,9 +21,10 @@ from typing import Protocol
 
 from oklog.segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, Frame, frames, sniff
 from oklog.records.search import first_ulid, last_ulid, line_range
-from oklog.segment import ngram
+from oklog.segment import ngram, topics
 from oklog.segment.name import SegmentName
 from oklog.segment.table import Table, load_sidecar
+from oklog.segment.topics import TopicIndex
 
 __all__ = [
     "SegmentName",
@@ -119,13 +120,18 @@ def derive_table(path: Path, block_size: int = BLOCK_SIZE) -> Table:
     return table
 
 
-def index_segment(path: str | Path, table: Table) -> tuple[list[int], bytes]:
-    """The n-gram index of a sound segment, as (blocks not indexed, the
-    serialized bitmap): what runs in a scan worker process, reading and
-    decompressing every block."""
+def index_segment(path: str | Path, table: Table) -> tuple[list[int], bytes, TopicIndex | None]:
+    """The n-gram and topic indexes of a sound segment, as (blocks not
+    indexed, the serialized bitmap, the topic index): what runs in a scan
+    worker process, reading and decompressing every block."""
+    grams, per_block = [], []
+    scratch = ngram.scratch()
     with BlockReader(Path(path), table) as reader:
-        index = ngram.build(reader.select(range(len(table)), b"", b"\xff"))
-    return index.wild, index.bitmap.serialize()
+        for block in reader.select(range(len(table)), b"", b"\xff"):
+            grams.append(ngram.block_grams(block, scratch))
+            per_block.append(topics.block_topics(block))
+    index = ngram.from_grams(grams)
+    return index.wild, index.bitmap.serialize(), topics.build(per_block)
 
 
 def open_segment(path: Path, table: Table | None = None) -> BlockReader:

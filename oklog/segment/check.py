@@ -24,7 +24,7 @@ from pathlib import Path
 from oklog.records.format import is_valid_block, salvage as salvage_block
 from oklog.records.merge import is_strictly_sorted
 from oklog.records.search import first_ulid, last_ulid
-from oklog.segment import SegmentReader, SegmentWriter, ngram
+from oklog.segment import SegmentReader, SegmentWriter, ngram, topics
 from oklog.segment.blocked import Frame
 from oklog.segment.name import SegmentName
 from oklog.segment.table import Table
@@ -109,20 +109,23 @@ def _good(frame: Frame, verdict: Verdict, max_line: int | None) -> Iterator[byte
 
 def inspect(reader: SegmentReader) -> tuple[Verdict, Table | None]:
     """Read the whole segment once: what is wrong with it, and when nothing
-    is, its table with the n-gram index (what its sidecar holds)."""
+    is, its table with the n-gram and topic indexes (what its sidecar holds)."""
     verdict = Verdict()
     table = Table(reader.compression)
     grams = []
+    per_block = []
     scratch = ngram.scratch()
     for frame in reader.frames():
         # a sound frame yields its data as it is: then this entry is exact
         for block in _good(frame, verdict, None):
             table.add(frame.offset, frame.length, block, first_ulid(block), last_ulid(block))
             grams.append(ngram.block_grams(block, scratch))
+            per_block.append(topics.block_topics(block))
     damaged = verdict.malformed or verdict.torn or verdict.unreadable or verdict.unsorted
     if damaged or not verdict.records:
         return verdict, None
     table.index = ngram.from_grams(grams)
+    table.topics = topics.build(per_block)
     return verdict, table
 
 

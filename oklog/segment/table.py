@@ -20,6 +20,10 @@ Layout (little-endian)::
     blocks x (u64 offset, u32 length, u32 raw length, u32 records)
     blocks x 26-byte first ULID   blocks x 26-byte last ULID
     index (serialized pyroaring BitMap64, "index_bytes" long; 0 = none)
+    (the header's "topics" is the topic index: topic → hex mask of the
+    blocks holding it, or null when there are too many topics; a sidecar
+    written before topic indexes has no such key: its table is used and
+    its indexes are rebuilt in the background)
     u32 CRC-32 of everything before it
 """
 
@@ -37,6 +41,7 @@ import numpy as np
 from pyroaring import BitMap64
 
 from oklog.segment.ngram import GramIndex
+from oklog.segment.topics import TopicIndex
 from oklog.ulid import is_ulid
 
 __all__ = ["SIDECAR_SUFFIX", "Table", "load_sidecar", "sidecar_path", "write_sidecar"]
@@ -60,6 +65,7 @@ class Table:
     firsts: list[bytes] = field(default_factory=list)
     lasts: list[bytes] = field(default_factory=list)
     index: GramIndex | None = None
+    topics: TopicIndex | None = None  # built with ``index`` (None: every block may hold any topic)
 
     def add(self, offset: int, length: int, block: bytes, first: bytes, last: bytes) -> None:
         self.offsets.append(offset)
@@ -96,6 +102,7 @@ class Table:
             if i:
                 assert self.lasts[i - 1] < self.firsts[i], f"block {i} overlaps block {i - 1}"
         assert self.index is None or self.index.blocks == len(self)
+        assert self.topics is None or self.topics.blocks == len(self)
 
 
 def sidecar_path(segment: Path) -> Path:
@@ -117,6 +124,7 @@ def encode(table: Table, segment_size: int, mtime_ns: int) -> bytes:
         "index": "trigram" if table.index is not None else None,
         "index_bytes": len(index),
         "unindexed_blocks": table.index.wild if table.index is not None else [],
+        "topics": table.topics.to_json() if table.topics is not None else None,
     }).encode()
     body = b"".join([
         _MAGIC, struct.pack("<II", _VERSION, len(header)), header, entries.tobytes(),
@@ -160,6 +168,12 @@ def decode(data: bytes, segment_size: int, mtime_ns: int) -> Table | None:
             if not all(0 <= i < n for i in wild):
                 return None
             table.index = GramIndex(BitMap64.deserialize(data[pos : pos + ilen]), n, wild)
+        if "topics" not in header:
+            # written before topic indexes: its block table is good, its
+            # indexes are rebuilt (StoreLog.open queues a table without one)
+            table.index = None
+        elif header["topics"] is not None:  # None: too many topics to index
+            table.topics = TopicIndex.from_json(header["topics"], n)
         if table.compression not in ("zstd", "none") or not _consistent(table, entries):
             return None
         return table

@@ -11,7 +11,10 @@ the file is synced and renamed ``FROMULID-TOULID.flushed``.  Should a file
 of that exact name exist already (the same range replicated twice), the two
 are merged into their union first, so nothing is ever overwritten.  The
 in-memory interval index maps ``[FROM, TO]`` to files and is rebuilt from
-file names at start; there is no other metadata to lose.
+file names at start; there is no other metadata to lose.  While a live
+stream is open, the upload's blocks are also matched against it and the
+matches handed to it once the segment is installed (``self.live``, an
+``oklog.stream.hub.Hub``; nothing is done when no stream is open).
 
 Every segment has a *table* (``oklog.segment.table``: its blocks, their
 ULID ranges, its trigram index), kept in memory and saved as the sidecar
@@ -48,8 +51,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -69,8 +73,11 @@ from ..segment.blocked import BLOCK_SIZE, BlockReader, BlockWriter, sniff
 from ..segment.check import inspect, salvage
 from ..segment.sort import sort_blocks
 from ..segment.table import SIDECAR_SUFFIX, load_sidecar, sidecar_path, write_sidecar
+from ..stream.hub import Hub
 from ..ulid import Stamper
 from .index import IntervalIndex, SegmentName
+from .lifecycle import State, next_state, state_of
+from .planner import Seg
 
 log = logging.getLogger("oklog.store")
 
@@ -102,11 +109,45 @@ class _Order:
 
 @dataclass(frozen=True)
 class Segment:
-    """One flushed store segment file."""
+    """One store segment file (its extension is its state)."""
 
     name: SegmentName
     path: Path
     size: int
+    ino: int = field(default=0, compare=False)  # the file's inode: who it is, whatever its name
+
+
+@dataclass
+class Trashed:
+    """A trashed segment file, removed at ``purge_at`` (wall-clock seconds;
+    None: found at start, scheduled by the next retention pass) once no
+    running query reads it."""
+
+    segment: Segment
+    purge_at: float | None
+    reason: str
+
+
+class Lease:
+    """The segment files one query reads: kept on disk (under whichever of
+    their names, see ``oklog.query.unit``) until released.  Released by the
+    query's end, or when the query is dropped unread (garbage collected)."""
+
+    def __init__(self, counts: Counter[int], inos: list[int]) -> None:
+        self._counts = counts
+        self._inos: list[int] | None = inos
+        for ino in inos:
+            counts[ino] += 1
+
+    def release(self) -> None:
+        inos, self._inos = self._inos, None
+        for ino in inos or ():
+            self._counts[ino] -= 1
+            if self._counts[ino] <= 0:
+                del self._counts[ino]
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class StoreLog:
@@ -126,11 +167,16 @@ class StoreLog:
         self.tmp = self.path / "tmp"
         self.index: IntervalIndex[Segment] = IntervalIndex()
         self._ids = Stamper()
+        self._leases: Counter[int] = Counter()  # inode -> running queries that read it
+        self.trash: dict[Path, Trashed] = {}  # trashed segment files awaiting purge
+        self._job: set[Segment] = set()  # inputs of the running compaction job (.reading)
         self._finalize = trio.Lock()
         self._lock_fd: int | None = None
         self._unverified: set[Segment] = set()
         self._verifying: dict[Segment, trio.Event] = {}
         self._check_limiter = trio.CapacityLimiter(2)  # whole-file checks run in threads
+        # live tail: subscribers get the records of every upload stored from now on
+        self.live = Hub(on_drop=metrics.stream_dropped.labels("store").inc)
 
     # -- open / close ----------------------------------------------------------------
 
@@ -155,6 +201,14 @@ class StoreLog:
             if ".corrupt" in entry.suffixes:  # FROM-TO.corrupt, FROM-TO.corrupt.1, ...
                 quarantined += 1
                 continue
+            if ".trashed" in entry.suffixes:  # FROM-TO.trashed, FROM-TO.trashed.1, ...
+                try:
+                    name, _ = SegmentName.parse(entry.name)
+                except CorruptSegment:
+                    continue
+                st = entry.stat()
+                self.trash[entry] = Trashed(Segment(name, entry, st.st_size, st.st_ino), None, "found")
+                continue
             if entry.suffix not in (".flushed", ".reading", ".repairing"):
                 continue
             try:
@@ -164,9 +218,20 @@ class StoreLog:
                 continue
             if state == "reading":  # a compaction that did not finish
                 target = self.path / name.filename("flushed")
+                if target.name in names:
+                    # a job's output of the very same name was installed:
+                    # it holds every record of this input (see compactor)
+                    trashed = _unused(self.path / name.filename("trashed"))
+                    os.rename(entry, trashed)
+                    st = trashed.stat()
+                    self.trash[trashed] = Trashed(Segment(name, trashed, st.st_size, st.st_ino), None,
+                                                  "compacted")
+                    continue
                 os.rename(entry, target)
+                names.add(target.name)
                 entry = target
-            found.append((name, Segment(name, entry, entry.stat().st_size)))
+            st = entry.stat()
+            found.append((name, Segment(name, entry, st.st_size, st.st_ino)))
         self.index.update(found)  # bulk build: ~5x faster than one add at a time
         self._unverified = set()
         for _, segment in found:
@@ -177,6 +242,8 @@ class StoreLog:
                 self._unverified.add(segment)
             else:
                 self._tables[segment] = table
+                if table.index is None:  # a sidecar of an earlier version
+                    self._unindexed.add(segment)
         log.info("event=store_opened path=%s segments=%d", self.path, len(self.index))
         if quarantined:
             log.warning("event=quarantined_segments path=%s files=%d (*.corrupt: originals of "
@@ -187,6 +254,10 @@ class StoreLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def new_id(self) -> str:
+        """A fresh file id (a ULID: unique in this directory)."""
+        return self._ids.one().decode()
 
     def tmp_path(self, suffix: str) -> Path:
         return self.tmp / f"{self._ids.one().decode()}{suffix}"
@@ -207,6 +278,7 @@ class StoreLog:
         path = self.path / f"{self._ids.one().decode()}.active"
         writer = self._writer(path)
         order = _Order()
+        tap = self.live.tap()  # None unless a live stream is open
 
         def put(blocks: list[bytes]) -> None:
             for block in blocks:
@@ -214,6 +286,8 @@ class StoreLog:
                     validate_block(block)
                 order.see(block)
                 writer.write(block)
+                if tap is not None:
+                    tap.see(block)
 
         held: list[bytes] = []
         size = 0
@@ -242,6 +316,8 @@ class StoreLog:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        if tap is not None:
+            tap.publish()
         metrics.replicate_segments.inc()
         metrics.replicate_records.inc(records)
         metrics.replicate_bytes.inc(segment.size)
@@ -265,27 +341,39 @@ class StoreLog:
         assert written is not None, "records vanished in a sort"  # it held records before
         return out, *written
 
-    async def _install(self, path: Path, name: SegmentName, table: Table) -> Segment:
-        """Rename a complete, sound segment file into place and index it."""
-        # A same-named file found at start may be damaged: fold it in only
-        # once checked (a repair may give it another name).
-        for old in self._same_named(name):
-            await self._verify(old)
-        async with self._finalize:
-            target = self.path / name.filename("flushed")
-            existing = self._same_named(name)
-            if existing:
-                table = await trio.to_thread.run_sync(
-                    self._union_into, path, target, self._tables[existing[0]])
-                for old in existing:
-                    self._forget(old)
-            await trio.to_thread.run_sync(_sync_and_rename, path, target)
-            segment = Segment(name, target, target.stat().st_size)
-            self.index.add(name, segment)
-            self._tables[segment] = table
-            self._unindexed.add(segment)
-            self._index_wanted.set()
-            return segment
+    async def _install(self, path: Path, name: SegmentName, table: Table,
+                       replacing: frozenset[Segment] = frozenset()) -> Segment:
+        """Rename a complete, sound segment file into place and index it
+        (``replacing``: the inputs of the compaction job that wrote it, whose
+        names it may share: they stay apart until the job retires them)."""
+        while True:
+            # A same-named file found at start may be damaged: fold it in only
+            # once checked (a repair may give it another name); one that a
+            # compaction job reads: once the job is over (that waits too).
+            for old in self._same_named(name, replacing):
+                await self._verify(old)
+            async with self._finalize:
+                existing = self._same_named(name, replacing)
+                if any(s in self._unverified or s in self._job for s in existing):
+                    continue  # changed meanwhile: wait again
+                return await self._put_in_place(path, name, table, existing)
+
+    async def _put_in_place(self, path: Path, name: SegmentName, table: Table,
+                            existing: list[Segment]) -> Segment:
+        target = self.path / name.filename("flushed")
+        if existing:
+            table = await trio.to_thread.run_sync(
+                self._union_into, path, existing[0].path, self._tables[existing[0]])
+            for old in existing:
+                self._forget(old)
+        await trio.to_thread.run_sync(_sync_and_rename, path, target)
+        st = target.stat()
+        segment = Segment(name, target, st.st_size, st.st_ino)
+        self.index.add(name, segment)
+        self._tables[segment] = table
+        self._unindexed.add(segment)
+        self._index_wanted.set()
+        return segment
 
     def _union_into(self, path: Path, existing: Path, existing_table: Table) -> Table:
         """Merge ``existing`` into ``path`` (both sorted, the stored copy
@@ -340,16 +428,17 @@ class StoreLog:
                 data = await self.offload(index_segment, str(segment.path), table)
                 if self._tables.get(segment) is not table or not _same_file(before, segment.path):
                     continue  # replaced (a union, a repair) meanwhile: its new table is queued
-                wild, raw = data
+                wild, raw, topic_index = data
                 table.index = ngram.GramIndex(BitMap64.deserialize(raw), len(table), wild)
+                table.topics = topic_index
                 await trio.to_thread.run_sync(write_sidecar, segment.path, table, before)
             except FileNotFoundError:
                 continue  # removed meanwhile
             except Exception as exc:  # a worker's error, a damaged block: the index is optional
                 log.error("event=index_failed segment=%s error=%r", segment.path.name, exc)
 
-    def _same_named(self, name: SegmentName) -> list[Segment]:
-        return [s for _, s in self.index.query(name.lo, name.hi) if s.name == name]
+    def _same_named(self, name: SegmentName, but: frozenset[Segment] = frozenset()) -> list[Segment]:
+        return [s for _, s in self.index.query(name.lo, name.hi) if s.name == name and s not in but]
 
     # -- verification and repair ---------------------------------------------------------
 
@@ -493,11 +582,150 @@ class StoreLog:
         salvaged.unlink(missing_ok=True)
         if not repairing.exists():  # never moved: ``segment`` is as it was
             return
-        held = Segment(segment.name, repairing, repairing.stat().st_size)
+        st = repairing.stat()
+        held = Segment(segment.name, repairing, st.st_size, st.st_ino)
         self.index.discard(segment.name, segment)
         self._unverified.discard(segment)
         self._unverified.add(held)
         self.index.add(segment.name, held)
+
+    # -- compaction and retention (the file layer; plans: oklog.store.planner) ----------
+
+    def lease(self, segments: Iterable[Segment]) -> Lease:
+        """Keep ``segments``' files on disk until the lease is released (a
+        query holds one from its plan to its last record)."""
+        return Lease(self._leases, [s.ino for s in segments if s.ino])
+
+    def leased(self, segment: Segment) -> bool:
+        return self._leases.get(segment.ino, 0) > 0
+
+    def live_segments(self, *, verified_only: bool) -> dict[SegmentName, tuple[Segment, Seg]]:
+        """The flushed segments (and a running job's inputs) as the planner
+        sees them, by name; ``verified_only``: those a job may read."""
+        out: dict[SegmentName, tuple[Segment, Seg]] = {}
+        clashes: set[SegmentName] = set()
+        for name, segment in self.index:
+            suffix = segment.path.suffix
+            if suffix not in (".flushed", ".reading") or segment in self._verifying and segment not in self._job:
+                continue
+            if verified_only and segment in self._unverified:
+                continue
+            if name in out:
+                clashes.add(name)
+            out[name] = (segment, Seg(name, segment.size, state_of(suffix)))
+        for name in clashes:  # two files of one name: the next install unites them
+            del out[name]
+        return out
+
+    def _move(self, segment: Segment, event: str) -> Segment:
+        """Rename ``segment``'s file for ``event`` (the lifecycle says where)."""
+        state = next_state(event, state_of(segment.path.suffix))
+        target = segment.path.with_name(segment.name.filename(state.value))
+        if state == State.TRASHED:
+            target = _unused(target)
+        os.rename(segment.path, target)
+        return Segment(segment.name, target, segment.size, segment.ino)
+
+    def _rekey(self, old: Segment, new: Segment) -> None:
+        self.index.discard(old.name, old)
+        self.index.add(new.name, new)
+        table = self._tables.pop(old, None)
+        if table is not None:
+            self._tables[new] = table
+        for books in (self._unindexed, self._unverified):
+            if old in books:
+                books.discard(old)
+                books.add(new)
+
+    def claim(self, segments: list[Segment], done: trio.Event) -> list[Segment]:
+        """Make ``segments`` a compaction job's inputs: ``.flushed`` →
+        ``.reading``; still indexed and queryable.  No check or repair runs
+        on them until ``done`` is set; their sidecars go (an output may
+        take one's name)."""
+        claimed: list[Segment] = []
+        try:
+            for segment in segments:
+                try:
+                    moved = self._move(segment, "claim")
+                except FileNotFoundError:  # removed behind our back (by hand): forget it
+                    log.warning("event=segment_gone segment=%s", segment.path.name)
+                    self._forget(segment)
+                    self._unverified.discard(segment)
+                    raise
+                self._rekey(segment, moved)
+                self._unindexed.discard(moved)  # no n-gram index (nor sidecar) for a job's input
+                self._job.add(moved)
+                self._verifying[moved] = done
+                claimed.append(moved)
+                sidecar_path(segment.path).unlink(missing_ok=True)
+        except BaseException:
+            self.release(claimed)
+            raise
+        return claimed
+
+    def release(self, segments: list[Segment]) -> list[Segment]:
+        """A job failed: its inputs go back to ``.flushed`` (sidecars rewritten
+        from the tables in memory), but for one whose name an installed
+        output took: that one is retired."""
+        back: list[Segment] = []
+        for segment in segments:
+            if (self.path / segment.name.filename("flushed")).exists():
+                # an output of the very same name is installed: it holds
+                # every record of this input (it covers its whole range)
+                self.retire([segment], 0.0)
+                continue
+            self._job.discard(segment)
+            self._verifying.pop(segment, None)
+            moved = self._move(segment, "release")
+            self._rekey(segment, moved)
+            back.append(moved)
+            table = self._tables.get(moved)
+            if table is None:
+                continue
+            if table.index is None:
+                self._unindexed.add(moved)
+                self._index_wanted.set()
+            else:
+                try:
+                    write_sidecar(moved.path, table)
+                except OSError as exc:  # derived data: rebuilt at the next start
+                    log.warning("event=sidecar_write_failed segment=%s error=%r", moved.path.name, exc)
+        return back
+
+    def retire(self, segments: list[Segment], now: float) -> None:
+        """A job's outputs are installed: its inputs leave the index
+        (``.reading`` → ``.trashed``) and are purged as soon as no running
+        query reads them."""
+        for segment in segments:
+            self._job.discard(segment)
+            self._verifying.pop(segment, None)
+            moved = self._move(segment, "retire")
+            self._forget(segment)
+            self._unverified.discard(segment)  # suspected during the job: gone now
+            self.trash[moved.path] = Trashed(moved, now, "compacted")
+
+    def expire(self, segment: Segment, purge_at: float, reason: str) -> Segment:
+        """Retention: ``.flushed`` → ``.trashed``, never planned again;
+        purged at ``purge_at``."""
+        moved = self._move(segment, "expire")
+        self._forget(segment)
+        self._unverified.discard(segment)
+        self.trash[moved.path] = Trashed(moved, purge_at, reason)
+        return moved
+
+    def purge(self, now: float) -> list[Trashed]:
+        """Remove the trashed files whose time has come and that no running
+        query reads."""
+        gone: list[Trashed] = []
+        for path, t in list(self.trash.items()):
+            if t.purge_at is None or t.purge_at > now or self.leased(t.segment):
+                continue
+            next_state("purge", State.TRASHED)
+            path.unlink(missing_ok=True)
+            sidecar_path(path).unlink(missing_ok=True)
+            del self.trash[path]
+            gone.append(t)
+        return gone
 
     # -- reading -----------------------------------------------------------------
 
@@ -533,9 +761,16 @@ class StoreLog:
             assert segment.name == name
             assert segment.path.parent == self.path and segment.path.exists(), segment.path
             parsed, state = SegmentName.parse(segment.path.name)
-            assert parsed == name and state in ("flushed", "repairing"), segment.path
-            assert state == "flushed" or segment in self._unverified
-        assert not self._verifying, "a check is running"
+            assert parsed == name and state in ("flushed", "repairing", "reading"), segment.path
+            assert state != "repairing" or segment in self._unverified
+            assert (state == "reading") == (segment in self._job), segment.path
+            assert segment.ino == segment.path.stat().st_ino, segment.path
+        assert not set(self._verifying) - self._job, "a check is running"
+        for path, t in self.trash.items():  # trashed: on disk until purged, never indexed
+            assert path == t.segment.path and ".trashed" in path.suffixes and path.exists(), path
+            assert t.segment.ino == path.stat().st_ino, path
+        indexed_inos = {s.ino for _, s in self.index} | {t.segment.ino for t in self.trash.values()}
+        assert set(self._leases) <= indexed_inos, "a query reads a file that is gone"
         indexed = {s for _, s in self.index}
         assert self._unverified <= indexed, "an unverified segment is not indexed"
         assert set(self._tables) == indexed - self._unverified, "tables and verified segments differ"

@@ -22,6 +22,38 @@
   const figure = $("histogram"), svg = $("bars"), caption = $("caption");
   const SVG = "http://www.w3.org/2000/svg";
 
+  // --- the API token (nodes run with -api.token-file) ---------------------------------------
+  // Kept in sessionStorage (gone with the tab); asked for once on a 401, then
+  // every request sends it. Concurrent requests share one prompt.
+  const TOKEN_KEY = "oklog.token";
+  let asking = null;
+
+  function authHeaders() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
+
+  function askToken() {
+    if (!asking) {
+      asking = Promise.resolve().then(() => {
+        const token = window.prompt("This oklog node needs its API token (-api.token-file):");
+        if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+        return Boolean(token);
+      }).finally(() => { asking = null; });
+    }
+    return asking;
+  }
+
+  async function api(path, signal) {
+    const sent = sessionStorage.getItem(TOKEN_KEY);
+    let response = await fetch(path, { signal, headers: authHeaders() });
+    if (response.status === 401) {
+      const retry = sessionStorage.getItem(TOKEN_KEY) !== sent || (!signal.aborted && await askToken());
+      if (retry && !signal.aborted) response = await fetch(path, { signal, headers: authHeaders() });
+    }
+    return response;
+  }
+
   let controller = null; // aborts the query or the live tail running now
   let histController = null; // aborts the histogram being counted
   let lastHistogram = null;
@@ -212,7 +244,7 @@
     const started = performance.now();
     let response;
     try {
-      response = await fetch("/store/query?" + apiParams(s, true), { signal: ctl.signal });
+      response = await api("/store/query?" + apiParams(s, true), ctl.signal);
     } catch (e) {
       if (!ctl.signal.aborted) { show(errorBox, "query failed: " + e.message); setState("error"); stats.textContent = ""; }
       return;
@@ -274,7 +306,7 @@
     const n = Math.max(10, Math.min(240, Math.floor((svg.clientWidth || 600) / 7)));
     let data;
     try {
-      const r = await fetch("/store/histogram?" + apiParams(s, true) + "&buckets=" + n, { signal });
+      const r = await api("/store/histogram?" + apiParams(s, true) + "&buckets=" + n, signal);
       if (r.status !== 200 && r.status !== 206) {
         const reason = (await r.text()).trim();
         if (signal.aborted) return;
@@ -373,7 +405,7 @@
     stats.textContent = "live tail: connecting...";
     let response;
     try {
-      response = await fetch("/store/stream?" + apiParams(s, false), { signal: ctl.signal });
+      response = await api("/store/stream?" + apiParams(s, false), ctl.signal);
     } catch (e) {
       if (!ctl.signal.aborted) liveFailed("live tail failed: " + e.message);
       return;
