@@ -28,9 +28,11 @@ import collections
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -315,8 +317,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         ing.start()
         seed = f"127.0.0.1:{ing.cluster_port}"
+        # no read repair on queries: replication is the consumers' work,
+        # and then the repair walker's (the last check)
         stores = [FaultNode("store", root / f"store{i}", env={PARK_ENV: str(park)}, extra=[
-            "-cluster.fast-gossip", "-peer", seed, "-store.segment-replication-factor", str(RF)])
+            "-cluster.fast-gossip", "-peer", seed, "-store.segment-replication-factor", str(RF),
+            "-store.read-repair-buffer", "0", "-store.repair-grace", "1s"])
             for i in range(3)]
         for s in stores:
             nodes.append(s.start(wait=False))
@@ -399,6 +404,66 @@ def test_ingester_sigkilled_with_pending_segments(cluster: Cluster) -> None:
         assert f"event=recovered segment={seg} from=.pending" in logs
     marker.unlink()
     cluster.assert_all_there(tag, sent)
+
+
+
+def test_bulk_acknowledged_only_once_committed_through_a_store_killed_before_commit(cluster: Cluster) -> None:
+    """``oklog forward -bulk`` gets no OK while the batch holding its
+    upload is replicated but not committed; the store dies there, and the
+    forwarder exits 0 (every segment acknowledged) only once another
+    consumption committed it -- each record then queryable once."""
+    tag = "bulk-store-killed-before-commit"
+    sent = tagged(tag, 3000)
+    arm(cluster.park, "commit")
+    done: list[subprocess.CompletedProcess] = []
+    bulk = threading.Thread(target=lambda: done.append(subprocess.run(
+        oklog_cmd("forward", "-bulk", f"127.0.0.1:{cluster.ingester.bulk_port}"), input=feed(sent),
+        capture_output=True, timeout=240, cwd=ROOT)), daemon=True)
+    bulk.start()
+    marker, pid = wait_parked(cluster.park, "commit")
+    victim = cluster.store_by_pid(pid)
+    time.sleep(1.0)
+    assert bulk.is_alive(), "acknowledged before the commit"
+    victim.kill()
+    marker.unlink()
+    wait_until("the old process's Serf agent to let its port go", lambda: port_free(victim.cluster_port), 30)
+    victim.start()
+    bulk.join(240)
+    assert done and done[0].returncode == 0, done and done[0].stderr.decode()[-2000:]
+    cluster.assert_all_there(tag, sent)
+
+
+def copies(stores: list[FaultNode]) -> collections.Counter[bytes]:
+    """On how many stores each record of every check above lies."""
+    count: collections.Counter[bytes] = collections.Counter()
+    for store in stores:
+        count.update(ids_on(store.api, ""))
+    return count
+
+
+def test_a_store_loses_its_disk_and_oklog_repair_restores_replication(cluster: Cluster) -> None:
+    """After the faults above, a store comes back with an empty disk: the
+    records it held are on one store only, until ``oklog repair`` (run as
+    from cron) copies each to a store that lacks it."""
+    before = copies(cluster.stores)
+    assert before and min(before.values()) >= RF
+    victim = cluster.stores[0]
+    victim.kill()
+    shutil.rmtree(victim.data / "store")
+    wait_until("the old process's Serf agent to let its port go", lambda: port_free(victim.cluster_port), 30)
+    victim.start()
+    wait_members(victim, 1 + len(cluster.stores))
+    held = copies(cluster.stores)
+    short = sum(1 for n in held.values() if n < RF)
+    assert set(held) == set(before) and short > 0
+
+    walk = subprocess.run(oklog_cmd("repair", "-store", cluster.stores[1].api, "-from", "1h", "-step", "10m"),
+                          capture_output=True, timeout=180, cwd=ROOT)
+    out = walk.stdout.decode() + walk.stderr.decode()
+    assert walk.returncode == 0, out
+    assert re.search(rf"\brepaired={short}\b", out), out
+    after = copies(cluster.stores)
+    assert set(after) == set(before) and min(after.values()) >= RF
 
 
 # -- a network partition: ip netns + veth -----------------------------------------
@@ -538,10 +603,12 @@ def ready(api: str, members: int) -> bool:
 
 def test_store_partitioned_mid_replication_then_healed(net: Net) -> None:
     """A store is cut off from the cluster after its first upload of a
-    batch and before the second: its batch fails, the ingester hands the
-    segments to the connected stores, and writes go on (a canary checks
-    them) while it is gone; healed, it rejoins, and every record is
-    queryable once through every store, on RF stores."""
+    batch and before the second: it cannot finish the batch (short of RF it
+    fails it back, or, with its own store as the second copy, it cannot
+    commit), the ingester hands the segments to the connected stores after
+    the pending timeout, and writes go on (a canary checks them) while it
+    is gone; healed, it rejoins, and every record is queryable once through
+    every store, on RF stores."""
     if not HAVE_SERF:
         pytest.skip("serf is not installed")
     park = net.root / "park"
@@ -573,8 +640,15 @@ def test_store_partitioned_mid_replication_then_healed(net: Net) -> None:
         "canary", "-ingest", f"{HUB_IP}:7651", "-store", others[0], "-rate", "200", "-duration", "10s",
         "-max-wait", "60s", "-report-interval", "5s")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     net.procs.append(canary)
-    marker.unlink()  # the victim goes on, alone: its other uploads fail
-    wait_until("the victim to give its batch up", lambda: "event=batch_failed" in victim_log.read_text(), 60)
+    marker.unlink()  # the victim goes on, alone: its uploads to the others fail
+
+    def finished() -> bool:
+        # short of RF, the batch is failed back; if its own store made up the
+        # RF, the commit fails: either way the ingester never hears of it
+        text = victim_log.read_text()
+        return "event=batch_failed" in text or "event=commit_failed" in text
+
+    wait_until("the victim to finish its batch, cut off", finished, 60)
     # meanwhile the connected stores took the segments from the ingester
     for api in others:
         net.in_hub(assert_exactly_once, api, tag, sent)
