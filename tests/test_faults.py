@@ -123,6 +123,12 @@ def assert_whole_records(directory: Path) -> None:
             assert dropped == 0 and good == data, f"{path.name}: {dropped} torn or garbled line(s)"
 
 
+def drained(api: str) -> bool:
+    """The ingester at ``api`` holds nothing: every segment was committed."""
+    state = httpx.get(f"{api}/ingest/_segmentstate", timeout=10).json()
+    return all(state[s]["segments"] == 0 for s in ("active", "flushed", "pending"))
+
+
 # -- parking a consumer ---------------------------------------------------------
 
 
@@ -215,6 +221,42 @@ def test_ingest_disk_full_holds_forwarders_back_then_resumes(tmp_path: Path, tmp
         node.kill()
 
 
+
+def test_forwarder_sigkilled_mid_stream_leaves_a_prefix_stored_once(tmp_path: Path) -> None:
+    """``oklog forward`` dies mid-stream: what it had not sent is gone with
+    it (it keeps no spool), and what the ingester got is stored once each,
+    in sending order -- a prefix of the stream, whose last line may be cut
+    short (the ingester keeps a final line without LF)."""
+    node = FaultNode("ingeststore", tmp_path / "node", extra=[
+        "-store.segment-replication-factor", "1", "-cluster.serf", "off"])
+    sent = tagged("forwarder-killed", 20000)
+    fwd = None
+    try:
+        node.start()
+        fwd = subprocess.Popen(oklog_cmd("forward", f"127.0.0.1:{node.fast_port}"), stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        assert fwd.stdin is not None
+        fwd.stdin.write(feed(sent[:5000]))
+        fwd.stdin.flush()
+        wait_until("the ingester to take the first lines",
+                   lambda: httpx.get(f"{node.api}/metrics", timeout=10).text.count(
+                       "oklog_ingest_records_total 0.0") == 0, 60)
+        fwd.stdin.write(feed(sent[5000:10000]))
+        fwd.kill()
+        fwd.wait()
+        wait_until("the ingester to hand everything it took on", lambda: drained(node.api), 60)
+        body = httpx.get(f"{node.api}/store/query", params={**ALL, "q": "forwarder-killed seq="},
+                         timeout=60).content
+        got = payloads(body)
+        assert got and len({line[:26] for line in body.split(b"\n")[:-1]}) == len(got)
+        assert got[:-1] == sent[:len(got) - 1]  # in order, each once
+        assert sent[len(got) - 1].startswith(got[-1])  # the last one whole or cut short
+    finally:
+        if fwd is not None and fwd.poll() is None:
+            fwd.kill()
+        node.kill()
+
+
 # -- a cluster: 1 ingester, 3 stores, replication factor 2 ------------------------
 
 
@@ -247,9 +289,7 @@ class Cluster:
         return httpx.get(f"{self.ingester.api}/ingest/_segmentstate", timeout=10).json()
 
     def drained(self) -> bool:
-        """The ingester holds nothing: every segment was committed."""
-        state = self.segment_state()
-        return all(state[s]["segments"] == 0 for s in ("active", "flushed", "pending"))
+        return drained(self.ingester.api)
 
     def assert_all_there(self, tag: str, sent: list[bytes]) -> None:
         """Exactly once through every store, on RF stores each, and nothing
