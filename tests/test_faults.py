@@ -473,6 +473,36 @@ def test_bulk_acknowledged_only_once_committed_through_a_store_killed_before_com
     cluster.assert_all_there(tag, sent)
 
 
+
+def test_bulk_upload_survives_an_ingester_sigkilled_before_its_ok(cluster: Cluster) -> None:
+    """The ingester dies while a bulk upload waits for its commit: the
+    forwarder, never acknowledged, sends the segment again (to the restarted
+    ingester) and exits 0; every line is stored -- possibly twice, with new
+    ULIDs, which is what bulk mode trades for losing nothing -- and each
+    ULID once."""
+    ing = cluster.ingester
+    tag = "bulk-ingester-killed"
+    sent = tagged(tag, 3000)
+    arm(cluster.park, "commit")
+    done: list[subprocess.CompletedProcess] = []
+    bulk = threading.Thread(target=lambda: done.append(subprocess.run(
+        oklog_cmd("forward", "-bulk", f"127.0.0.1:{ing.bulk_port}"), input=feed(sent),
+        capture_output=True, timeout=240, cwd=ROOT)), daemon=True)
+    bulk.start()
+    marker, _ = wait_parked(cluster.park, "commit")
+    ing.kill()
+    marker.unlink()  # the store's commit finds no ingester
+    cluster.restart_ingester()
+    bulk.join(240)
+    assert done and done[0].returncode == 0, done and done[0].stderr.decode()[-2000:]
+    wait_until("the ingester to have every segment committed", cluster.drained, 60, every=0.5)
+    for store in cluster.stores:
+        r = httpx.get(f"{store.api}/store/query", params={**ALL, "q": tag + " seq="}, timeout=60)
+        got = payloads(r.content)
+        assert len({line[:26] for line in r.content.split(b"\n")[:-1]}) == len(got)
+        assert set(got) == set(sent) and len(got) <= 2 * len(sent)
+
+
 def copies(stores: list[FaultNode]) -> collections.Counter[bytes]:
     """On how many stores each record of every check above lies."""
     count: collections.Counter[bytes] = collections.Counter()
