@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import httpx
@@ -31,6 +32,18 @@ def refused_by(sock: socket.socket, timeout: float = 10) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def feed(proc: subprocess.Popen, lines: list[bytes]) -> None:
+    """Write ``lines`` to a forwarder's stdin in ten slices over about a
+    second (so it sends several batches), then close it."""
+    assert proc.stdin is not None
+    step = len(lines) // 10
+    for i in range(0, len(lines), step):
+        proc.stdin.write(b"".join(line + b"\n" for line in lines[i:i + step]))
+        proc.stdin.flush()
+        time.sleep(0.1)
+    proc.stdin.close()
 
 
 def metric(node: Node, name: str) -> str:
@@ -95,19 +108,21 @@ def test_forwarders_fail_over_and_keep_every_record(tmp_path):
         targets = [f"127.0.0.1:{busy.fast_port}", f"tcp://127.0.0.1:{busy.fast_port}",
                    f"127.0.0.1:{other.fast_port}"]
         sent: list[bytes] = []
+        feeders: list[threading.Thread] = []
         for i in range(8):
             lines = [b"shed %d %d %s" % (i, n, b"z" * (n % 50)) for n in range(2000)]
             sent += lines
-            source = tmp_path / f"in{i}"
-            source.write_bytes(b"\n".join(lines) + b"\n")
-            with open(source, "rb") as stdin:
-                procs.append(subprocess.Popen(
-                    oklog_cmd("forward", *targets),
-                    stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT))
+            proc = subprocess.Popen(oklog_cmd("forward", *targets), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+            procs.append(proc)
+            feeders.append(threading.Thread(target=feed, args=(proc, lines), daemon=True))
+        for t in feeders:
+            t.start()
         logs = []
         for p in procs:
-            _, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err.decode()[-2000:]
+            assert p.stderr is not None
+            err = p.stderr.read()
+            assert p.wait(timeout=120) == 0, err.decode()[-2000:]
             logs.append(err.decode())
         hold.close()
         hold = None
@@ -123,8 +138,9 @@ def test_forwarders_fail_over_and_keep_every_record(tmp_path):
         assert len(got) == len(sent)  # and none twice
         refusals = metric(busy, "oklog_ingest_refused_connections_total")
         assert 'reason="max_connections"' in refusals, refusals
-        # (a refused forwarder that had written everything before it saw the
-        # refusal is stored by busy: it read what was sent, then closed)
+        # forwarders that started at busy wrote a first batch (stored there),
+        # saw the close and went on at the other ingester
+        assert "closed by ingester" in "".join(logs)
         landed = metric(other, "oklog_ingest_records_total")
         assert float(landed.split()[-1]) > 0
     finally:
@@ -135,4 +151,54 @@ def test_forwarders_fail_over_and_keep_every_record(tmp_path):
                 p.kill()
                 p.wait()
         for n in (busy, other, store):
+            n.kill()
+
+
+def clusterstate_loads(node: Node) -> dict[str, str]:
+    members = httpx.get(f"{node.api}/ingest/_clusterstate", timeout=10).json()["members"]
+    return {m["api"]: m["load"] for m in members}
+
+
+@pytest.mark.serf
+@pytest.mark.skipif(shutil.which("serf") is None, reason="serf is not installed")
+def test_cluster_rule_sheds_the_busy_ingester_only(tmp_path):
+    """-ingest.shed-factor with real Serf: the loads are gossiped as tags,
+    the ingester far above the other refuses, the other still accepts."""
+    a = Node("ingest", tmp_path / "a", extra=FAST_INGEST + ["-ingest.shed-factor", "2"])
+    a.start()
+    b = Node("ingest", tmp_path / "b", extra=FAST_INGEST + [
+        "-peer", f"127.0.0.1:{a.cluster_port}", "-ingest.shed-factor", "2"])
+    held: list[socket.socket] = []
+    try:
+        b.start()
+        for n in (a, b):
+            wait_members(n, 2)
+        deadline = time.monotonic() + 30
+        while not all(clusterstate_loads(a).values()):  # both published
+            assert time.monotonic() < deadline, clusterstate_loads(a)
+            time.sleep(0.2)
+        assert set(clusterstate_loads(a).values()) == {"conns=0,bps=0,rps=0,refusing=0"}
+
+        for _ in range(4):  # at least 4 connections at stake, and none on b
+            held.append(socket.create_connection(("127.0.0.1", a.fast_port), timeout=10))
+        deadline = time.monotonic() + 30
+        while True:
+            s = socket.create_connection(("127.0.0.1", a.fast_port), timeout=10)
+            if refused_by(s, 1.0):
+                s.close()
+                break
+            held.append(s)  # not yet: a did not count them all yet
+            assert time.monotonic() < deadline, "a never refused"
+        assert 'reason="load"' in metric(a, "oklog_ingest_refused_connections_total")
+        with socket.create_connection(("127.0.0.1", b.fast_port), timeout=10) as ok:
+            assert not refused_by(ok, 1.0)  # b is the one below the mean
+        deadline = time.monotonic() + 30
+        while "refusing=1" not in "".join(clusterstate_loads(b).values()):  # b hears of it
+            assert time.monotonic() < deadline, clusterstate_loads(b)
+            time.sleep(0.2)
+        assert "event=shedding_started reason=load" in a.log()  # logged before it is published
+    finally:
+        for s in held:
+            s.close()
+        for n in (a, b):
             n.kill()

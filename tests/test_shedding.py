@@ -4,7 +4,10 @@ on real sockets in one process (refusals lose nothing, each is counted)."""
 from __future__ import annotations
 
 import functools
+from functools import partial
 import os
+import random
+import ssl
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -16,7 +19,9 @@ from prometheus_client import REGISTRY
 
 from oklog.forward import ForwardStats, forward
 from oklog.ingest.bulk import BulkIngester, serve_bulk
-from oklog.ingest.gate import Gate
+from oklog.cluster.membership import SerfMembership, StaticMembership
+from oklog.cluster.serf import Member
+from oklog.ingest.gate import Gate, peer_loads
 from oklog.ingest.log import IngestLog
 from oklog.ingest.server import LineIngester, serve_lines
 from oklog.ingest.shedding import (
@@ -29,7 +34,8 @@ from oklog.ingest.shedding import (
     format_load,
     parse_load,
 )
-from oklog.records.format import DEFAULT_TOPIC
+from oklog.tls import client_context, server_context
+from tests.certs import have_openssl, make_pki
 from oklog.ulid import Stamper
 
 # --- the policy ----------------------------------------------------------------------
@@ -184,7 +190,8 @@ def refused(reason: str) -> float:
 class Ingester:
     """An ingest log with gated fast and bulk ports on 127.0.0.1."""
 
-    def __init__(self, path: Path, gate: Gate) -> None:
+    def __init__(self, path: Path, gate: Gate, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.log = IngestLog(path, flush_size=1 << 30, flush_age=3600)
         self.log.open()
         self.gate = gate
@@ -194,8 +201,8 @@ class Ingester:
                                  max_size=1 << 24, ack_timeout=5)
 
     async def start(self, nursery: trio.Nursery) -> tuple[int, int]:
-        from functools import partial
-        fast = await nursery.start(partial(serve_lines, gate=self.gate), self.lines, "127.0.0.1", 0, False)
+        fast = await nursery.start(partial(serve_lines, gate=self.gate), self.lines, "127.0.0.1", 0, False,
+                                   self.tls)
         bulk = await nursery.start(partial(serve_bulk, gate=self.gate), self.bulk, "127.0.0.1", 0)
         return fast, bulk
 
@@ -273,7 +280,7 @@ async def test_cluster_rule_sheds_and_forward_loses_nothing(tmp_path, monkeypatc
     peers = [Load(0)]
     busy = Ingester(tmp_path / "busy", Gate(ShedPolicy(factor=2, min_connections=1), peers=lambda: peers))
     idle = Ingester(tmp_path / "idle", Gate(ShedPolicy()))
-    monkeypatch.setattr("oklog.forward._rng", __import__("random").Random(0))
+    monkeypatch.setattr("oklog.forward._rng", random.Random(0))
     stats = [ForwardStats() for _ in range(6)]
     sent: list[bytes] = []
     async with trio.open_nursery() as nursery:
@@ -318,3 +325,90 @@ async def _feed(fd: int, data: bytes) -> None:
     stream = trio.lowlevel.FdStream(fd)
     await stream.send_all(data)
     await stream.aclose()
+
+
+@pytest.mark.skipif(not have_openssl(), reason="openssl is not installed")
+@trio_test
+async def test_tls_refusal_resets_before_the_handshake_and_forward_loses_nothing(tmp_path, monkeypatch):
+    pki = make_pki(tmp_path / "pki")
+    server = server_context(pki.node_cert, pki.node_key, alpn=[])
+    full = Ingester(tmp_path / "full", Gate(ShedPolicy(max_connections=1)), tls=server)
+    free = Ingester(tmp_path / "free", Gate(ShedPolicy()), tls=server)
+    monkeypatch.setattr("oklog.forward._rng", random.Random(1))
+    before = refused("max_connections")
+    lines = [b"tls line %d" % n for n in range(5000)]
+    async with trio.open_nursery() as nursery:
+        full_port, _ = await full.start(nursery)
+        free_port, _ = await free.start(nursery)
+        hold = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", full_port),
+                              client_context(pki.ca, alpn=[]), server_hostname="127.0.0.1")
+        await hold.do_handshake()
+        with trio.fail_after(10):
+            while full.gate.meter.connections < 1:
+                await trio.sleep(0.01)
+        r, w = os.pipe()
+        stats = ForwardStats()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(_feed, w, b"\n".join(lines) + b"\n")
+                await forward([f"tls://127.0.0.1:{full_port}"] * 3 + [f"tls://127.0.0.1:{free_port}"], r,
+                              stats=stats, tls=client_context(pki.ca, alpn=[]),
+                              backoff_initial=0.01, backoff_max=0.05)
+        os.close(r)
+        await trio.aclose_forcefully(hold)
+        with trio.fail_after(10):
+            while full.gate.meter.connections:
+                await trio.sleep(0.01)
+        got_full, got_free = await full.payloads(), await free.payloads()
+        nursery.cancel_scope.cancel()
+    assert got_full == [] and sorted(got_free) == sorted(lines)
+    assert stats.lines_unconfirmed == 0 and stats.reconnects >= 1  # random start 1 of 4 -> full first
+    assert refused("max_connections") > before
+    for log in (full.log, free.log):
+        log.close()
+
+
+@trio_test
+async def test_run_publishes_when_load_changes():
+    sent: list[dict[str, str]] = []
+
+    async def publish(tags: dict[str, str]) -> None:
+        sent.append(tags)
+
+    peers = [Load(0)]
+    gate = Gate(ShedPolicy(factor=2, min_connections=1), peers=lambda: peers)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(gate.run, publish, tick=0.05))
+        await trio.sleep(0.3)
+        assert sent == [{"oklog.load": "conns=0,bps=0,rps=0,refusing=0"}]  # once, not every tick
+        gate.meter.opened()  # one connection against the others' 0: refusing by load
+        with trio.fail_after(5):
+            while len(sent) < 2:
+                await trio.sleep(0.01)
+        assert sent[1] == {"oklog.load": "conns=1,bps=0,rps=0,refusing=1"}
+        assert gate.refusing == "load"
+        gate.meter.closed()
+        with trio.fail_after(5):
+            while len(sent) < 3:
+                await trio.sleep(0.01)
+        assert sent[2] == {"oklog.load": "conns=0,bps=0,rps=0,refusing=0"} and gate.refusing is None
+        nursery.cancel_scope.cancel()
+
+
+def test_peer_loads_reads_the_other_alive_ingesters():
+    m = SerfMembership("127.0.0.1:1", "http://127.0.0.1:7650", "ingest")
+    m.name = "me"
+
+    def member(name: str, role: str, load: str | None, status: str = "alive") -> Member:
+        tags = {"oklog.role": role, "oklog.api": f"127.0.0.1:{len(name)}"}
+        if load is not None:
+            tags["oklog.load"] = load
+        return Member(name, "127.0.0.1", 7946, tags, status)
+
+    tag = "conns=%d,bps=0,rps=0,refusing=0"
+    m._update([member("me", "ingest", tag % 9), member("a", "ingest", tag % 1),
+               member("b", "ingeststore", tag % 2), member("c", "store", tag % 3),
+               member("d", "ingest", tag % 4, status="failed"), member("e", "ingest", None),
+               member("f", "ingest", "garbage")])
+    assert sorted(x.connections for x in peer_loads(m)) == [1, 2]
+    assert peer_loads(StaticMembership("http://127.0.0.1:7650", "ingest")) == []

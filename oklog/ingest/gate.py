@@ -189,11 +189,12 @@ class Gate:
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sample, re-decide and publish ``oklog.load`` when it changed enough, until cancelled."""
         task_status.started()
+        announced: str | None = None  # the state last logged (decide() also runs per connection)
         while True:
             self.meter.sample(trio.current_time())
-            before = self.refusing
             self.decide()
-            if self.refusing != before:
+            if self.refusing != announced:
+                announced = self.refusing
                 if self.refusing is None:
                     log.info("event=shedding_stopped")
                 else:
