@@ -46,7 +46,7 @@ from .config import NodeConfig
 from .http import Request, Response, Router, json_response, request_metrics, text
 from .ingest.api import ingest_router
 from .ingest.bulk import BulkIngester, serve_bulk
-from .ingest.gate import Gate, peer_loads
+from .ingest.gate import Gate, peer_loads, warn_inactive
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
 from .ingest.shedding import ShedPolicy
@@ -297,6 +297,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
             gate = Gate(ShedPolicy(max_connections=cfg.ingest_max_connections, factor=cfg.ingest_shed_factor),
                         peers=lambda: peer_loads(membership))
             ingester.meter = gate.meter
+            warn_inactive(gate.policy, membership)
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())

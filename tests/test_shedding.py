@@ -21,7 +21,7 @@ from oklog.forward import ForwardStats, forward
 from oklog.ingest.bulk import BulkIngester, serve_bulk
 from oklog.cluster.membership import SerfMembership, StaticMembership
 from oklog.cluster.serf import Member
-from oklog.ingest.gate import Gate, peer_loads
+from oklog.ingest.gate import Gate, peer_loads, warn_inactive
 from oklog.ingest.log import IngestLog
 from oklog.ingest.server import LineIngester, serve_lines
 from oklog.ingest.shedding import (
@@ -412,3 +412,59 @@ def test_peer_loads_reads_the_other_alive_ingesters():
                member("f", "ingest", "garbage")])
     assert sorted(x.connections for x in peer_loads(m)) == [1, 2]
     assert peer_loads(StaticMembership("http://127.0.0.1:7650", "ingest")) == []
+
+
+@trio_test
+async def test_refusals_held_open_are_bounded(tmp_path):
+    ing = Ingester(tmp_path, Gate(ShedPolicy(max_connections=1), grace=30, max_draining=1))
+    async with trio.open_nursery() as nursery:
+        fast, _ = await ing.start(nursery)
+        hold = await trio.open_tcp_stream("127.0.0.1", fast)
+        with trio.fail_after(10):
+            while ing.gate.meter.connections < 1:
+                await trio.sleep(0.01)
+        lingering = await trio.open_tcp_stream("127.0.0.1", fast)  # refused, never closes
+        with trio.fail_after(10):
+            assert await lingering.receive_some(10) == b""
+        assert ing.gate.draining == 1
+        flood = await trio.open_tcp_stream("127.0.0.1", fast)
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            while await flood.receive_some(10):  # reset, not held
+                pass
+        await lingering.aclose()
+        with trio.fail_after(10):
+            while ing.gate.draining:
+                await trio.sleep(0.01)
+        for s in (hold, flood):
+            await trio.aclose_forcefully(s)
+        nursery.cancel_scope.cancel()
+    ing.log.close()
+
+
+@trio_test
+async def test_refusal_log_is_rate_limited_and_the_tail_is_logged(caplog):
+    caplog.set_level("WARNING", logger="oklog.ingest")
+    gate = Gate(ShedPolicy(max_connections=1), log_interval=0.3)
+
+    async def publish(tags: dict[str, str]) -> None:
+        pass
+
+    for _ in range(5):
+        gate._refused("max_connections", "fast")
+    lines = [r.getMessage() for r in caplog.records if "connection_refused" in r.getMessage()]
+    assert len(lines) == 1 and "count=1" in lines[0]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(gate.run, publish, tick=0.05))
+        await trio.sleep(0.6)
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if "connection_refused" in r.getMessage()]
+    assert len(lines) == 2 and "count=4" in lines[1]  # the four held back, once the interval passed
+
+
+def test_warns_when_the_cluster_rule_cannot_act(caplog):
+    caplog.set_level("WARNING", logger="oklog.ingest")
+    static = StaticMembership("http://127.0.0.1:7650", "ingest")
+    warn_inactive(ShedPolicy(max_connections=3), static)
+    assert not caplog.records
+    warn_inactive(ShedPolicy(factor=2), static)
+    assert "event=shed_factor_inactive" in caplog.text

@@ -21,7 +21,10 @@ is never reset with data in it.  Instead:
 - **fast and durable ports (plain TCP)**: the ingester half-closes at once
   (sends FIN: "go away") and keeps reading, stamping and storing whatever
   the forwarder had already written, until the forwarder's own EOF (or
-  ``grace`` seconds, then it is closed).  ``oklog forward`` watches every
+  ``grace`` seconds, then it is closed; at most ``MAX_DRAINING`` such
+  connections at once, beyond which a refusal is a plain reset: a bound
+  for floods, never reached by forwarders that close when told to).
+  ``oklog forward`` watches every
   connection for EOF: it sees ours within a round trip, stops writing to
   it, closes it (its EOF ends our read) and fails over to the next
   ingester with the rest.  What it wrote before noticing was read and
@@ -45,6 +48,8 @@ that still loses data on a loaded host where the reset comes late.
 Every refusal is counted in ``oklog_ingest_refused_connections{reason}``
 and logged (``event=connection_refused``, at most one line per reason per
 ``log_interval`` seconds, with the number refused since the last line).
+``warn_inactive`` says at start-up when ``-ingest.shed-factor`` cannot
+act (no Serf: no other ingester's load is known).
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ Handler = Callable[[Any], Awaitable[None]]
 
 #: How long a refused connection may go on sending (what it sends is stored).
 REFUSE_GRACE = 10.0
+#: At most this many refused line connections are read at once; beyond,
+#: a refused connection is reset at once (what it sent is then lost: only
+#: a client that ignores the close, or a flood, gets there).
+MAX_DRAINING = 256
 _RECEIVE = 256 * 1024
 
 
@@ -92,12 +101,14 @@ class Gate:
 
     def __init__(self, policy: ShedPolicy, meter: LoadMeter | None = None, *,
                  peers: Callable[[], list[Load]] = list, grace: float = REFUSE_GRACE,
-                 log_interval: float = 5.0) -> None:
+                 log_interval: float = 5.0, max_draining: int = MAX_DRAINING) -> None:
         self.policy = policy
         self.meter = meter if meter is not None else LoadMeter()
         self.peers = peers
         self.grace = grace
         self.log_interval = log_interval
+        self.max_draining = max_draining
+        self.draining = 0  #: refused line connections still being read
         self.refusing: str | None = None  #: the latest decision's reason to refuse
         self.published: Load | None = None
         self._unlogged = dict.fromkeys(REASONS, 0)
@@ -118,15 +129,22 @@ class Gate:
     def _refused(self, reason: str, mode: str) -> None:
         metrics.ingest_refused.labels(reason).inc()
         self._unlogged[reason] += 1
+        self._log_refusals(mode)
+
+    def _log_refusals(self, mode: str = "") -> None:
+        """One line per reason with refusals not yet logged, at most every
+        ``log_interval`` seconds (``run`` calls this too, so a last burst
+        is logged even if no refusal follows it)."""
         now = trio.current_time()
-        if now - self._last_log[reason] < self.log_interval:
-            return
-        load = self.meter.load()
-        log.warning("event=connection_refused reason=%s mode=%s count=%d connections=%d "
-                    "max_connections=%d bytes_per_second=%d", reason, mode, self._unlogged[reason],
-                    load.connections, self.policy.max_connections, load.bytes_per_second)
-        self._unlogged[reason] = 0
-        self._last_log[reason] = now
+        for reason, count in self._unlogged.items():
+            if not count or now - self._last_log[reason] < self.log_interval:
+                continue
+            load = self.meter.load()
+            log.warning("event=connection_refused reason=%s mode=%s count=%d connections=%d "
+                        "max_connections=%d bytes_per_second=%d", reason, mode or "any", count,
+                        load.connections, self.policy.max_connections, load.bytes_per_second)
+            self._unlogged[reason] = 0
+            self._last_log[reason] = now
 
     # --- wrapping the port handlers -----------------------------------------------------
 
@@ -144,13 +162,21 @@ class Gate:
                 _reset(stream.transport_stream)
                 await trio.aclose_forcefully(stream)
                 return
+            if self.draining >= self.max_draining:  # a flood: bounded, even at a cost
+                _reset(stream)
+                await trio.aclose_forcefully(stream)
+                return
+            self.draining += 1
             try:
-                await stream.send_eof()  # FIN: "go away"; what was sent is still read
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-            with trio.move_on_after(self.grace):
-                await handler(stream)  # reads, stores and closes at the forwarder's EOF
-            await trio.aclose_forcefully(stream)
+                try:
+                    await stream.send_eof()  # FIN: "go away"; what was sent is still read
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+                with trio.move_on_after(self.grace):
+                    await handler(stream)  # reads, stores and closes at the forwarder's EOF
+                await trio.aclose_forcefully(stream)
+            finally:
+                self.draining -= 1
 
         return gated
 
@@ -202,6 +228,7 @@ class Gate:
                     log.info("event=shedding_started reason=%s connections=%d bytes_per_second=%d",
                              self.refusing, load.connections, load.bytes_per_second)
             load = self.load()
+            self._log_refusals()
             if changed_enough(self.published, load):
                 await publish({LOAD_TAG: format_load(load)})
                 self.published = load
@@ -221,3 +248,10 @@ def _reset(stream: Any) -> None:
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
+
+
+def warn_inactive(policy: ShedPolicy, membership: Membership) -> None:
+    """Log once if the cluster rule is on but can never fire (no Serf)."""
+    if policy.factor and not isinstance(membership, SerfMembership):
+        log.warning("event=shed_factor_inactive reason=no_serf (-ingest.shed-factor compares "
+                    "this ingester with the others' published loads; without Serf it never refuses)")
