@@ -74,9 +74,10 @@ Handler = Callable[[Any], Awaitable[None]]
 
 #: How long a refused connection may go on sending (what it sends is stored).
 REFUSE_GRACE = 10.0
-#: At most this many refused line connections are read at once; beyond,
-#: a refused connection is reset at once (what it sent is then lost: only
-#: a client that ignores the close, or a flood, gets there).
+#: At most this many refused connections are read at once; beyond, a
+#: refused connection is reset at once (on a line port what it sent is then
+#: lost: only a client that ignores the close, or a flood, gets there; a
+#: bulk upload is sent again).
 MAX_DRAINING = 256
 _RECEIVE = 256 * 1024
 
@@ -108,7 +109,7 @@ class Gate:
         self.grace = grace
         self.log_interval = log_interval
         self.max_draining = max_draining
-        self.draining = 0  #: refused line connections still being read
+        self.draining = 0  #: refused connections still being read
         self.refusing: str | None = None  #: the latest decision's reason to refuse
         self.published: Load | None = None
         self._unlogged = dict.fromkeys(REASONS, 0)
@@ -189,6 +190,11 @@ class Gate:
                 await self._serve(handler, stream)
                 return
             self._refused(reason, "bulk")
+            if self.draining >= self.max_draining:  # a flood: a reset (an upload is sent again)
+                _reset(stream)
+                await trio.aclose_forcefully(stream)
+                return
+            self.draining += 1
             try:
                 with trio.move_on_after(self.grace):
                     await stream.send_all(err_line(f"refused: {_why(reason)}; send it to another ingester"))
@@ -198,6 +204,7 @@ class Gate:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
             finally:
+                self.draining -= 1
                 await trio.aclose_forcefully(stream)
 
         return gated
