@@ -349,9 +349,10 @@ class NodeConfig:
         parse=_count, kind=int, metavar="N")
     ingest_shed_factor: float = setting(
         "ingest.shed-factor", "0",
-        "refuse new forwarder connections while this ingester's connections or bytes/s exceed "
-        "this many times the mean of the cluster's ingesters, if no more than a quarter of them "
-        "refuse already (Serf only; 0: off; e.g. 2)", ("ingest",),
+        "refuse new forwarder connections while this ingester's load (its share of the ingest "
+        "tier's connections plus its share of its bytes/s) exceeds this many times the other "
+        "ingesters' mean, unless a quarter of them (at least one) refuse already "
+        "(needs Serf; 0: off; e.g. 2)", ("ingest",),
         parse=_shed_factor, metavar="F")
 
     @property

@@ -468,3 +468,19 @@ def test_warns_when_the_cluster_rule_cannot_act(caplog):
     assert not caplog.records
     warn_inactive(ShedPolicy(factor=2), static)
     assert "event=shed_factor_inactive" in caplog.text
+
+
+def test_flags():
+    from oklog.config import NodeConfig, flags
+    from oklog.errors import ConfigError
+    table = dict(flags("ingest"))
+    assert NodeConfig().ingest_max_connections == 0 and NodeConfig().ingest_shed_factor == 0.0
+    assert table["ingest_max_connections"].parse(4) == 4
+    assert table["ingest_shed_factor"].parse("2.5") == 2.5
+    assert table["ingest_shed_factor"].parse("0") == 0.0
+    for bad in ("1", "0.5", "-2", "nan", "inf", "x"):
+        with pytest.raises(ConfigError):
+            table["ingest_shed_factor"].parse(bad)
+    with pytest.raises(ConfigError):
+        table["ingest_max_connections"].parse(-1)
+    assert "ingest_shed_factor" not in dict(flags("store"))
