@@ -286,7 +286,7 @@ async def test_cluster_rule_sheds_and_forward_loses_nothing(tmp_path, monkeypatc
     async with trio.open_nursery() as nursery:
         busy_port, _ = await busy.start(nursery)
         idle_port, _ = await idle.start(nursery)
-        hold = await trio.open_tcp_stream("127.0.0.1", busy_port)  # 1 connection vs a mean of 0.5
+        hold = await trio.open_tcp_stream("127.0.0.1", busy_port)  # 1 connection vs the other's 0
         with trio.fail_after(10):
             while busy.gate.meter.connections < 1:
                 await trio.sleep(0.01)
@@ -315,15 +315,23 @@ async def test_cluster_rule_sheds_and_forward_loses_nothing(tmp_path, monkeypatc
         nursery.cancel_scope.cancel()
     assert sorted(got_busy + got_idle) == sorted(sent)  # every line, once
     assert len(got_idle) > 0
+    # forwarders that started at busy wrote a batch there (stored), saw the
+    # close and went on at idle
+    moved = [st for st in stats if st.reconnects]
+    assert moved and all(st.lines_unconfirmed for st in moved)
     assert refused("load") > before  # some forwarders tried the busy one first
     for log in (busy.log, idle.log):
         log.close()
 
 
-async def _feed(fd: int, data: bytes) -> None:
-    """Write ``data`` into a pipe without blocking the event loop, then close it."""
+async def _feed(fd: int, data: bytes, slices: int = 10) -> None:
+    """Write ``data`` into a pipe in slices a moment apart (so a forwarder
+    sends several batches), then close it."""
     stream = trio.lowlevel.FdStream(fd)
-    await stream.send_all(data)
+    step = len(data) // slices + 1
+    for i in range(0, len(data), step):
+        await stream.send_all(data[i:i + step])
+        await trio.sleep(0.02)
     await stream.aclose()
 
 
