@@ -169,6 +169,26 @@ KEY_FILE = typer.Option("", "-key-file", "--key-file", metavar="FILE",
                         help="private key (PEM) of -cert-file")
 
 
+# Options the record-reading client commands (query, stream, repair) share.
+STORE = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
+                     help="address of any store node (https://host:port for TLS)")
+Q = typer.Option("", "-q", "--q", metavar="TEXT",
+                 help="what to find in records (any bytes; empty matches all)")
+REGEX = typer.Option(False, "-regex", "--regex", help="q is a regular expression")
+TOPIC = typer.Option(None, "-topic", "--topic", metavar="TOPIC", help="only records of this topic")
+ULID = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID")
+
+
+def exit_after_output(code: int) -> None:
+    """Flush stdout and exit with ``code``; a reader that went away (``oklog
+    query ... | head``) is not an error."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(code)
+
+
 def client_conf(token_file: str, ca_file: str, cert_file: str = "", key_file: str = "") -> Any:
     """The ``ClientConf`` of a client command's security flags; a bad file
     is one line on stderr and exit 1."""
@@ -305,19 +325,16 @@ def forward(
 
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")
 def query(
-    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
-                              help="address of any store node (https://host:port for TLS)"),
+    store: str = STORE,
     from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
                               help="from: a duration ago (5m, 1h30m, 7d, 1w), an RFC3339 time or a ULID"),
     to: str = typer.Option("now", "-to", "--to", metavar="TIME",
                            help="to: now, a duration ago, an RFC3339 time or a ULID"),
-    q: str = typer.Option("", "-q", "--q", metavar="TEXT",
-                          help="what to find in records (any bytes; empty matches all)"),
-    regex: bool = typer.Option(False, "-regex", "--regex", help="q is a regular expression"),
-    topic: Optional[str] = typer.Option(None, "-topic", "--topic", metavar="TOPIC",
-                                        help="only records of this topic"),
+    q: str = Q,
+    regex: bool = REGEX,
+    topic: Optional[str] = TOPIC,
     stats: bool = typer.Option(False, "-stats", "--stats", help="print statistics only"),
-    ulid: bool = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID"),
+    ulid: bool = ULID,
     verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
                                  help="print the request and response headers"),
     timeout: str = typer.Option("20s", "-timeout", "--timeout", metavar="DURATION",
@@ -332,11 +349,7 @@ def query(
     conf = client_conf(token_file, ca_file, cert_file, key_file)
     code = run_query(store, from_=from_, to=to, q=os.fsencode(q), regex=regex, stats=stats,
                      with_ulid=ulid, verbose=verbose, topic=topic, timeout=timeout, conf=conf)
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:  # e.g. `oklog query ... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(code)
+    exit_after_output(code)
 
 
 @command("repair", "Re-replicate under-replicated records, step by step: oklog repair -from 30d -step 1h",
@@ -345,8 +358,7 @@ def query(
          "concurrently (at worst an extra copy). A healthy step moves only ULIDs. Exits 1 if the "
          "store cannot be reached or any step failed.")
 def repair(
-    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
-                              help="address of any store node (it does the work)"),
+    store: str = STORE,
     from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
                               help="from: a duration ago (30d, 1h), an RFC3339 time or a ULID"),
     to: str = typer.Option("now", "-to", "--to", metavar="TIME",
@@ -367,6 +379,8 @@ def repair(
     conf = client_conf(token_file, ca_file, cert_file, key_file)
     raise typer.Exit(run_repair(store, from_=from_, to=to, step=step, dry_run=dry_run,
                                 timeout=timeout, conf=conf))
+
+
 @command("stream", "Print matching records as they are stored: oklog stream -q ERROR",
          "Print matching records as the store tier writes them, until interrupted "
          "(e.g. oklog stream -q ERROR). Records appear about as soon as they become "
@@ -374,16 +388,13 @@ def repair(
          "de-duplicated within -window. A client too slow to keep up loses the oldest "
          "records and is told so on stderr; a lost connection is opened again.")
 def stream(
-    store: str = typer.Option("localhost:7650", "-store", "--store", metavar="ADDR",
-                              help="address of any store node"),
-    q: str = typer.Option("", "-q", "--q", metavar="TEXT",
-                          help="what to find in records (any bytes; empty matches all)"),
-    regex: bool = typer.Option(False, "-regex", "--regex", help="q is a regular expression"),
-    topic: Optional[str] = typer.Option(None, "-topic", "--topic", metavar="TOPIC",
-                                        help="only records of this topic"),
+    store: str = STORE,
+    q: str = Q,
+    regex: bool = REGEX,
+    topic: Optional[str] = TOPIC,
     window: str = typer.Option("3s", "-window", "--window", metavar="DURATION",
                                help="de-duplication window (0 turns it off)"),
-    ulid: bool = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID"),
+    ulid: bool = ULID,
     verbose: bool = typer.Option(False, "-v", "--v", "-verbose", "--verbose",
                                  help="print the request and every reconnection attempt"),
     token_file: str = TOKEN_FILE,
@@ -396,11 +407,7 @@ def stream(
     conf = client_conf(token_file, ca_file, cert_file, key_file)
     code = run_stream(store, q=os.fsencode(q), regex=regex, topic=topic, window=window,
                       with_ulid=ulid, verbose=verbose, conf=conf)
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(code)
+    exit_after_output(code)
 
 
 @command("testsvc", "Emit test log lines to stdout (for demos and the Procfile).")

@@ -143,6 +143,17 @@ def _positive(s: str | int) -> int:
     return _number(s, 1)
 
 
+def _shed_factor(s: str | float) -> float:
+    """``-ingest.shed-factor``: 0 (off) or a number above 1."""
+    try:
+        f = float(s)
+    except ValueError:
+        raise ConfigError(f"invalid number {s!r}") from None
+    if f != 0 and not (1 < f < float("inf")):
+        raise ConfigError(f"{s!r}: must be 0 (off) or a number above 1 (e.g. 2)")
+    return f
+
+
 def _bulk_size(s: str) -> int:
     size = parse_size(s)
     if size < 1:
@@ -331,6 +342,18 @@ class NodeConfig:
         "cluster.key-file", "",
         "encrypt gossip with the base64 16/24/32-byte key in FILE (`serf keygen`); "
         "every node of the cluster needs the same key", parse=_optional_path, metavar="FILE")
+    ingest_max_connections: int = setting(
+        "ingest.max-connections", 0,
+        "refuse new forwarder connections (fast, durable and bulk ports together) while this "
+        "many are open; forwarders fail over to another ingester (0: no limit)", ("ingest",),
+        parse=_count, kind=int, metavar="N")
+    ingest_shed_factor: float = setting(
+        "ingest.shed-factor", "0",
+        "refuse new forwarder connections while this ingester's load (its share of the ingest "
+        "tier's connections plus its share of its bytes/s) exceeds this many times the other "
+        "ingesters' mean, unless a quarter of them (at least one) refuse already "
+        "(needs Serf; 0: off; e.g. 2)", ("ingest",),
+        parse=_shed_factor, metavar="F")
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -130,3 +130,9 @@ http_unauthorized = Counter(
     "reason=missing|malformed|invalid",
     ["reason"],
 )
+ingest_refused = Counter(
+    "oklog_ingest_refused_connections",
+    "Forwarder connections refused by load shedding: reason=max_connections "
+    "(-ingest.max-connections) or load (-ingest.shed-factor)",
+    ["reason"],
+)

@@ -31,6 +31,7 @@ import logging
 import signal
 import socket
 import ssl
+from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -45,8 +46,10 @@ from .config import NodeConfig
 from .http import Request, Response, Router, json_response, request_metrics, text
 from .ingest.api import ingest_router
 from .ingest.bulk import BulkIngester, serve_bulk
+from .ingest.gate import Gate, peer_loads, warn_inactive
 from .ingest.log import IngestLog
 from .ingest.server import LineIngester, serve_lines
+from .ingest.shedding import ShedPolicy
 from .listen import check_free, tcp_sockets
 from .localpeers import LocalPeers
 from .peer import Peers, open_peers
@@ -290,23 +293,31 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         if ingest_log is not None:
             ingester = LineIngester(ingest_log, max_record_size=cfg.ingest_max_record_size, stamper=Stamper(),
                                     topic_mode=cfg.ingest_topic_mode, topic=cfg.ingest_topic.encode())
+            # load shedding (oklog.ingest.gate): measures and publishes always, refuses only if enabled
+            gate = Gate(ShedPolicy(max_connections=cfg.ingest_max_connections, factor=cfg.ingest_shed_factor),
+                        peers=lambda: peer_loads(membership))
+            ingester.meter = gate.meter
+            warn_inactive(gate.policy, membership)
             for addr, default, durable in ((cfg.ingest_fast, 7651, False), (cfg.ingest_durable, 7652, True)):
                 host, port = parse_addr(addr, default)
                 listen_scopes.append(trio.CancelScope())
-                await nursery.start(_scoped, listen_scopes[-1], serve_lines, ingester, host, port, durable,
-                                    security.ingest_tls)
+                await nursery.start(_scoped, listen_scopes[-1], partial(serve_lines, gate=gate), ingester, host,
+                                    port, durable, security.ingest_tls)
             # the line ports' stamping (their stamper: every ULID strictly increasing; their topic mode)
             bulk = BulkIngester(ingest_log, stamp_block=ingester.stamp_block,
                                 max_record_size=cfg.ingest_max_record_size,
                                 max_size=cfg.ingest_bulk_max_size, ack_timeout=cfg.ingest_bulk_timeout)
+            bulk.meter = gate.meter
             if security.ingest_tls is None:
                 host, port = parse_addr(cfg.ingest_bulk, 7653)
                 listen_scopes.append(trio.CancelScope())
-                await nursery.start(_scoped, listen_scopes[-1], serve_bulk, bulk, host, port)
+                await nursery.start(_scoped, listen_scopes[-1], partial(serve_bulk, gate=gate), bulk, host, port)
             else:  # a plain bulk port would let in whom TLS keeps out; bulk has no TLS yet
                 log.warning("event=bulk_disabled reason=ingest_tls (bulk ingest does not work over "
                             "TLS yet: -ingest.bulk is not opened on a node with -ingest.tls-cert)")
             nursery.start_soon(_scoped, flusher_scope, ingest_log.run_flusher)
+            listen_scopes.append(trio.CancelScope())
+            nursery.start_soon(_scoped, listen_scopes[-1], gate.run, membership.publish)
 
         # Every route is mounted and the listeners are up: now join (and advertise).
         if cluster.agent is not None:

@@ -78,22 +78,23 @@ def resolve_time(value: str, now: float, flag: str = "-from") -> str:
     return timespec.format_rfc3339(resolved)
 
 
+def match_params(q: str | bytes, regex: bool = False, topic: str | None = None) -> str:
+    """``q=...[&regex=true][&topic=...]``, percent-encoded (``q`` may be any bytes)."""
+    qb = q if isinstance(q, bytes) else q.encode("utf-8", "surrogateescape")
+    params = f"q={quote_from_bytes(qb, safe='')}"
+    if regex:
+        params += "&regex=true"
+    if topic is not None:
+        params += f"&topic={quote(topic, safe='')}"
+    return params
+
+
 def query_url(
     base: str, from_: str, to: str, q: str | bytes, regex: bool = False, topic: str | None = None
 ) -> str:
-    """``{base}/store/query?...`` with every value percent-encoded
-    (``q`` may be any bytes)."""
-
-    def enc(s: str) -> str:
-        return quote(s, safe="")
-
-    qb = q if isinstance(q, bytes) else q.encode("utf-8", "surrogateescape")
-    url = f"{base}/store/query?from={enc(from_)}&to={enc(to)}&q={quote_from_bytes(qb, safe='')}"
-    if regex:
-        url += "&regex=true"
-    if topic is not None:
-        url += f"&topic={enc(topic)}"
-    return url
+    """``{base}/store/query?...`` with every value percent-encoded."""
+    return (f"{base}/store/query?from={quote(from_, safe='')}&to={quote(to, safe='')}&"
+            + match_params(q, regex, topic))
 
 
 def human_bytes(n: int) -> str:

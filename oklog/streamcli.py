@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sys
 from typing import BinaryIO, TextIO
-from urllib.parse import quote, quote_from_bytes
 
 import httpx
 import trio
@@ -31,7 +30,8 @@ from oklog.addr import api_url
 from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
 from oklog.lines import LineSplitter
-from oklog.querycli import CONNECT_TIMEOUT, _connect_reason, _first_line, _payload_lines, _strip_topic_lines
+from oklog.querycli import (CONNECT_TIMEOUT, _connect_reason, _first_line, _payload_lines, _strip_topic_lines,
+                            match_params)
 from oklog.stream.params import MAX_WINDOW
 from oklog.stream.wire import IDLE_TIMEOUT, parse_dropped, split_notices
 
@@ -44,13 +44,7 @@ RETRY_MAX = 5.0
 def stream_url(base: str, q: str | bytes, regex: bool = False, topic: str | None = None,
                window: float = 3.0) -> str:
     """``{base}/store/stream?...`` with every value percent-encoded."""
-    qb = q if isinstance(q, bytes) else q.encode("utf-8", "surrogateescape")
-    url = f"{base}/store/stream?q={quote_from_bytes(qb, safe='')}&window={round(window * 1000)}ms"
-    if regex:
-        url += "&regex=true"
-    if topic is not None:
-        url += f"&topic={quote(topic, safe='')}"
-    return url
+    return f"{base}/store/stream?{match_params(q, regex, topic)}&window={round(window * 1000)}ms"
 
 
 class _Refused(Exception):

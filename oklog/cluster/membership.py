@@ -83,6 +83,7 @@ def _member_view(m: Member) -> dict[str, Any]:
         "status": m.status,
         "role": m.tags.get(ROLE_TAG, ""),
         "api": m.tags.get(API_TAG, ""),
+        "load": m.tags.get("oklog.load", ""),  # an ingester's, for load shedding (oklog.ingest.gate)
     }
 
 

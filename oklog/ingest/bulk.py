@@ -34,7 +34,9 @@ from ..lines import Chunk, LineSplitter
 from ..listen import open_tcp_listeners
 from ..records.format import DEFAULT_TOPIC, stamp
 from ..ulid import Stamper
+from .gate import Gate
 from .log import ActiveSegment, IngestLog
+from .shedding import LoadMeter
 
 log = logging.getLogger("oklog.ingest")
 
@@ -105,6 +107,7 @@ class BulkIngester:
         self.max_record_size = max_record_size
         self.max_size = max_size
         self.ack_timeout = ack_timeout
+        self.meter: LoadMeter | None = None  #: counts stamped bytes/records (load shedding)
 
     async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         metrics.ingest_connections.labels("bulk").inc()
@@ -158,6 +161,8 @@ class BulkIngester:
                     except OSError as exc:  # a full disk: the client sends it elsewhere
                         return self._write_failed(exc)
                     metrics.ingest_bytes.inc(len(block))
+                    if self.meter is not None:
+                        self.meter.add(len(block), 0)
                 if not data:
                     break
             if segment is None:
@@ -172,6 +177,8 @@ class BulkIngester:
             if segment is not None:
                 self.log.discard_bulk(segment)
         metrics.ingest_records.inc(upload.records)
+        if self.meter is not None:
+            self.meter.add(0, upload.records)
         with trio.move_on_after(self.ack_timeout):
             await committed.wait()
             log.debug("event=bulk_committed segment=%s records=%d", seg_id, upload.records)
@@ -205,14 +212,16 @@ def _count(outcome: str) -> None:
     metrics.ingest_bulk_uploads.labels(outcome).inc()
 
 
-async def serve_bulk(ingester: BulkIngester, host: str, port: int, *,
+async def serve_bulk(ingester: BulkIngester, host: str, port: int, *, gate: Gate | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Accept bulk connections until cancelled (which answers those waiting
     ``ERR``).  Plain TCP only: an upload ends with a half-close and is
     answered after it, which a TLS stream cannot do (the node does not open
-    this port when its line ports use TLS)."""
+    this port when its line ports use TLS).  With a ``gate`` (load
+    shedding), each connection is admitted or refused by it."""
     listeners = await open_tcp_listeners(host, port, "-ingest.bulk")
     bound = listeners[0].socket.getsockname()
     log.info("event=listening mode=bulk addr=%s:%d", bound[0], bound[1])
     task_status.started(bound[1])
-    await trio.serve_listeners(ingester.handle, listeners)
+    handler = ingester.handle if gate is None else gate.bulk(ingester.handle)
+    await trio.serve_listeners(handler, listeners)

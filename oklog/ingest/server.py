@@ -36,7 +36,9 @@ from ..records.format import DEFAULT_TOPIC, stamp
 from ..records.topics import MODES, check_topic, stamp_dynamic
 from ..tls import tls_listeners
 from ..ulid import ULID_LEN, Stamper
+from .gate import Gate
 from .log import IngestLog
+from .shedding import LoadMeter
 
 log = logging.getLogger("oklog.ingest")
 
@@ -59,6 +61,7 @@ class LineIngester:
         self.stamper = stamper
         self.dynamic = topic_mode == "dynamic"
         self.topic = topic
+        self.meter: LoadMeter | None = None  #: counts stamped bytes/records (load shedding)
 
     def handler(self, durable: bool) -> Callable[[trio.abc.Stream], Awaitable[None]]:
         mode = "durable" if durable else "fast"
@@ -130,6 +133,8 @@ class LineIngester:
                             "durable" if durable else "fast", trio.current_time() - since)
             metrics.ingest_records.inc(records)
             metrics.ingest_bytes.inc(len(block))
+            if self.meter is not None:
+                self.meter.add(len(block), records)
             return full
 
     def stamp_block(self, block: bytes) -> tuple[bytes, int]:
@@ -177,6 +182,7 @@ async def serve_lines(
     durable: bool,
     tls: ssl.SSLContext | None = None,
     *,
+    gate: Gate | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept forwarder connections until cancelled (which closes them all).
@@ -184,6 +190,8 @@ async def serve_lines(
     A wildcard host listens on every address family (see ``oklog.listen``).
     With ``tls`` (``-ingest.tls-cert``), forwarders must speak TLS; a failed
     handshake is one ``connection_error`` line, like a broken connection.
+    With a ``gate`` (load shedding), each connection is admitted or refused
+    by it (``oklog.ingest.gate``).
     """
     flag = "-ingest.durable" if durable else "-ingest.fast"
     listeners = await open_tcp_listeners(host, port, flag)
@@ -191,4 +199,7 @@ async def serve_lines(
     log.info("event=listening mode=%s addr=%s:%d tls=%s", "durable" if durable else "fast",
              bound[0], bound[1], "on" if tls is not None else "off")
     task_status.started(bound[1])
-    await trio.serve_listeners(ingester.handler(durable), tls_listeners(listeners, tls))
+    handler = ingester.handler(durable)
+    if gate is not None:
+        handler = gate.lines(handler, durable=durable, tls=tls is not None)
+    await trio.serve_listeners(handler, tls_listeners(listeners, tls))
