@@ -262,7 +262,10 @@ def run_query(
     except httpx.TimeoutException as e:
         print(f"error: store at {base} timed out: {e or type(e).__name__}", file=err)
     except httpx.HTTPError as e:
-        print(f"error: query to {base} failed: {describe_tls(e) or e or type(e).__name__}", file=err)
+        reason = describe_tls(e) or f"{e or type(e).__name__}"
+        if isinstance(e, httpx.NetworkError) and not describe_tls(e):  # reset, broken: maybe refused
+            reason += _closed_hint(base, conf)
+        print(f"error: query to {base} failed: {reason}", file=err)
     return 1
 
 
