@@ -446,3 +446,23 @@ def test_canary_fails_when_the_node_dies(tmp_path: Path) -> None:
     m = re.search(r"missing (\d+) \(\d+ of them written", err)
     assert m and int(m.group(1)) > 0, err
     assert "FAIL" in err and "reconnects" in err
+
+
+@pytest.mark.slow
+def test_canary_with_a_topic_on_a_dynamic_topic_node(tmp_path: Path) -> None:
+    """-topic T: every line starts with T, which a dynamic-topic ingester
+    takes as the record's topic; the checks query that topic."""
+    node = Node("ingeststore", tmp_path / "n", extra=[
+        "-store.segment-replication-factor", "1", "-ingest.topic-mode", "dynamic"]).start()
+    try:
+        proc = subprocess.run(canary_cmd(node, "-topic", "canary", "-rate", "100", "-duration", "3s"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=90)
+        body = httpx.get(f"{node.api}/store/query", params={"from": "1h", "to": "now", "topic": "canary"},
+                         timeout=30).content
+    finally:
+        node.kill()
+    assert proc.returncode == 0, proc.stderr
+    assert "missing 0" in proc.stderr or "missing=0" in proc.stderr, proc.stderr
+    records = body.split(b"\n")[:-1]
+    assert len(records) >= 250 and all(r.split(b" ")[1] == b"canary" for r in records)
+    assert all(r.split(b" ", 2)[2].startswith(b"oklog-canary run=") for r in records)
