@@ -421,6 +421,7 @@ def testsvc(
     words = ["GET", "POST", "INFO", "WARN", "ERROR", "timeout", "ok", "user", "cache", "miss", "hit", "db"]
     out = sys.stdout.buffer
     interval = 1.0 / rate if rate > 0 else 0.0
+    start = time.monotonic()
     n = 0
     try:
         while not count or n < count:
@@ -428,8 +429,8 @@ def testsvc(
             text = " ".join(random.choice(words) for _ in range(max(1, size // 6)))
             out.write(f"{name} {n} {text}"[:max(size, 16)].encode() + b"\n")
             out.flush()
-            if interval:
-                time.sleep(interval)
+            if interval:  # paced by the clock, not by sleeps that add up: -rate lines a second
+                time.sleep(max(0.0, start + n * interval - time.monotonic()))
     except (BrokenPipeError, KeyboardInterrupt):
         os._exit(0)
 

@@ -269,3 +269,15 @@ def test_the_procfile_cluster_runs(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_testsvc_paces_its_lines_by_the_clock() -> None:
+    """`oklog testsvc -rate 200`: about 200 lines a second (never faster)."""
+    started = time.monotonic()
+    done = subprocess.run(oklog_cmd("testsvc", "-rate", "200", "-count", "300", "-size", "64"),
+                          capture_output=True, timeout=60, cwd=ROOT)
+    took = time.monotonic() - started
+    lines = done.stdout.split(b"\n")[:-1]
+    assert done.returncode == 0 and len(lines) == 300
+    assert took >= 1.45  # 300 lines at 200/s: 1.5 s of pacing
+    assert all(line.split(b" ")[1] == b"%d" % (i + 1) for i, line in enumerate(lines))
