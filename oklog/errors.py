@@ -112,6 +112,12 @@ class ReplicationShortfall(OklogError):
         self.have = have
 
 
+class QueryTimeout(OklogError):
+    """A query ran past ``-store.query-timeout`` (``oklog.query.limits``)."""
+
+    status_hint = 503
+
+
 # --- this node's fault ---------------------------------------------------------
 
 
