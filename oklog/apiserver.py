@@ -75,6 +75,17 @@ class ConnectionLimit:
         metrics.http_connections.set(self.open)
 
 
+class _TCPServer(TCPServer):
+    """hypercorn's connection, minus one flaw: once the client has closed
+    its side, hypercorn still waits out the idle timer before it lets go of
+    the connection (and its file descriptor), so clients that open and
+    close would count against the limit for ``-api.idle-timeout`` each."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
 class _HypercornConfig(hypercorn.config.Config):
     """hypercorn's config with an SSL context made by ``oklog.tls`` (checked
     at start-up, HTTP/1.1 only) instead of one it builds from file names."""
@@ -138,7 +149,7 @@ class _Server:
         try:
             if self.config.tls is not None:
                 served = trio.SSLStream(stream, self.config.tls, server_side=True, https_compatible=True)
-            await TCPServer(self.app, self.config, self.context, ConnectionState({}), served)
+            await _TCPServer(self.app, self.config, self.context, ConnectionState({}), served)
         finally:
             # TCPServer leaves a stream whose TLS handshake failed open (as trio.serve_listeners would)
             await trio.aclose_forcefully(served)
