@@ -371,7 +371,8 @@ class NodeConfig:
     api_idle_timeout: float = setting(
         "api.idle-timeout", "20s",
         "close an API connection that has not sent a complete request head within this long "
-        "of opening or of its last response (idle keep-alive and slow or half-sent requests)",
+        "of opening or of its last response (idle keep-alive, slow or half-sent request heads); "
+        "a request body that stalls this long is answered 408",
         parse=_timeout, metavar="DURATION")
     store_query_timeout: float = setting(
         "store.query-timeout", "5m",

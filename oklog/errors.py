@@ -50,6 +50,12 @@ class ClientGone(ClientError):
     """The client disconnected before its request was read whole."""
 
 
+class RequestTimeout(ClientError):
+    """The client stopped sending its request body (``-api.idle-timeout``)."""
+
+    status_hint = 408
+
+
 class UnknownSegment(ClientError):
     """No segment with that id is in a state that allows the operation."""
 

@@ -231,6 +231,7 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         return None
 
     router = Router()
+    router.body_timeout = cfg.api_idle_timeout  # a request body that stalls this long: 408
     router.use(request_metrics(router))
     if (auth := security.middleware()) is not None:
         router.use(auth)  # every route, those mounted below and any added later

@@ -150,6 +150,34 @@ def test_idle_and_half_sent_connections_are_dropped_after_the_idle_timeout() -> 
     serve(app(), test, idle_timeout=1.0)
 
 
+def test_a_request_body_that_stalls_gets_408_and_frees_its_connection() -> None:
+    router = Router()
+    router.body_timeout = 0.5  # as oklog.node sets it from -api.idle-timeout
+
+    async def upload(request: Request) -> Response:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return text(200, f"{size} bytes")
+
+    router.add("POST", "/upload", upload)
+
+    async def test(port: int) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        started = trio.current_time()
+        answer = b""
+        with trio.fail_after(10):
+            while b"-api.idle-timeout" not in answer:
+                answer += await stream.receive_some(1000)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert 0.4 < trio.current_time() - started < 5
+        whole, _ = await request(port, "/upload")  # GET: 405, the server is fine
+        assert whole.startswith(b"HTTP/1.1 405 ")
+
+    serve(router, test)
+
+
 # --- queries ------------------------------------------------------------------------------
 
 
@@ -208,3 +236,25 @@ def test_queries_beyond_the_cap_get_503_with_retry_after_per_pool() -> None:
         assert sample(metrics.queries_running) == 0
 
     serve(app(QueryLimits(timeout=30, max_concurrent=2), gate=gate), test)
+
+
+def test_a_scatter_cut_by_its_deadline_lets_go_of_the_answers_it_had() -> None:
+    from oklog.query import gather
+    from tests.fakes import FakeAnswer
+
+    opened: list[FakeAnswer] = []
+
+    class Peers:  # one store answers at once, the other never does
+        async def open_query(self, store: str, raw_query: bytes, *, method: str = "GET") -> FakeAnswer:
+            if store == "http://frozen":
+                await trio.sleep_forever()
+            opened.append(FakeAnswer(store, {}, []))
+            return opened[-1]
+
+    async def main() -> None:
+        with trio.move_on_after(0.3) as scope:  # as QueryLimits cuts a query before its headers
+            await gather.scatter(Peers(), ["http://quick", "http://frozen"], b"from=a&to=b", "GET")  # type: ignore[arg-type]
+        assert scope.cancelled_caught
+        assert len(opened) == 1 and opened[0].closed
+
+    trio.run(main)
