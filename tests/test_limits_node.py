@@ -28,7 +28,11 @@ MAX_CONNECTIONS = 450
 
 def metric(api: str, name: str) -> float:
     """The sum of a metric's samples (every label set) at /metrics."""
-    text = httpx.get(f"{api}/metrics", timeout=30).text
+    deadline = time.monotonic() + 30
+    while (r := httpx.get(f"{api}/metrics", timeout=30)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)  # connections just closed by the test are still being let go of
+    assert r.status_code == 200, r.text
+    text = r.text
     return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
