@@ -13,7 +13,7 @@ queries.  Here each accepted connection is admitted or refused by a
   connection opens or its last response ends until a *complete* request
   head has arrived, so it bounds both idle keep-alive connections and
   request heads sent slowly or only in part; its request-head size limit
-  (``h11_max_incomplete_size``, 16 KiB) answers bigger heads with 400;
+  (``h11_max_incomplete_size``, 16 KiB) answers bigger heads with 431;
 - refused (the limit reached): a plain-HTTP client gets ``503`` with
   ``Retry-After`` and a one-line reason, then the connection is closed; a
   TLS client is closed before the handshake (a refusal in clear text would
@@ -22,8 +22,10 @@ queries.  Here each accepted connection is admitted or refused by a
   says so at most every ``LOG_EVERY`` seconds.
 
 Streamed response bodies (queries, live streams) are not subject to a read
-timeout: only the client's silence *before* a request is bounded (the
-node's own per-query deadline is ``oklog.query.limits``).
+timeout: only the client's silence *before* a request is bounded (a stalled
+request *body* is ``oklog.http``'s 408; the per-query deadline is
+``oklog.query.limits``).  No ASGI lifespan events are sent: ``oklog.http``'s
+router has nothing to do on them.
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ async def serve_api(app: Any, socks: list[socket.socket], stop: trio.Event,
                 task_status.started(binds)
                 await stop.wait()
                 acceptors.cancel_scope.cancel()
+            for listener in listeners:  # new connections are refused by the kernel now
+                await trio.aclose_forcefully(listener)
             await server.context.terminated.set()  # idle connections close now
             connections.cancel_scope.deadline = trio.current_time() + GRACEFUL_TIMEOUT
     finally:

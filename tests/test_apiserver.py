@@ -178,6 +178,16 @@ def test_a_request_body_that_stalls_gets_408_and_frees_its_connection() -> None:
     serve(router, test)
 
 
+def test_an_oversized_request_head_gets_431() -> None:
+    async def test(port: int) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (20 << 10))
+        answer = await closed_by_server(stream)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+
+    serve(app(), test)
+
+
 # --- queries ------------------------------------------------------------------------------
 
 
