@@ -238,10 +238,14 @@ async def _send(response: Response, request: Request, receive: Any, send: Any) -
         except Exception as exc:
             # The headers are gone: the one way left to say "this answer is
             # incomplete" is to break the connection instead of ending the
-            # body (the server aborts it when the app raises).
+            # body.  Returning without the final body message does that
+            # (hypercorn closes a response left unfinished, as when the app
+            # raises), without a traceback in the log for an expected cut.
+            if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
             log.warning("event=stream_failed path=%s error=%r action=abort_connection",
                         request.path, exc)
-            raise
+            return
     elif hasattr(body, "aclose"):
         await body.aclose()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
