@@ -5,7 +5,7 @@ is not needed to hold connections open or to make a query slow."""
 from __future__ import annotations
 
 import socket
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import trio
 
@@ -15,8 +15,8 @@ from oklog.http import Request, Response, Router, request_metrics, text
 from oklog.query.limits import QueryLimits
 
 
-def sample(metric: object, *labels: str) -> float:
-    target = metric.labels(*labels) if labels else metric  # type: ignore[attr-defined]
+def sample(metric: Any, *labels: str) -> float:
+    target = metric.labels(*labels) if labels else metric
     return float(target._value.get())
 
 
@@ -50,7 +50,7 @@ def app(limits: QueryLimits | None = None, gate: trio.Event | None = None) -> Ro
     return router
 
 
-def serve(router: Router, test: Callable[[int], object], **kw: object) -> None:
+def serve(router: Router, test: Callable[[int], Any], **kw: Any) -> None:
     """Run ``serve_api`` on a fresh 127.0.0.1 port and ``await test(port)``."""
 
     async def main() -> None:
@@ -62,7 +62,7 @@ def serve(router: Router, test: Callable[[int], object], **kw: object) -> None:
             await nursery.start(lambda task_status: serve_api(router, [sock], stop, None,
                                                               task_status=task_status, **kw))
             with trio.fail_after(60):
-                await test(port)  # type: ignore[misc]
+                await test(port)
             stop.set()
 
     trio.run(main)
@@ -263,7 +263,8 @@ def test_a_scatter_cut_by_its_deadline_lets_go_of_the_answers_it_had() -> None:
 
     async def main() -> None:
         with trio.move_on_after(0.3) as scope:  # as QueryLimits cuts a query before its headers
-            await gather.scatter(Peers(), ["http://quick", "http://frozen"], b"from=a&to=b", "GET")  # type: ignore[arg-type]
+            await gather.scatter(Peers(), ["http://quick", "http://frozen"],  # type: ignore[arg-type]
+                                 b"from=a&to=b", "GET")
         assert scope.cancelled_caught
         assert len(opened) == 1 and opened[0].closed
 
