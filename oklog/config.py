@@ -161,6 +161,14 @@ def _bulk_size(s: str) -> int:
     return size
 
 
+def _timeout(s: str) -> float:
+    """A duration that must be above zero."""
+    seconds = parse_seconds(s)
+    if seconds <= 0:
+        raise ConfigError(f"{s!r}: must be above zero")
+    return seconds
+
+
 # --- the settings ------------------------------------------------------------------------
 
 BOTH = ("ingest", "store")
@@ -354,6 +362,27 @@ class NodeConfig:
         "ingesters' mean, unless a quarter of them (at least one) refuse already "
         "(needs Serf; 0: off; e.g. 2)", ("ingest",),
         parse=_shed_factor, metavar="F")
+
+    # --- limits against hostile or runaway clients (oklog.apiserver, oklog.query.limits)
+    api_max_connections: int = setting(
+        "api.max-connections", 1024,
+        "refuse new API connections (503 with a one-line reason) while this many are open, "
+        "idle ones included (0: no limit)", parse=_count, kind=int, metavar="N")
+    api_idle_timeout: float = setting(
+        "api.idle-timeout", "20s",
+        "close an API connection that has not sent a complete request head within this long "
+        "of opening or of its last response (idle keep-alive, slow or half-sent request heads); "
+        "a request body that stalls this long is answered 408",
+        parse=_timeout, metavar="DURATION")
+    store_query_timeout: float = setting(
+        "store.query-timeout", "5m",
+        "cut a query or histogram that runs longer (503 before its headers; after them the "
+        "connection is broken, so the answer cannot pass for complete; 0: no limit)", ("store",),
+        parse=parse_seconds, metavar="DURATION")
+    store_max_concurrent_queries: int = setting(
+        "store.max-concurrent-queries", 32,
+        "answer 503 with Retry-After to queries and histograms beyond this many running "
+        "(0: no limit)", ("store",), parse=_count, kind=int, metavar="N")
 
     @property
     def roles(self) -> tuple[str, ...]:

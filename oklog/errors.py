@@ -50,6 +50,12 @@ class ClientGone(ClientError):
     """The client disconnected before its request was read whole."""
 
 
+class RequestTimeout(ClientError):
+    """The client stopped sending its request body (``-api.idle-timeout``)."""
+
+    status_hint = 408
+
+
 class UnknownSegment(ClientError):
     """No segment with that id is in a state that allows the operation."""
 
@@ -110,6 +116,12 @@ class ReplicationShortfall(OklogError):
         super().__init__(f"replicated to {have} of {want} store nodes")
         self.want = want
         self.have = have
+
+
+class QueryTimeout(OklogError):
+    """A query ran past ``-store.query-timeout`` (``oklog.query.limits``)."""
+
+    status_hint = 503
 
 
 # --- this node's fault ---------------------------------------------------------

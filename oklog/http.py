@@ -21,6 +21,7 @@ paths included -- and every final status.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from contextlib import aclosing
@@ -31,7 +32,7 @@ from urllib.parse import parse_qsl
 import trio
 
 from . import metrics
-from .errors import ClientGone, OklogError
+from .errors import ClientGone, OklogError, RequestTimeout
 
 log = logging.getLogger("oklog.http")
 
@@ -47,6 +48,7 @@ class Request:
     _receive: Callable[[], Awaitable[dict[str, Any]]]
     _body_done: bool = False
     client: str = ""  # "host:port" of the peer, for logs
+    body_timeout: float = math.inf  # longest wait for the next piece of the body
 
     @property
     def params(self) -> dict[str, str]:
@@ -60,7 +62,10 @@ class Request:
     async def stream(self) -> AsyncIterator[bytes]:
         """The request body chunk by chunk, never held whole."""
         while not self._body_done:
-            msg = await self._receive()
+            with trio.move_on_after(self.body_timeout) as waited:
+                msg = await self._receive()
+            if waited.cancelled_caught:
+                raise RequestTimeout(f"no request body bytes for {self.body_timeout:g}s (-api.idle-timeout)")
             if msg["type"] == "http.disconnect":
                 raise ClientGone("client disconnected")
             self._body_done = not msg.get("more_body", False)
@@ -74,7 +79,7 @@ class Request:
         try:
             async for _ in self.stream():
                 pass
-        except ClientGone:
+        except (ClientGone, RequestTimeout):  # a client that stalls its body is as good as gone
             return
         while (await self._receive())["type"] != "http.disconnect":
             pass
@@ -110,6 +115,7 @@ class Router:
         self._paths: set[str] = set()
         self._middleware: list[Middleware] = []
         self._app: Handler = self._dispatch
+        self.body_timeout = math.inf  # for every request's body (oklog.node: -api.idle-timeout)
 
     def add(self, methods: str, path: str, handler: Handler) -> None:
         for method in methods.split("|"):
@@ -145,6 +151,7 @@ class Router:
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             _receive=receive,
             client=_client(scope),
+            body_timeout=self.body_timeout,
         )
         response = await self._app(request)
         await _send(response, request, receive, send)
@@ -231,10 +238,14 @@ async def _send(response: Response, request: Request, receive: Any, send: Any) -
         except Exception as exc:
             # The headers are gone: the one way left to say "this answer is
             # incomplete" is to break the connection instead of ending the
-            # body (the server aborts it when the app raises).
+            # body.  Returning without the final body message does that
+            # (hypercorn closes a response left unfinished, as when the app
+            # raises), without a traceback in the log for an expected cut.
+            if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
             log.warning("event=stream_failed path=%s error=%r action=abort_connection",
                         request.path, exc)
-            raise
+            return
     elif hasattr(body, "aclose"):
         await body.aclose()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -245,8 +256,12 @@ async def _stream_body(body: AsyncIterator[bytes], request: Request, receive: An
 
     async def watch_disconnect(cancel: trio.CancelScope) -> None:
         if not request._body_done:
-            async for _ in request.stream():  # drain an unread request body
-                pass
+            try:
+                async for _ in request.stream():  # drain an unread request body
+                    pass
+            except RequestTimeout:  # a client that stalls its body is as good as gone
+                cancel.cancel()
+                return
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":

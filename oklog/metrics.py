@@ -136,3 +136,25 @@ ingest_refused = Counter(
     "(-ingest.max-connections) or load (-ingest.shed-factor)",
     ["reason"],
 )
+# API connection limits (oklog.apiserver) and query limits (oklog.query.limits)
+http_connections = Gauge("oklog_http_connections", "Open connections to the HTTP API (idle ones included)")
+http_refused = Counter(
+    "oklog_http_refused_connections",
+    "API connections refused: reason=max_connections (-api.max-connections; answered 503 "
+    "or, with TLS, closed)",
+    ["reason"],
+)
+queries_running = Gauge(
+    "oklog_store_queries_running", "Queries and histograms running now (counted against "
+    "-store.max-concurrent-queries until their body ends)")
+queries_refused = Counter(
+    "oklog_store_queries_refused",
+    "Queries and histograms refused with 503 because -store.max-concurrent-queries were running",
+    ["endpoint"],
+)
+query_timeouts = Counter(
+    "oklog_store_query_timeouts",
+    "Queries and histograms cut at -store.query-timeout: phase=head (answered 503) or "
+    "body (the connection was broken mid-body)",
+    ["endpoint", "phase"],
+)

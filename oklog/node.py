@@ -30,17 +30,15 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import ssl
 from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from . import gauges
 from .addr import is_wildcard, join_host_port, parse_addr
+from .apiserver import serve_api
 from .cluster.membership import Cluster, ClusterConfig, Membership, plan_cluster
 from .config import NodeConfig
 from .http import Request, Response, Router, json_response, request_metrics, text
@@ -55,6 +53,7 @@ from .localpeers import LocalPeers
 from .peer import Peers, open_peers
 from .query.api import query_router
 from .query.histogram import histogram_router
+from .query.limits import QueryLimits
 from .query.repair import Repairer
 from .query.workers import Scanner
 from .security import NodeSecurity
@@ -137,36 +136,6 @@ def ops_router(not_ready: Callable[[], str | None], warnings: Callable[[], list[
     router.add("GET", "/healthz", health)
     router.add("GET", "/readyz", readyz)
     return router
-
-
-class _HypercornConfig(hypercorn.config.Config):
-    """hypercorn's config with an SSL context made by ``oklog.tls`` (checked
-    at start-up, HTTP/1.1 only) instead of one it builds from file names."""
-
-    tls: ssl.SSLContext | None = None
-
-    @property
-    def ssl_enabled(self) -> bool:
-        return self.tls is not None
-
-    def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self.tls
-
-
-async def serve_api(app: Router, socks: list[socket.socket], stop: trio.Event,
-                    tls: ssl.SSLContext | None = None,
-                    *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    # hypercorn adopts (and later closes) these file descriptors: detach them.
-    config = _HypercornConfig()
-    config.tls = tls  # fd:// binds are served with TLS when this is set
-    config.ssl_handshake_timeout = 10.0
-    config.bind = [f"fd://{s.detach()}" for s in socks]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("oklog.http.server")
-    config.graceful_timeout = 3.0
-    config.keep_alive_timeout = 75.0
-    config.keep_alive_max_requests = 1_000_000
-    await hypercorn.trio.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
 
 
 def _cluster_config(cfg: NodeConfig, api_port: int, security: NodeSecurity | None = None) -> ClusterConfig:
@@ -262,9 +231,12 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         return None
 
     router = Router()
+    router.body_timeout = cfg.api_idle_timeout  # a request body that stalls this long: 408
     router.use(request_metrics(router))
     if (auth := security.middleware()) is not None:
         router.use(auth)  # every route, those mounted below and any added later
+    # per-query deadline and concurrency cap, after the token check (oklog.query.limits)
+    router.use(QueryLimits(cfg.store_query_timeout, cfg.store_max_concurrent_queries).middleware())
     router.mount(ops_router(not_ready, warnings))
     if ingest_log is not None:
         router.mount(ingest_router(ingest_log, cluster_state))
@@ -286,7 +258,9 @@ async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socke
         if streams is not None:  # live streams: their readers run in this service's nursery
             await nursery.start(_scoped, streams_scope, streams.run)
         api_stop = trio.Event()
-        binds = await nursery.start(serve_api, router, api_socks, api_stop, security.server_tls)
+        binds = await nursery.start(partial(serve_api, max_connections=cfg.api_max_connections,
+                                            idle_timeout=cfg.api_idle_timeout),
+                                    router, api_socks, api_stop, security.server_tls)
 
         listen_scopes: list[trio.CancelScope] = []
         flusher_scope = trio.CancelScope()

@@ -236,8 +236,6 @@ def test_an_ingest_segment_read_half_way_cannot_be_committed(tmp_path):
 
 
 def test_a_stream_that_fails_midway_breaks_the_connection_instead_of_ending_cleanly():
-    import pytest
-
     async def failing() -> AsyncIterator[bytes]:
         yield b"first part\n"
         raise OSError(5, "Input/output error")
@@ -248,7 +246,9 @@ def test_a_stream_that_fails_midway_breaks_the_connection_instead_of_ending_clea
     router = Router()
     router.add("GET", "/q", handler)
     client = Client()
-    with pytest.raises(BaseException):  # the server aborts the connection on it
-        trio.run(router, scope("/q"), client.receive, client.send)
+    # The app ends without the final body message (and without raising, so no
+    # traceback is logged): hypercorn then breaks the connection
+    # (tests/test_apiserver.py and tests/test_limits_node.py see it on real sockets).
+    trio.run(router, scope("/q"), client.receive, client.send)
     assert client.body == b"first part\n"
     assert not any(m.get("more_body") is False for m in client.sent[1:])  # never "complete"

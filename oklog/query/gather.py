@@ -110,9 +110,15 @@ async def scatter(
         if scope.cancelled_caught:
             gathered.errors.append(f"{store}: no answer within {deadline:.0f}s")
 
-    async with trio.open_nursery() as nursery:
-        for store in dict.fromkeys(stores):
-            nursery.start_soon(one, store)
+    try:
+        async with trio.open_nursery() as nursery:
+            for store in dict.fromkeys(stores):
+                nursery.start_soon(one, store)
+    except BaseException:  # cancelled (a query deadline, the client left): let go of what came
+        with trio.CancelScope(shield=True):
+            for r in gathered.responses:
+                await r.aclose()
+        raise
     metrics.query_errors.inc(len(gathered.errors))
     return gathered
 
