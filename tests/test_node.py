@@ -370,3 +370,16 @@ def test_deleting_every_non_segment_file_then_restarting_changes_no_answer(tmp_p
         assert "Traceback" not in n.log()
     finally:
         n.kill()
+
+
+def test_sixteen_concurrent_forwarders_lose_and_duplicate_nothing(node):
+    """16 `oklog forward` processes at once, half on the fast port, half on
+    the durable one: every line once, each stream in its own order."""
+    rng = random.Random(16)
+    streams = [realistic_lines(1500, f"f{i:02d}", rng) for i in range(16)]
+    ports = [node.fast_port if i % 2 else node.durable_port for i in range(16)]
+    join(start_forwarders(*[(b"\n".join(s) + b"\n", f"127.0.0.1:{port}") for s, port in zip(streams, ports)]))
+    body = wait_for_records(node.api, 16 * 1500, timeout=60)  # fails on any duplicate or stray
+    got = payloads(body)
+    for i, s in enumerate(streams):
+        assert [p for p in got if p.startswith(b"f%02d " % i)] == s
