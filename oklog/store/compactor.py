@@ -60,10 +60,12 @@ import zstandard
 
 from .. import metrics
 from ..errors import CorruptSegment
+from ..fsutil import fsync_path
 from ..records.merge import merge_records
 from ..records.search import bisect
 from ..segment import SegmentName, Table, create_segment, open_segment
 from ..segment.blocked import BlockWriter, cut
+from ..timespec import format_rfc3339
 from ..ulid import ms_of
 from .log import Segment, StoreLog
 from .planner import MAX_INPUTS, SETTLE_MS, Job, plan_compaction, plan_retention
@@ -161,7 +163,7 @@ class Compactor:
             moved = self.store.expire(segment, now + self.purge_delay, reason)
             metrics.store_trashed_segments.labels(reason).inc()
             log.info("event=segment_trashed segment=%s reason=%s bytes=%d newest=%s purge_in=%.0fs",
-                     moved.path.name, reason, segment.size, _iso(ms_of(name.hi)), self.purge_delay)
+                     moved.path.name, reason, segment.size, format_rfc3339(ms_of(name.hi)), self.purge_delay)
 
     def purge(self, now: float) -> None:
         for t in self.store.purge(now):
@@ -195,7 +197,7 @@ class Compactor:
             await self._pause("installed")
             with trio.CancelScope(shield=True):
                 store.retire(inputs, self.clock())
-                await trio.to_thread.run_sync(_fsync_dir, store.path)
+                await trio.to_thread.run_sync(fsync_path, store.path)
             done.set()
             await self._pause("retired")
         except BaseException as exc:
@@ -307,13 +309,3 @@ def _clean(writer: BlockWriter | None, outputs: list[Output]) -> None:
         writer.abort()
     for path, _, _ in outputs:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    from ..fsutil import fsync_path
-
-    fsync_path(path)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
