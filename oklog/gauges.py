@@ -49,18 +49,21 @@ def ingest_families(ingest: "IngestLog", now: float) -> Iterator[GaugeMetricFami
 
 
 def store_families(store: "StoreLog") -> Iterator[GaugeMetricFamily]:
-    """What the store holds: segment files, blocks, bytes on disk, records."""
+    """What the store holds: segment files, blocks, bytes on disk, records;
+    and what it still holds on disk for no query (trashed, to be purged)."""
     stats = store.disk_stats()
     for name, key, help_text in (
         ("oklog_store_segments", "segments", "Store segment files that queries read"),
         ("oklog_store_blocks", "blocks", "Blocks in verified store segments"),
         ("oklog_store_records", "records",
          "Records in verified store segments (copies here, not distinct cluster-wide)"),
-        ("oklog_store_bytes", "bytes", "Bytes of store segment files on disk"),
+        ("oklog_store_bytes", "bytes", "Bytes of the store segment files that queries read"),
         ("oklog_store_sidecar_bytes", "sidecar_bytes",
          "Bytes of the segments' sidecars (block tables and n-gram indexes) on disk"),
         ("oklog_store_unverified_segments", "unverified_segments",
          "Segments found on disk that are not checked yet"),
+        ("oklog_store_trashed_bytes", "trashed_bytes",
+         "Bytes of trashed segment files still on disk, awaiting their purge"),
     ):
         family = GaugeMetricFamily(name, help_text)
         family.add_metric([], stats[key])

@@ -101,6 +101,14 @@ def test_store_gauges_count_files_blocks_records_and_bytes(tmp_path: Path) -> No
         assert got["oklog_store_blocks"] > 1  # 4 KiB blocks of ~60 KB of records
         assert got["oklog_store_sidecar_bytes"] > 0
         assert got["oklog_store_unverified_segments"] == 0
+        assert got["oklog_store_trashed_bytes"] == 0
+        (segment,) = [s for _, s in store.index]
+        store.expire(segment, purge_at=100.0, reason="age")  # retention: on disk until purged
+        got = scrape(collector)
+        assert got["oklog_store_segments"] == 0 == got["oklog_store_bytes"]
+        assert got["oklog_store_trashed_bytes"] == segment.size
+        assert [t.segment.path.name for t in store.purge(100.0)] == [segment.name.filename("trashed")]
+        assert scrape(collector)["oklog_store_trashed_bytes"] == 0
     finally:
         store.close()
 

@@ -737,9 +737,11 @@ class StoreLog:
     def disk_stats(self) -> dict[str, int]:
         """What this store holds, for the ``/metrics`` gauges: segment files,
         their bytes and sidecars' bytes on disk, blocks and records of the
-        verified ones (from memory, plus one ``stat`` per sidecar)."""
+        verified ones (from memory, plus one ``stat`` per sidecar), and the
+        bytes of trashed files still on disk, awaiting their purge."""
         stats = {"segments": 0, "bytes": 0, "blocks": 0, "records": 0, "sidecar_bytes": 0,
-                 "unverified_segments": len(self._unverified)}
+                 "unverified_segments": len(self._unverified),
+                 "trashed_bytes": sum(t.segment.size for t in self.trash.values())}
         for _, segment in self.index:
             stats["segments"] += 1
             stats["bytes"] += segment.size
