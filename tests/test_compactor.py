@@ -23,6 +23,7 @@ from oklog.query import local
 from oklog.query.params import Query
 from oklog.records.format import stamp
 from oklog.segment.name import SegmentName
+from oklog.segment.table import sidecar_path
 from oklog.store.compactor import Compactor
 from oklog.store.log import StoreLog
 from oklog.ulid import MAX_ULID, MIN_ULID, Stamper
@@ -551,5 +552,43 @@ def test_a_segment_deleted_by_hand_is_forgotten(tmp_path: Path) -> None:
         assert len(store.index) == 1
         store._check()
         store.close()
+
+    trio.run(main)
+
+
+def test_a_sidecar_that_cannot_be_rewritten_on_release_is_only_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed job's inputs come back even when their sidecars (derived
+    data, removed at claim) cannot be written again: a full disk; the next
+    start checks the file and writes it."""
+
+    async def main() -> None:
+        want = b"".join(rec(i) for i in range(50))
+        store = StoreLog(tmp_path, compression="none")
+        store.open()
+        await store.write_segment(body(want))
+        await store.index_pending()
+        segment = store.live_segments(verified_only=True).popitem()[1][0]
+        claimed = store.claim([segment], trio.Event())
+        assert not sidecar_path(segment.path).exists()  # an output may take its name
+
+        def full(*_: object, **__: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("oklog.store.log.write_sidecar", full)
+        with caplog.at_level(logging.WARNING, logger="oklog.store"):
+            (back,) = store.release(claimed)
+        assert "event=sidecar_write_failed" in caplog.text
+        assert back.path == segment.path and not sidecar_path(back.path).exists()
+        store._check()
+        assert await query_all(store) == want
+        store.close()
+        monkeypatch.undo()
+
+        again = StoreLog(tmp_path, compression="none")
+        again.open()
+        assert await query_all(again) == want
+        again._check()
+        again.close()
 
     trio.run(main)
