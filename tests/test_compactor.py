@@ -295,6 +295,32 @@ def test_a_job_stopped_after_installing_gives_back_its_inputs(tmp_path: Path) ->
     trio.run(main)
 
 
+def test_a_job_stopped_after_retiring_gives_nothing_back(tmp_path: Path) -> None:
+    """Cancelled once its inputs are retired: they stay trashed (the
+    outputs hold their records), none is renamed back."""
+
+    async def main() -> None:
+        store = StoreLog(tmp_path, compression="none")
+        store.open()
+        await store.write_segment(body(b"".join(rec(i) for i in range(0, 30, 3))))
+        await store.write_segment(body(b"".join(rec(i) for i in range(10, 20))))
+        want = b"".join(rec(i) for i in sorted(set(range(10, 20)) | set(range(0, 30, 3))))
+        c = paused(store, target_size=1 << 20)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.step)
+            for step in ("claimed", "written", "installed"):
+                c.proceed(step)
+            await c.reached.setdefault("retired", trio.Event()).wait()
+            nursery.cancel_scope.cancel()
+        store._check()
+        assert len(store.index) == 1 and len(store.trash) == 2
+        assert not list(tmp_path.glob("*.reading"))
+        assert await query_all(store) == want
+        store.close()
+
+    trio.run(main)
+
+
 def test_open_after_a_crash_between_install_and_retire(tmp_path: Path) -> None:
     """An output installed next to its same-named input: the input goes to
     the trash at start; other inputs come back; nothing is lost or doubled."""

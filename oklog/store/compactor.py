@@ -232,8 +232,7 @@ class Compactor:
         store = self.store
         for path, _, _ in outputs:
             path.unlink(missing_ok=True)  # not installed (an installed one's path is gone)
-        still = [s for s in inputs if s in store._job]
-        back = store.release(still) if still else []
+        back = store.release(inputs)
         if isinstance(exc, CorruptSegment):
             for segment in back:
                 store.suspect(segment)

@@ -666,9 +666,11 @@ class StoreLog:
     def release(self, segments: list[Segment]) -> list[Segment]:
         """A job failed: its inputs go back to ``.flushed`` (sidecars rewritten
         from the tables in memory), but for one whose name an installed
-        output took: that one is retired."""
+        output took: that one is retired.  Inputs retired already are skipped."""
         back: list[Segment] = []
         for segment in segments:
+            if segment not in self._job:
+                continue  # retired before the job failed: nothing to give back
             if (self.path / segment.name.filename("flushed")).exists():
                 # an output of the very same name is installed: it holds
                 # every record of this input (it covers its whole range)
