@@ -606,8 +606,10 @@ class StoreLog:
         clashes: set[SegmentName] = set()
         for name, segment in self.index:
             suffix = segment.path.suffix
-            if suffix not in (".flushed", ".reading") or segment in self._verifying and segment not in self._job:
-                continue
+            if suffix not in (".flushed", ".reading"):
+                continue  # being repaired
+            if segment in self._verifying and segment not in self._job:
+                continue  # being checked
             if verified_only and segment in self._unverified:
                 continue
             if name in out:
