@@ -13,11 +13,23 @@ import trio.testing
 from oklog import metrics
 from oklog.bulkwire import MAX_REPLY, Reply, ReplyReader, err_line, ok_line, parse_reply
 from oklog.errors import IllegalTransition, PeerError, UnknownSegment, UploadTooLarge
-from oklog.ingest.bulk import BulkIngester, BulkUpload, stamp_block_with
+from oklog.ingest.bulk import BulkIngester, BulkUpload, StampBlock
 from oklog.ingest.log import IngestLog
 from oklog.ingest.segment import IngestBook, State
-from oklog.records.format import is_valid_block
+from oklog.records.format import is_valid_block, stamp
 from oklog.ulid import Stamper
+
+
+def stamp_block_with(stamper: Stamper) -> StampBlock:
+    """Static topic mode's rule (what ``LineIngester.stamp_block`` does)."""
+
+    def stamp_block(block: bytes) -> tuple[bytes, int]:
+        lines = block.split(b"\n")
+        lines.pop()  # after the final LF
+        return stamp(lines, stamper), len(lines)
+
+    return stamp_block
+
 
 # --- the wire protocol ---------------------------------------------------------------------
 
