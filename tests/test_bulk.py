@@ -399,7 +399,7 @@ def test_shutdown_answers_a_waiting_upload_err(tmp_path) -> None:  # type: ignor
     run(main)
 
 
-@pytest.mark.parametrize("where", ["write", "finish"])
+@pytest.mark.parametrize("where", ["open", "write", "finish"])
 def test_a_write_error_is_answered_err_and_nothing_is_kept(tmp_path, monkeypatch, where) -> None:  # type: ignore[no-untyped-def]
     import errno
 
@@ -410,7 +410,9 @@ def test_a_write_error_is_answered_err_and_nothing_is_kept(tmp_path, monkeypatch
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    if where == "write":
+    if where == "open":  # the segment's file cannot even be created
+        monkeypatch.setattr(ingest_log.ActiveSegment, "__init__", full)
+    elif where == "write":
         monkeypatch.setattr(ingest_log.ActiveSegment, "write", full)
     else:
         monkeypatch.setattr(log, "_finish", full)
