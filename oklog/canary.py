@@ -62,13 +62,13 @@ from oklog.addr import api_url, parse_addr
 from oklog.canarybook import CanaryBook
 from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
+from oklog.forward import DEFAULT_FAST_PORT
 from oklog.records.format import TOPIC_RE
 
 __all__ = ["CanaryConfig", "CanaryMetrics", "run_canary", "canary_line", "parse_answer"]
 
 log = logging.getLogger("oklog.canary")
 
-DEFAULT_FAST_PORT = 7651
 _TICK = 0.01  # at most one batch per 10 ms
 _BACKOFF_INITIAL = 0.1
 _BACKOFF_MAX = 5.0

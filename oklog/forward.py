@@ -51,10 +51,10 @@ before the ingester answers ``OK``.
 ``-ca-file`` or the system's trust store; ``-cert-file``/``-key-file`` for
 ``-ingest.tls-ca``).  TLS has no half-close, so "done" is a TCP FIN under
 the TLS session on both sides (``https_compatible`` streams): the same
-confirmation as plain TCP, no weaker.  Bulk mode over TLS ends its upload
-the same way.  Bulk mode does not work over TLS (yet): an upload ends with
-a half-close and is answered after it, and a TLS stream cannot go on
-after the end of its peer's data.
+confirmation as plain TCP, no weaker.  Bulk mode does not work over TLS
+(yet; ``forward`` refuses ``-bulk`` with ``tls://`` targets): an upload
+ends with a half-close and is answered after it, and a TLS stream cannot
+go on after the end of its peer's data.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
+from typing import Any
 
 import trio
 
@@ -98,3 +100,14 @@ def check_free(host: str, port: int, what: str = "") -> None:
             raise ListenError(f"{what} {join_host_port(host, port)}: {exc.strerror}".strip()) from None
         except OSError as exc:
             raise _error(what, host, port, exc) from None
+
+
+def reset_on_close(stream: Any) -> None:
+    """Make an accepted connection's coming close a TCP reset, not a FIN
+    (``SO_LINGER`` 0): the peer cannot take it for "read everything".  A
+    stream that is not a plain ``trio.SocketStream`` is left alone."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass

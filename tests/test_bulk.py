@@ -13,11 +13,24 @@ import trio.testing
 from oklog import metrics
 from oklog.bulkwire import MAX_REPLY, Reply, ReplyReader, err_line, ok_line, parse_reply
 from oklog.errors import IllegalTransition, PeerError, UnknownSegment, UploadTooLarge
-from oklog.ingest.bulk import BulkIngester, BulkUpload, stamp_block_with
+from oklog.ingest.bulk import BulkIngester, BulkUpload, StampBlock
 from oklog.ingest.log import IngestLog
+from oklog.ingest.server import LineIngester
 from oklog.ingest.segment import IngestBook, State
-from oklog.records.format import is_valid_block
+from oklog.records.format import is_valid_block, stamp
 from oklog.ulid import Stamper
+
+
+def stamp_block_with(stamper: Stamper) -> StampBlock:
+    """Static topic mode's rule (what ``LineIngester.stamp_block`` does)."""
+
+    def stamp_block(block: bytes) -> tuple[bytes, int]:
+        lines = block.split(b"\n")
+        lines.pop()  # after the final LF
+        return stamp(lines, stamper), len(lines)
+
+    return stamp_block
+
 
 # --- the wire protocol ---------------------------------------------------------------------
 
@@ -386,7 +399,7 @@ def test_shutdown_answers_a_waiting_upload_err(tmp_path) -> None:  # type: ignor
     run(main)
 
 
-@pytest.mark.parametrize("where", ["write", "finish"])
+@pytest.mark.parametrize("where", ["open", "write", "finish"])
 def test_a_write_error_is_answered_err_and_nothing_is_kept(tmp_path, monkeypatch, where) -> None:  # type: ignore[no-untyped-def]
     import errno
 
@@ -397,7 +410,9 @@ def test_a_write_error_is_answered_err_and_nothing_is_kept(tmp_path, monkeypatch
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    if where == "write":
+    if where == "open":  # the segment's file cannot even be created
+        monkeypatch.setattr(ingest_log.ActiveSegment, "__init__", full)
+    elif where == "write":
         monkeypatch.setattr(ingest_log.ActiveSegment, "write", full)
     else:
         monkeypatch.setattr(log, "_finish", full)
@@ -438,6 +453,35 @@ def test_lines_the_stamp_rule_leaves_out_are_not_counted_as_records(tmp_path) ->
         assert up.reply == b"OK 2\n"
 
     run(main)
+
+
+def test_in_dynamic_topic_mode_bulk_takes_the_line_ports_rule(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As the node wires it: ``LineIngester.stamp_block`` in dynamic mode.
+    Each line's first field is its topic; a line without a valid one is
+    rejected and counted, and OK counts only the records stored."""
+    log = IngestLog(tmp_path, pending_timeout=NEVER)
+    log.open()
+    lines = LineIngester(log, max_record_size=1000, stamper=Stamper(), topic_mode="dynamic")
+    ingester = BulkIngester(log, stamp_block=lines.stamp_block, max_record_size=1000, max_size=1 << 20,
+                            ack_timeout=NEVER)
+    rejected = metrics.ingest_rejected.labels("invalid_topic")
+    before = rejected._value.get()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            up = Upload(ingester, nursery)
+            nursery.start_soon(up.read_reply)
+            await up.send(b"web GET /\nno-space\na.b x\napi  two spaces\n bad\ndb last")
+            seg_id = await claim(log)
+            stored = (tmp_path / f"{seg_id}.pending").read_bytes()
+            assert is_valid_block(stored)
+            assert [line[27:] for line in stored.split(b"\n")[:-1]] == [b"web GET /", b"api  two spaces", b"db last"]
+            log.commit(seg_id)
+            await up.replied.wait()
+        assert up.reply == b"OK 3\n"
+
+    run(main)
+    assert rejected._value.get() - before == 3
 
 
 def test_after_a_too_large_err_a_client_that_never_ends_is_cut_off(tmp_path) -> None:  # type: ignore[no-untyped-def]

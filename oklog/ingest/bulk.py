@@ -32,8 +32,6 @@ from ..bulkwire import err_line, ok_line
 from ..errors import UploadTooLarge
 from ..lines import Chunk, LineSplitter
 from ..listen import open_tcp_listeners
-from ..records.format import DEFAULT_TOPIC, stamp
-from ..ulid import Stamper
 from .gate import Gate
 from .log import ActiveSegment, IngestLog
 from .shedding import LoadMeter
@@ -48,19 +46,9 @@ DISCARD_TIMEOUT = 60.0
 
 
 #: Producer lines (a block of whole lines) → a block of records, and how
-#: many it holds (lines it leaves out are its own to count and log).
+#: many it holds (lines it leaves out are its own to count and log); the
+#: node passes ``LineIngester.stamp_block``, the line ports' own rule.
 StampBlock = Callable[[bytes], tuple[bytes, int]]
-
-
-def stamp_block_with(stamper: Stamper, topic: bytes = DEFAULT_TOPIC) -> StampBlock:
-    """Stamp every line as a record of ``topic`` (the line ports' rule)."""
-
-    def stamp_block(block: bytes) -> tuple[bytes, int]:
-        lines = block.split(b"\n")
-        lines.pop()  # after the final LF
-        return stamp(lines, stamper, topic), len(lines)
-
-    return stamp_block
 
 
 class BulkUpload:

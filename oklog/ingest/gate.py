@@ -56,8 +56,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import struct
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -65,6 +63,7 @@ import trio
 from .. import metrics
 from ..bulkwire import err_line
 from ..cluster.membership import ROLE_TAG, Membership, SerfMembership
+from ..listen import reset_on_close
 from ..roles import serves_ingest
 from .shedding import LOAD_TAG, REASONS, Load, LoadMeter, ShedPolicy, changed_enough, format_load, parse_load
 
@@ -160,11 +159,11 @@ class Gate:
                 return
             self._refused(reason, mode)
             if tls:  # before the handshake: the forwarder cannot have sent any data
-                _reset(stream.transport_stream)
+                reset_on_close(stream.transport_stream)
                 await trio.aclose_forcefully(stream)
                 return
             if self.draining >= self.max_draining:  # a flood: bounded, even at a cost
-                _reset(stream)
+                reset_on_close(stream)
                 await trio.aclose_forcefully(stream)
                 return
             self.draining += 1
@@ -191,7 +190,7 @@ class Gate:
                 return
             self._refused(reason, "bulk")
             if self.draining >= self.max_draining:  # a flood: a reset (an upload is sent again)
-                _reset(stream)
+                reset_on_close(stream)
                 await trio.aclose_forcefully(stream)
                 return
             self.draining += 1
@@ -246,15 +245,6 @@ def _why(reason: str) -> str:
     if reason == "max_connections":
         return "too many connections (-ingest.max-connections)"
     return "this ingester is far busier than the others (-ingest.shed-factor)"
-
-
-def _reset(stream: Any) -> None:
-    """Make the coming close a TCP reset (``SO_LINGER`` 0)."""
-    if isinstance(stream, trio.SocketStream):
-        try:
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
 
 
 def warn_inactive(policy: ShedPolicy, membership: Membership) -> None:

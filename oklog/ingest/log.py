@@ -196,8 +196,8 @@ class IngestLog:
     def open_bulk(self) -> ActiveSegment:
         """A new segment for one bulk upload (``ActiveSegment.write`` it)."""
         seg_id = self._ids.one().decode()
+        segment = ActiveSegment(self.path, seg_id, self.clock())  # may fail: then nothing changed
         self.book.activate(seg_id)
-        segment = ActiveSegment(self.path, seg_id, self.clock())
         self._stamped.add(seg_id)
         return segment
 

@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import ssl
-import struct
 from typing import Awaitable, Callable
 
 import trio
 
 from .. import metrics
 from ..lines import LineSplitter
-from ..listen import open_tcp_listeners
+from ..listen import open_tcp_listeners, reset_on_close
 from ..records.format import DEFAULT_TOPIC, stamp
 from ..records.topics import MODES, check_topic, stamp_dynamic
 from ..tls import tls_listeners
@@ -73,7 +71,9 @@ class LineIngester:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("event=connection_error mode=%s error=%r", mode, exc)
                 if isinstance(stream, trio.SSLStream):
-                    _reset(stream.transport_stream)
+                    # a failed TLS handshake (a plain tcp:// forwarder, a refused
+                    # certificate): a reset, so it does not count its lines delivered
+                    reset_on_close(stream.transport_stream)
             finally:
                 metrics.ingest_connections.labels(mode).dec()
                 await trio.aclose_forcefully(stream)
@@ -161,18 +161,6 @@ def restamp(block: bytes, stamper: Stamper) -> bytes:
     lines = block.split(b"\n")
     lines.pop()  # after the final LF
     return stamp_dynamic([line[ULID_LEN + 1:] for line in lines], stamper)[0]
-
-
-def _reset(stream: trio.abc.Stream) -> None:
-    """Close with a TCP reset, not a FIN: a forwarder whose TLS handshake
-    failed (a plain ``tcp://`` forwarder, a refused certificate) must not
-    take our close for "read everything" -- it then counts its lines as
-    unconfirmed instead of delivered."""
-    if isinstance(stream, trio.SocketStream):
-        try:
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
 
 
 async def serve_lines(
