@@ -154,7 +154,7 @@ class Router:
             body_timeout=self.body_timeout,
         )
         response = await self._app(request)
-        await _send(response, request, receive, send)
+        await _send(response, request, send)
 
     async def _dispatch(self, request: Request) -> Response:
         handler = self._routes.get((request.method, request.path))
@@ -221,7 +221,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _send(response: Response, request: Request, receive: Any, send: Any) -> None:
+async def _send(response: Response, request: Request, send: Any) -> None:
     headers = [(b"content-type", response.content_type.encode())]
     headers += [(k.lower().encode(), header_value(v)) for k, v in response.headers.items()]
     body = response.body
@@ -234,7 +234,7 @@ async def _send(response: Response, request: Request, receive: Any, send: Any) -
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if request.method != "HEAD":
         try:
-            await _stream_body(body, request, receive, send)
+            await _stream_body(body, request, send)
         except Exception as exc:
             # The headers are gone: the one way left to say "this answer is
             # incomplete" is to break the connection instead of ending the
@@ -251,22 +251,12 @@ async def _send(response: Response, request: Request, receive: Any, send: Any) -
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _stream_body(body: AsyncIterator[bytes], request: Request, receive: Any, send: Any) -> None:
+async def _stream_body(body: AsyncIterator[bytes], request: Request, send: Any) -> None:
     """Send chunks until done or until the client disconnects."""
 
     async def watch_disconnect(cancel: trio.CancelScope) -> None:
-        if not request._body_done:
-            try:
-                async for _ in request.stream():  # drain an unread request body
-                    pass
-            except RequestTimeout:  # a client that stalls its body is as good as gone
-                cancel.cancel()
-                return
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                cancel.cancel()
-                return
+        await request.wait_disconnect()
+        cancel.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_disconnect, nursery.cancel_scope)

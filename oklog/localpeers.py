@@ -102,11 +102,11 @@ class LocalPeers:
 
     async def histogram(self, store: str, raw_query: bytes) -> bytes:
         return await self.remote.histogram(store, raw_query)
+
     async def open_stream(self, store: str, raw_query: bytes) -> QueryAnswer:
         # this node's own share of a stream is read from its hub directly
         # (oklog.stream.fanout): only peers' streams come here
         return await self.remote.open_stream(store, raw_query)
-
 
     def _remember(self, path: Path) -> None:
         if len(self._stamped) > 10_000:  # forget spools long gone

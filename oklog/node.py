@@ -138,8 +138,7 @@ def ops_router(not_ready: Callable[[], str | None], warnings: Callable[[], list[
     return router
 
 
-def _cluster_config(cfg: NodeConfig, api_port: int, security: NodeSecurity | None = None) -> ClusterConfig:
-    security = security or NodeSecurity()
+def _cluster_config(cfg: NodeConfig, api_port: int, security: NodeSecurity) -> ClusterConfig:
     return ClusterConfig(
         bind=_hostport(cfg.cluster, 7659),
         advertise=_hostport(cfg.cluster_advertise, 7659) if cfg.cluster_advertise else None,
@@ -207,8 +206,7 @@ async def run_node(cfg: NodeConfig, *, stop: trio.Event | None = None, task_stat
 async def _serve(cfg: NodeConfig, cluster: Cluster, api_socks: list[socket.socket],
                  ingest_log: IngestLog | None, store: StoreLog | None, scanner: Scanner,
                  peers: Peers, stop: trio.Event, task_status: Any,
-                 security: NodeSecurity | None = None) -> None:
-    security = security or NodeSecurity()
+                 security: NodeSecurity) -> None:
     membership = cluster.membership
 
     def warnings() -> list[str]:

@@ -1,8 +1,8 @@
 """Every call one node makes to another, behind one interface.
 
 ``Peers`` is that interface (a ``Protocol``): the ingest segment API
-(``next``/``read_into``/``commit``/``failed``), ``replicate`` and
-``open_query``.  ``HttpPeers`` is the real implementation over an
+(``next``/``read_into``/``commit``/``failed``), ``replicate``,
+``open_query``, ``histogram`` and ``open_stream``.  ``HttpPeers`` is the real implementation over an
 ``httpx.AsyncClient`` (tests can hand it an ``httpx.MockTransport``); the
 tests' in-memory fake (``tests/fakes.py``) implements the same protocol,
 so consumption, replication shortfalls and scatter-gather are unit-tested
@@ -12,7 +12,8 @@ without sockets.  httpx's exceptions are converted to
 Timeouts are explicit: small requests get a short total budget; segment
 reads, replicate uploads and query streams get a connect timeout and a
 generous per-read timeout, never a total one, because a long rare-term scan
-legitimately takes a while before its first byte.
+legitimately takes a while before its first byte.  A live stream's read
+timeout is the stream's own idle timeout (it sends heartbeats).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ import trio
 
 from .clientconf import ClientConf
 from .errors import PeerRejected, PeerUnavailable
+from .stream.wire import IDLE_TIMEOUT
 from .tls import describe as describe_tls
 
 log = logging.getLogger("oklog.peer")
 
 SMALL = httpx.Timeout(10.0, connect=5.0)
 STREAM = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
-#: A live stream sends a heartbeat every 10 s: silence for longer than
-#: this means the connection is dead (``oklog.stream.wire.IDLE_TIMEOUT``).
-LIVE = httpx.Timeout(connect=5.0, read=35.0, write=10.0, pool=10.0)
+#: A live stream sends heartbeats: silence for longer than its
+#: ``IDLE_TIMEOUT`` means the connection is dead.
+LIVE = httpx.Timeout(connect=5.0, read=IDLE_TIMEOUT, write=10.0, pool=10.0)
 UPLOAD_CHUNK = 1 << 20
 
 
@@ -214,6 +216,7 @@ class HttpPeers:
         if resp.status_code != 200:
             raise PeerRejected(store, resp.status_code, resp.text[:200].strip())
         return resp.content
+
     async def open_stream(self, store: str, raw_query: bytes) -> QueryResponse:
         """Open a live stream on ``/store/_stream``; the caller closes it."""
         return await self.open_query(store, raw_query, path="/store/_stream", timeout=LIVE)

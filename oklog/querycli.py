@@ -180,6 +180,16 @@ def _first_line(body: bytes, limit: int = 500) -> str:
     return line[:limit]
 
 
+async def _error_reason(resp: httpx.Response) -> str:
+    """The first line of an error answer (reading at most its first 4 KiB or so)."""
+    body = b""
+    async for chunk in resp.aiter_bytes():
+        body += chunk
+        if len(body) > 4096:
+            break
+    return _first_line(body)
+
+
 def _print_stats(resp: httpx.Response, elapsed: float, err: TextIO) -> None:
     h = resp.headers
     qtype = "regular expression" if h.get("X-Oklog-Regex", "").lower() == "true" else "normal string"
@@ -329,13 +339,7 @@ async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verb
                 print(f"{name}: {resp.headers[name]}", file=err)
     status = resp.status_code
     if status not in (200, 206):
-        body = b""
-        if request.method == "GET":
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > 4096:
-                    break
-        reason = _first_line(body)
+        reason = await _error_reason(resp) if request.method == "GET" else ""
         if status == 400:
             print(f"error: bad query: {reason or 'HTTP 400'}", file=err)
         elif status == 401:

@@ -30,8 +30,8 @@ from oklog.addr import api_url
 from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
 from oklog.lines import LineSplitter
-from oklog.querycli import (CONNECT_TIMEOUT, _connect_reason, _first_line, _payload_lines, _strip_topic_lines,
-                            match_params)
+from oklog.querycli import (CONNECT_TIMEOUT, _connect_reason, _error_reason, _payload_lines,
+                            _strip_topic_lines, match_params)
 from oklog.stream.params import MAX_WINDOW
 from oklog.stream.wire import IDLE_TIMEOUT, parse_dropped, split_notices
 
@@ -173,12 +173,7 @@ async def _once(client: httpx.AsyncClient, url: str, printer: _Printer, reconnec
     """One connection: print what it brings until it ends (normally or not)."""
     async with client.stream("GET", url) as resp:
         if resp.status_code != 200:
-            body = b""
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > 4096:
-                    break
-            reason = _first_line(body) or f"HTTP {resp.status_code}"
+            reason = await _error_reason(resp) or f"HTTP {resp.status_code}"
             if resp.status_code == 400:
                 raise _Refused(f"bad query: {reason}")
             if reconnect or resp.status_code == 503:

@@ -352,6 +352,7 @@ def test_member_urls_keep_the_scheme():
     assert member_url("https://10.0.0.1:7650") == "https://10.0.0.1:7650"
     assert member_url("http://[::1]:7650") == "http://[::1]:7650"
     assert member_url("ftp://x:1") is None
+    assert member_url("") is None  # a member that has not advertised its API yet
     assert StaticMembership("https://127.0.0.1:7650", "ingeststore").stores() == ["https://127.0.0.1:7650"]
     assert StaticMembership("http://127.0.0.1:7650", "store").self_url() == "http://127.0.0.1:7650"
 

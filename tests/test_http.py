@@ -252,3 +252,36 @@ def test_a_stream_that_fails_midway_breaks_the_connection_instead_of_ending_clea
     trio.run(router, scope("/q"), client.receive, client.send)
     assert client.body == b"first part\n"
     assert not any(m.get("more_body") is False for m in client.sent[1:])  # never "complete"
+
+
+def test_a_client_that_leaves_before_sending_its_whole_body_ends_a_stream_cleanly():
+    """A streamed answer to a request whose body was never read: the client
+    leaving mid-body is a disconnect like any other, not a failed stream."""
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x\n"
+            await trio.sleep(0.01)
+
+    async def handler(request: Request) -> Response:
+        return Response(200, endless())  # the request body is left unread
+
+    messages = iter([{"type": "http.request", "body": b"part", "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    class HalfBody(Client):
+        async def receive(self) -> dict[str, Any]:
+            await trio.sleep(0.05)
+            return next(messages)
+
+    router = Router()
+    router.add("POST", "/tail", handler)
+    client = HalfBody()
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            await router(scope("/tail", "POST"), client.receive, client.send)
+
+    trio.run(main)
+    assert client.status == 200 and client.body.startswith(b"x\n")
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

@@ -465,3 +465,11 @@ def test_stream_cli_errors_reconnects_and_stops_quietly(monkeypatch: pytest.Monk
     assert out == ulid(1) + b" one\n" + ulid(2) + b" two\n" + ulid(3) + b" three\n"
     assert err.count("reconnecting") == 2 and "reconnected" in err and "Traceback" not in err
     assert "topic=web" in calls[0] and "q=o" in calls[0] and "window=3000ms" in calls[0]
+
+    # once streaming, a 5xx is retried; a 400 (the node no longer takes the query) ends it
+    answers = iter([httpx.Response(200, content=rec(1, b"one")), httpx.Response(500, text="boom\n"),
+                    httpx.Response(400, text='invalid "topic"\n')])
+    code, out, err = run(lambda r: next(answers), verbose=True)
+    assert code == 1 and out == b"one\n"
+    assert "reconnecting" in err and "HTTP 500: boom; retrying" in err
+    assert err.endswith('error: bad query: invalid "topic"\n') and "Traceback" not in err

@@ -262,6 +262,8 @@ def test_live_tail_toggle(browser: Any, node: Node) -> None:
         time.sleep(1)
     text = rendered(page)
     assert "live-marker 2" in text and "other line" not in text
+    # the stream's notice lines (the heartbeat sent as it opens, at least) are not records
+    assert not [line for line in text.splitlines() if line.startswith("#")]
     page.keyboard.press("Escape")
     wait_done(page, "stopped")
     page.close()

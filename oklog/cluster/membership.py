@@ -37,6 +37,7 @@ from oklog.cluster.agent import AgentConfig, available, free_loopback_port, run_
 from oklog.cluster.serf import EventStream, Member, SerfClient, open_serf_client, split_host_port
 from oklog.addr import is_wildcard
 from oklog.errors import ClusterError, ConfigError
+from oklog.ingest.shedding import LOAD_TAG
 from oklog.roles import check_role, serves_ingest, serves_store
 
 log = logging.getLogger("oklog.cluster")
@@ -58,7 +59,9 @@ def _api_tag(scheme: str, hostport: str) -> str:
 
 def member_url(tag: str) -> str | None:
     """A member's base URL from its ``oklog.api`` tag (``host:port`` means
-    ``http://``); None for a tag that is not an http(s) address."""
+    ``http://``); None for a tag that is empty or not an http(s) address."""
+    if not tag:
+        return None
     if "://" not in tag:
         return f"http://{tag}"
     scheme = tag.split("://", 1)[0].lower()
@@ -83,7 +86,7 @@ def _member_view(m: Member) -> dict[str, Any]:
         "status": m.status,
         "role": m.tags.get(ROLE_TAG, ""),
         "api": m.tags.get(API_TAG, ""),
-        "load": m.tags.get("oklog.load", ""),  # an ingester's, for load shedding (oklog.ingest.gate)
+        "load": m.tags.get(LOAD_TAG, ""),  # an ingester's, for load shedding (oklog.ingest.gate)
     }
 
 
@@ -215,7 +218,7 @@ class SerfMembership:
         stores: set[str] = set()
         for m in self._members:
             url = member_url(m.tags.get(API_TAG, ""))
-            if m.status != "alive" or not m.tags.get(API_TAG) or url is None:
+            if m.status != "alive" or url is None:
                 continue
             role = m.tags.get(ROLE_TAG, "")
             if serves_ingest(role):

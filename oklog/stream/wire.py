@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HEARTBEAT", "HEARTBEAT_LINE", "dropped_notice", "parse_dropped", "split_notices"]
+__all__ = ["HEARTBEAT", "HEARTBEAT_LINE", "IDLE_TIMEOUT", "dropped_notice", "parse_dropped", "split_notices"]
 
 #: Seconds of silence after which a stream sends a heartbeat line.
 HEARTBEAT = 10.0

@@ -149,9 +149,11 @@
   // --- incremental rendering -----------------------------------------------------------
 
   // Decodes a byte stream and appends whole lines to the <pre> once per frame.
+  // With onNotice (a live stream), lines starting with "#" are notices, not
+  // records (oklog.stream.wire: heartbeats, "#dropped N ..."): they go there.
   class Renderer {
-    constructor(cap, keepNewest, onFlush) {
-      this.cap = cap; this.keepNewest = keepNewest; this.onFlush = onFlush;
+    constructor(cap, keepNewest, onFlush, onNotice) {
+      this.cap = cap; this.keepNewest = keepNewest; this.onFlush = onFlush; this.onNotice = onNotice;
       this.decoder = new TextDecoder("utf-8"); // invalid bytes -> U+FFFD
       this.carry = ""; this.pending = []; this.pendingLines = 0;
       this.lines = 0; this.nodes = []; this.frame = 0;
@@ -164,6 +166,14 @@
       if (cut < 0) { this.carry = text; return true; }
       this.carry = text.slice(cut + 1);
       text = text.slice(0, cut + 1);
+      if (this.onNotice && (text.startsWith("#") || text.includes("\n#"))) {
+        const lines = text.split("\n");
+        lines.pop(); // after the final LF
+        const records = lines.filter((l) => !l.startsWith("#"));
+        lines.filter((l) => l.startsWith("#")).forEach(this.onNotice);
+        if (!records.length) return true;
+        text = records.join("\n") + "\n";
+      }
       let n = countLines(text);
       let more = true;
       if (!this.keepNewest && this.lines + this.pendingLines + n > this.cap) {
@@ -291,7 +301,7 @@
         " records. Narrow the time range (click a histogram bar) or the query, or use `oklog query` for everything.");
     }
     if (controller === ctl) controller = null;
-    setState(outcome === "stopped" ? "stopped" : outcome);
+    setState(outcome);
   }
 
   // --- the histogram --------------------------------------------------------------------
@@ -418,10 +428,17 @@
         : "live tail: " + response.status + " " + response.statusText + ": " + reason);
       return;
     }
+    let dropped = 0;
+    const notice = (line) => {
+      const m = /^#dropped (\d+)/.exec(line);
+      if (!m) return; // a heartbeat
+      dropped += Number(m[1]);
+      show(note, dropped.toLocaleString("en-US") + " matching record(s) dropped: this live tail fell behind");
+    };
     const renderer = new Renderer(LIVE_LINES, true, (n) => {
       stats.textContent = "live tail since " + since + " · showing the newest " + n.toLocaleString("en-US") + " record(s)";
       if (follow) window.scrollTo(0, document.documentElement.scrollHeight);
-    });
+    }, notice);
     stats.textContent = "live tail since " + since + " · waiting for records";
     try {
       const outcome = await pump(response, renderer, ctl.signal);
