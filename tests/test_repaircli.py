@@ -95,6 +95,20 @@ def test_unreachable_store_stops_at_once() -> None:
     assert err.strip() == "error: cannot connect to store at http://store:7650: connection refused"
 
 
+def test_a_tls_failure_to_connect_says_what_to_give() -> None:
+    import ssl
+
+    def untrusted(request: httpx.Request) -> httpx.Response:
+        try:
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed")
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]") from exc
+
+    code, out, err = walk(httpx.MockTransport(untrusted), from_="1h", step="5m")
+    assert code == 1 and out == ""
+    assert "cannot connect to store" in err and "TLS certificate verify failed" in err and "-ca-file" in err
+
+
 def test_a_step_that_is_not_json_fails() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="OK\n")
