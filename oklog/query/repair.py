@@ -155,8 +155,10 @@ class Repairer:
         hi = short.hi
         if short.dropped:
             # The buffer filled up: the check covers the rest of the query's
-            # range, and fetches from their holders the records not in hand.
-            hi = query.hi
+            # range, and fetches from their holders the records not in hand;
+            # up to now (what the answer could hold), so records that arrive
+            # meanwhile get their grace before they are judged.
+            hi = min(query.hi, ulid_for_ms(int(self.clock() * 1000), upper=True))
             log.info("event=read_repair_capped kept=%d not_kept=%d", short.records, short.dropped)
         finding = _Finding(Query(short.lo, hi, query.q, query.regex, query.topic), short.take())
         try:
