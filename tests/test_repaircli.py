@@ -146,8 +146,11 @@ def test_cli_entry_point_has_single_dash_flags() -> None:
 
     from oklog.cli import app
 
-    result = CliRunner().invoke(app, ["repair", "-store", "127.0.0.1:1", "-from", "1h", "-step", "30m",
+    from tests.nodeutil import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there (not port 1: another test may bind it)
+    result = CliRunner().invoke(app, ["repair", "-store", f"127.0.0.1:{port}", "-from", "1h", "-step", "30m",
                                       "-dry-run", "-timeout", "5s"])
     assert result.exit_code == 1
-    assert "cannot connect to store at http://127.0.0.1:1" in result.output
+    assert f"cannot connect to store at http://127.0.0.1:{port}" in result.output
     assert json.dumps  # (imported for the answers above)
