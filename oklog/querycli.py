@@ -32,7 +32,7 @@ from oklog.addr import api_url
 from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
 from oklog.tls import describe as describe_tls
-from oklog.lines import LineSplitter
+from oklog.lines import LineSplitter, Pieces
 
 __all__ = ["run_query", "resolve_time", "query_url", "RecordStripper", "human_bytes"]
 
@@ -356,19 +356,16 @@ async def _answer(request: _Request, resp: httpx.Response, with_ulid: bool, verb
         _print_stats(resp, time.monotonic() - begin, err)
     else:
         stripper = RecordStripper(with_ulid)
-        held: list[bytes] = []
-        size = 0
+        held = Pieces()
         try:
             async for chunk in resp.aiter_bytes():
-                held.append(chunk)
-                size += len(chunk)
-                if size >= BLOCK or len(chunk) < SHORT_READ:
-                    data = stripper.feed(held[0] if len(held) == 1 else b"".join(held))
-                    held, size = [], 0
+                held.add(chunk)
+                if held.size >= BLOCK or len(chunk) < SHORT_READ:
+                    data = stripper.feed(held.take())
                     if data:
                         out.write(data)
             if held:
-                out.write(stripper.feed(b"".join(held)))
+                out.write(stripper.feed(held.take()))
             out.write(stripper.finish())
             out.flush()
         except BrokenPipeError:

@@ -29,6 +29,7 @@ import httpx
 from oklog import timespec
 from oklog.addr import api_url
 from oklog.clientconf import ClientConf
+from oklog.querycli import _connect_reason, _first_line
 from oklog.ulid import ms_of, ulid_for_ms
 
 __all__ = ["Summary", "plan_steps", "run_repair"]
@@ -131,7 +132,7 @@ def run_repair(
                 resp = client.post(url)
             except httpx.ConnectError as exc:
                 bar.stop()
-                print(f"error: cannot connect to store at {base}: {_reason(exc)}", file=err)
+                print(f"error: cannot connect to store at {base}: {_connect_reason(exc)}", file=err)
                 return 1
             except httpx.TimeoutException:
                 problem = f"step {label}: no answer within {wait:g}s"
@@ -159,7 +160,7 @@ def run_repair(
 
 def _answer(resp: httpx.Response, label: str) -> tuple[dict[str, Any] | None, str]:
     if resp.status_code != 200:
-        reason = resp.text.strip().splitlines()[0][:300] if resp.text.strip() else ""
+        reason = _first_line(resp.content, 300)
         return None, f"step {label}: HTTP {resp.status_code}" + (f": {reason}" if reason else "")
     try:
         stats = json.loads(resp.content)
@@ -168,11 +169,6 @@ def _answer(resp: httpx.Response, label: str) -> tuple[dict[str, Any] | None, st
     if not isinstance(stats, dict):
         return None, f"step {label}: the store's answer is not a JSON object"
     return stats, ""
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return "connection refused" if "refused" in text.lower() else text
 
 
 class _Progress:

@@ -101,6 +101,11 @@ def test_short_records_cap_counts_what_it_drops() -> None:
     assert (short.lo, short.hi) == (ulid(1), ulid(3))
     assert short.take() == rec(1) + rec(2) + rec(3)
     assert ShortRecords(0).full  # 0: read repair off
+    # a block that fits in part: its whole records that fit are kept
+    short = ShortRecords(len(rec(1)) * 2 + 5)
+    short.add(rec(1) + rec(2) + rec(3) + rec(4))
+    assert short.full and short.records == 2 and short.dropped == 2
+    assert (short.lo, short.hi) == (ulid(1), ulid(2)) and short.take() == rec(1) + rec(2)
 
 
 def test_a_full_sink_stops_the_count() -> None:

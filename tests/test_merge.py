@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import trio
@@ -36,6 +36,17 @@ def ref_merge(sources: list[list[bytes]], need: int = 0) -> tuple[bytes, list[by
     return b"".join(out), short
 
 
+def lines_into(short: list[bytes]) -> Callable[[bytes], None]:
+    """An ``on_short`` keeping the reported records one per line (the merge
+    reports blocks of whole lines, never an empty one)."""
+
+    def add(block: bytes) -> None:
+        assert block and block.endswith(b"\n"), block
+        short.extend(line + b"\n" for line in block[:-1].split(b"\n"))
+
+    return add
+
+
 def split_blocks(lines: list[bytes], rng: random.Random, empty: bool = True) -> list[bytes]:
     """Random split of a source's lines into blocks (maybe with empty ones)."""
     blocks: list[bytes] = []
@@ -59,7 +70,7 @@ def run_merge(
             [iter(b) for b in blocks],
             trusted_unique=trusted,
             copies_needed=need,
-            on_short=short.append,
+            on_short=lines_into(short),
         )
     )
     for block in out:
@@ -186,9 +197,9 @@ def test_replicas_are_emitted_once_and_counted(min_block: object) -> None:
     blocks = [data[i : i + 700] for i in range(0, len(data), 700)]
     whole = list(iter_blocks(blocks))
     short: list[bytes] = []
-    out = b"".join(merge_records([whole, whole], trusted_unique=True, copies_needed=2, on_short=short.append))
+    out = b"".join(merge_records([whole, whole], trusted_unique=True, copies_needed=2, on_short=lines_into(short)))
     assert out == data and short == []
-    out = b"".join(merge_records([whole, whole], trusted_unique=True, copies_needed=3, on_short=short.append))
+    out = b"".join(merge_records([whole, whole], trusted_unique=True, copies_needed=3, on_short=lines_into(short)))
     assert out == data and b"".join(short) == data
 
 
@@ -204,7 +215,7 @@ def test_copies_counting_across_sources(min_block: object) -> None:
     short: list[bytes] = []
     out = b"".join(
         merge_records(
-            [[b"".join(n)] for n in nodes], trusted_unique=True, copies_needed=2, on_short=short.append
+            [[b"".join(n)] for n in nodes], trusted_unique=True, copies_needed=2, on_short=lines_into(short)
         )
     )
     assert out == b"".join(rec(i) for i in range(1000))
@@ -215,15 +226,15 @@ def test_copies_ignore_intra_source_duplicates(min_block: object) -> None:
     short: list[bytes] = []
     a = [rec(1) + rec(1) + rec(2), rec(2) + rec(3)]
     b = [rec(2)]
-    out = b"".join(merge_records([a, b], copies_needed=2, on_short=short.append))
+    out = b"".join(merge_records([a, b], copies_needed=2, on_short=lines_into(short)))
     assert out == rec(1) + rec(2) + rec(3)
     assert short == [rec(1), rec(3)]
 
 
 def test_on_short_without_copies_needed_does_nothing() -> None:
     short: list[bytes] = []
-    assert b"".join(merge_records([[rec(1)]], on_short=short.append)) == rec(1)
-    out = b"".join(merge_records([[rec(1)], [rec(2)]], copies_needed=1, on_short=short.append))
+    assert b"".join(merge_records([[rec(1)]], on_short=lines_into(short))) == rec(1)
+    out = b"".join(merge_records([[rec(1)], [rec(2)]], copies_needed=1, on_short=lines_into(short)))
     assert out == rec(1) + rec(2)
     assert short == []
 
@@ -246,7 +257,7 @@ def test_conflicting_copies_after_duplicates(min_block: object) -> None:
         short: list[bytes] = []
         datas = [b"".join(s) for s in order]
         blocks = [list(iter_blocks([d[k : k + 4000] for k in range(0, len(d), 4000)])) for d in datas]
-        got = b"".join(merge_records(blocks, trusted_unique=True, copies_needed=2, on_short=short.append))
+        got = b"".join(merge_records(blocks, trusted_unique=True, copies_needed=2, on_short=lines_into(short)))
         assert (got, short) == ref_merge(order, 2)
 
 

@@ -198,6 +198,39 @@ def test_a_dead_worker_process_is_replaced(tmp_path: Path) -> None:
     trio.run(main)
 
 
+def test_a_worker_dying_mid_query_restarts_the_pool_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Units started ahead in the pool that died fail one by one; each is
+    blamed on the pool it ran in, never on the fresh pool that replaced it
+    (which would be shut down under the units it runs)."""
+    import logging
+    import os
+    import signal
+
+    units = slow_units(tmp_path, 8)
+
+    async def main() -> None:
+        scanner = Scanner(1, depth=3)
+        try:
+            await scanner.start()
+            got = []
+            async for r in scanner.results(units):
+                got.append(r)
+                if len(got) == 1:
+                    pool = scanner._pool
+                    assert pool is not None
+                    for pid in list(pool._processes):  # type: ignore[attr-defined]
+                        os.kill(pid, signal.SIGKILL)
+                    await trio.sleep(0.5)  # the pool knows it is broken
+            assert len(got) == 8 and all(r.count(b"\n") == 20000 for r in got)
+        finally:
+            scanner.close()
+
+    with caplog.at_level(logging.ERROR, logger="oklog.query"):
+        trio.run(main)
+    assert sum("scan_worker_died" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_a_segment_replaced_under_a_query_cuts_it_short_never_mixes(tmp_path: Path) -> None:
     """A same-named upload unions into a new file while a query that was
     planned on the old one runs: the query fails, it never returns a mix."""

@@ -254,3 +254,23 @@ def test_a_query_past_its_buffer_still_repairs_everything_it_covered(tmp_path: P
     assert len(copies) == 1200 and min(copies.values()) >= 2 and lost
     # the records past the buffer were fetched from their holders
     assert any(b"ids=true" not in raw for _, raw in stores.queries[3:])
+
+
+def test_a_capped_finding_reaches_no_further_than_the_query_time(tmp_path: Path) -> None:
+    """A query open to the future (``to`` past now) whose buffer filled up:
+    the check stops at the time of the query, so records that arrive
+    meanwhile are not judged before their grace."""
+    from oklog.query.params import split_params
+    from oklog.ulid import ulid_for_ms
+
+    stores = FakeStores(spread(600, [A, B, C, D], 2, random.Random(9)), chunk=2048)
+    lose(stores, B)
+    stores.down.discard(B)
+    stores.held.pop(B)
+    stores.uploads.pop(B)
+    now = 1_000.0
+    r = repairer(stores, tmp_path, buffer=len(rec(1, b"payload 100")) * 20, clock=lambda: now)
+    run_query(stores, r, ALL)
+    assert healed(stores)
+    checks = [split_params(raw) for _, raw in stores.queries[3:]]
+    assert checks and all(p[b"to"] <= ulid_for_ms(int(now * 1000), upper=True) for p in checks)

@@ -95,6 +95,20 @@ def test_unreachable_store_stops_at_once() -> None:
     assert err.strip() == "error: cannot connect to store at http://store:7650: connection refused"
 
 
+def test_a_tls_failure_to_connect_says_what_to_give() -> None:
+    import ssl
+
+    def untrusted(request: httpx.Request) -> httpx.Response:
+        try:
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed")
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]") from exc
+
+    code, out, err = walk(httpx.MockTransport(untrusted), from_="1h", step="5m")
+    assert code == 1 and out == ""
+    assert "cannot connect to store" in err and "TLS certificate verify failed" in err and "-ca-file" in err
+
+
 def test_a_step_that_is_not_json_fails() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="OK\n")
@@ -132,8 +146,11 @@ def test_cli_entry_point_has_single_dash_flags() -> None:
 
     from oklog.cli import app
 
-    result = CliRunner().invoke(app, ["repair", "-store", "127.0.0.1:1", "-from", "1h", "-step", "30m",
+    from tests.nodeutil import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there (not port 1: another test may bind it)
+    result = CliRunner().invoke(app, ["repair", "-store", f"127.0.0.1:{port}", "-from", "1h", "-step", "30m",
                                       "-dry-run", "-timeout", "5s"])
     assert result.exit_code == 1
-    assert "cannot connect to store at http://127.0.0.1:1" in result.output
+    assert f"cannot connect to store at http://127.0.0.1:{port}" in result.output
     assert json.dumps  # (imported for the answers above)

@@ -15,30 +15,18 @@ from typing import AsyncIterator, Callable
 
 from .. import metrics
 from ..cluster.membership import Membership
-from ..errors import BadQuery
 from ..http import Request, Response, Router, json_response
 from ..peer import Peers
 from ..store.log import StoreLog
 from . import gather, local
 from .copies import ids_block
-from .params import Query, parse_query
+from .params import Query, flag_param, parse_query, split_params
 from .repair import IDS_HEADER, Repairer
 from .workers import Scanner
 
-_TRUE = {"", "true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
 def _switch(request: Request, name: str) -> bool:
     """A present-means-true parameter (``ids``, ``dry-run``), as ``regex``."""
-    value = request.params.get(name)
-    if value is None:
-        return False
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise BadQuery(f'invalid "{name}": want true or false, got {value[:64]!r}')
+    return flag_param(split_params(request.raw_query), name)
 
 
 async def _ids_only(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -82,9 +82,10 @@ class ShortRecords:
     """Records a merge saw on too few stores, kept up to ``cap`` bytes.
 
     ``add`` takes one or more whole records (in output order, so the kept
-    records stay sorted).  Once a block does not fit, the buffer is
-    ``full``: it keeps nothing more, counts what it is offered
-    (``dropped``), and the merge may stop counting altogether.
+    records stay sorted).  Once a block does not fit, the buffer keeps the
+    records of it that do and is ``full``: it keeps nothing more, counts
+    what it is offered (``dropped``), and the merge may stop counting
+    altogether.
     """
 
     __slots__ = ("cap", "pieces", "records", "dropped", "full", "lo", "hi")
@@ -99,16 +100,22 @@ class ShortRecords:
         self.hi = b""  # last kept ULID
 
     def add(self, block: bytes) -> None:
-        n = block.count(_LF)
-        if self.full or self.pieces.size + len(block) > self.cap:
-            self.full = True
-            self.dropped += n
+        if self.full:
+            self.dropped += block.count(_LF)
             return
+        room = self.cap - self.pieces.size
+        if len(block) > room:  # keep the whole records that fit
+            self.full = True
+            cut = block.rfind(_LF, 0, room) + 1
+            self.dropped += block.count(_LF, cut)
+            block = block[:cut]
+            if not block:
+                return
         if not self.pieces:
             self.lo = block[:ULID_LEN]
         self.hi = last_ulid(block)
         self.pieces.add(block)
-        self.records += n
+        self.records += block.count(_LF)
 
     def __bool__(self) -> bool:
         return self.records > 0

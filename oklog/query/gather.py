@@ -149,6 +149,15 @@ async def merged_body(gathered: Gathered, *, copies: int = 0, short: ShortSink |
             done(not broken)
 
 
+def whole_lines(answer: QueryAnswer) -> AsyncIterator[bytes]:
+    """An answer as blocks of whole lines (this node's own is already); a
+    peer's cut-off last line is an error, for callers that must know an
+    answer is whole (a repair check, a histogram)."""
+    if isinstance(answer, LocalAnswer):
+        return answer.chunks()
+    return aiter_blocks(answer.chunks(), final_tail="error")
+
+
 def node_of(answer: QueryAnswer) -> str:
     """The identity of the node behind an answer: its ``X-Oklog-Node``
     header (its advertised API URL), else the URL it was asked at."""

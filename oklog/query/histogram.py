@@ -51,7 +51,6 @@ from .. import metrics
 from ..cluster.membership import Membership
 from ..errors import ClientGone, OklogError, PeerError
 from ..http import Request, Response, Router, json_response
-from ..lines import aiter_blocks
 from ..peer import Peers, QueryAnswer
 from ..store.log import StoreLog
 from ..ulid import ms_of, ulid_for_ms
@@ -236,12 +235,8 @@ async def _blocks(answer: QueryAnswer, broken: list[str]) -> AsyncIterator[bytes
     ends there and is listed in ``broken`` (the counts are then lower bounds:
     unlike a query's body, a histogram can still say so)."""
     try:
-        if isinstance(answer, gather.LocalAnswer):
-            async for block in answer.chunks():  # whole lines already
-                yield block
-        else:
-            async for block in aiter_blocks(answer.chunks(), final_tail="error"):
-                yield block
+        async for block in gather.whole_lines(answer):
+            yield block
     except Exception as exc:  # httpx errors, a truncated body, a segment found damaged
         metrics.query_errors.inc()
         broken.append(f"{answer.peer}: answer broke off: {exc}")

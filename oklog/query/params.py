@@ -31,7 +31,7 @@ from oklog.query.scan import Matcher
 from oklog.records.format import TOPIC_RE
 from oklog.ulid import is_ulid
 
-__all__ = ["Query", "parse_query", "regex_param", "split_params"]
+__all__ = ["Query", "flag_param", "parse_query", "regex_param", "split_params"]
 
 _TRUE = {b"", b"true", b"1", b"yes", b"on"}
 _FALSE = {b"false", b"0", b"no", b"off"}
@@ -138,15 +138,21 @@ def split_params(raw_query: bytes | str) -> dict[bytes, bytes]:
 
 
 def regex_param(params: dict[bytes, bytes]) -> bool:
-    """The ``regex`` flag (present means true; ``BadQuery`` on a value
-    that is neither true nor false)."""
-    if b"regex" not in params:
+    """The ``regex`` flag (see ``flag_param``)."""
+    return flag_param(params, "regex")
+
+
+def flag_param(params: dict[bytes, bytes], name: str) -> bool:
+    """A present-means-true flag (``regex``, ``ids``, ``dry-run``);
+    ``BadQuery`` on a value that is neither true nor false."""
+    raw = params.get(name.encode())
+    if raw is None:
         return False
-    value = params[b"regex"].lower()
+    value = raw.lower()
     if value in _TRUE:
         return True
     if value not in _FALSE:
-        raise BadQuery(f'invalid "regex": want true or false, got {_show(params[b"regex"])}')
+        raise BadQuery(f'invalid "{name}": want true or false, got {_show(raw)}')
     return False
 
 

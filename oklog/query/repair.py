@@ -56,13 +56,12 @@ import trio
 from .. import metrics
 from ..cluster.membership import Membership
 from ..errors import OklogError, PeerError
-from ..lines import aiter_blocks
 from ..peer import Peers, QueryAnswer
 from ..store.log import StoreLog
 from ..ulid import ms_of, ulid_for_ms
 from . import local
 from .copies import CopyCounter, ShortRecords, fetch_ranges, ids_block, lines_to, plan_targets, select
-from .gather import NODE_HEADER, Gathered, LocalAnswer, one_per_node, node_of, scatter
+from .gather import NODE_HEADER, Gathered, node_of, one_per_node, scatter, whole_lines
 from .params import Query
 from .workers import Scanner
 
@@ -156,8 +155,10 @@ class Repairer:
         hi = short.hi
         if short.dropped:
             # The buffer filled up: the check covers the rest of the query's
-            # range, and fetches from their holders the records not in hand.
-            hi = query.hi
+            # range, and fetches from their holders the records not in hand;
+            # up to now (what the answer could hold), so records that arrive
+            # meanwhile get their grace before they are judged.
+            hi = min(query.hi, ulid_for_ms(int(self.clock() * 1000), upper=True))
             log.info("event=read_repair_capped kept=%d not_kept=%d", short.records, short.dropped)
         finding = _Finding(Query(short.lo, hi, query.q, query.regex, query.topic), short.take())
         try:
@@ -318,7 +319,7 @@ class Repairer:
             if gathered.errors or not gathered.responses:
                 raise PeerError(node, "; ".join(gathered.errors) or "no answer")
             for r in gathered.responses:
-                async for block in _blocks(r):
+                async for block in whole_lines(r):
                     put(block)
         finally:
             with trio.CancelScope(shield=True):
@@ -332,18 +333,11 @@ class Repairer:
         return base / f"oklog-{os.getpid()}-{random.getrandbits(64):016x}{suffix}"
 
 
-def _blocks(answer: QueryAnswer) -> AsyncIterator[bytes]:
-    """An answer as blocks of whole lines (a cut-off last line is an error)."""
-    if isinstance(answer, LocalAnswer):
-        return answer.chunks()
-    return aiter_blocks(answer.chunks(), final_tail="error")
-
-
 async def _ids(answer: QueryAnswer) -> AsyncIterator[bytes]:
     """An answer as blocks of ``ULID LF`` lines, whether the store
     understood ``ids=true`` or sent whole records (an older store)."""
     convert = answer.headers.get(IDS_HEADER, "").lower() != "true"
-    async for block in _blocks(answer):
+    async for block in whole_lines(answer):
         yield ids_block(block) if convert else block
 
 

@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import trio
@@ -164,36 +164,29 @@ class Scanner:
     async def run(self, unit: Unit) -> bytes | list[bytes]:
         """One unit's result (joined, or pieces), in a worker; once more in
         a fresh pool if the worker died."""
-        for attempt in (1, 2):
-            pool = self._executor()
-            job = await self._start_unit(pool, unit)
-            try:
-                await job.done.wait()
-            except BaseException:  # cancelled: nobody takes the result
-                job.drop()
-                raise
-            try:
-                return _collected(job)
-            except cf.BrokenExecutor:
-                self._broken(pool)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return await self._retrying(lambda pool: self._start_unit(pool, unit), _collected)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker (a module-level function: it is pickled
         by name), e.g. building a segment's n-gram index; once more in a
         fresh pool if the worker died."""
+        return await self._retrying(lambda pool: self._start(lambda: pool.submit(fn, *args)),
+                                    lambda job: job.future.result())
+
+    async def _retrying(self, start: Callable[[cf.Executor], Awaitable[_Job]],
+                        read: Callable[[_Job], T]) -> T:
+        """``read`` the job ``start`` submits to the current pool; once more
+        in a fresh pool if a worker died (at submit or while it ran)."""
         for attempt in (1, 2):
             pool = self._executor()
-            job = await self._start(lambda: pool.submit(fn, *args))
             try:
-                await job.done.wait()
-            except BaseException:  # cancelled: nobody takes the result
-                job.drop()
-                raise
-            try:
-                return job.future.result()
+                job = await start(pool)
+                try:
+                    await job.done.wait()
+                except BaseException:  # cancelled: nobody takes the result
+                    job.drop()
+                    raise
+                return read(job)
             except cf.BrokenExecutor:
                 self._broken(pool)  # the pool it ran in, not whichever is current
                 if attempt == 2:
@@ -222,12 +215,15 @@ class Scanner:
         job.future.add_done_callback(job.finished)
         return job
 
-    async def _submit_unit(self, pool: cf.Executor, unit: Unit) -> _Job:
+    async def _submit_unit(self, pool: cf.Executor, unit: Unit) -> tuple[cf.Executor, _Job]:
+        """``unit`` submitted, and the pool it went to (a fresh one if
+        ``pool`` was found broken)."""
         try:
-            return await self._start_unit(pool, unit)
+            return pool, await self._start_unit(pool, unit)
         except cf.BrokenExecutor:
             self._broken(pool)
-            return await self._start_unit(self._executor(), unit)
+            pool = self._executor()
+            return pool, await self._start_unit(pool, unit)
 
     def _broken(self, pool: cf.Executor) -> None:
         """A worker died (killed, out of memory): start a fresh pool
@@ -240,8 +236,7 @@ class Scanner:
     async def results(self, units: Iterable[Unit], *, light: bool = False) -> AsyncGenerator[bytes, None]:
         """The results of ``units``, in order, with up to ``depth`` started
         ahead (``light``: in threads, see the module docstring)."""
-        pool: cf.Executor = self._thread_pool() if light else self._executor()
-        pending: deque[tuple[Unit, _Job]] = deque()
+        pending: deque[tuple[Unit, cf.Executor, _Job]] = deque()
         todo = iter(units)
         try:
             while True:
@@ -250,17 +245,16 @@ class Scanner:
                     if nxt is None:
                         break
                     pool = self._thread_pool() if light else self._executor()  # a fresh one after a death
-                    pending.append((nxt, await self._submit_unit(pool, nxt)))
+                    pending.append((nxt, *await self._submit_unit(pool, nxt)))
                 if not pending:
                     return
-                unit, job = pending[0]
+                unit, pool, job = pending[0]
                 await job.done.wait()
                 pending.popleft()
                 try:
                     result = _collected(job)
                 except cf.BrokenExecutor:  # once more, in a fresh pool
-                    self._broken(pool)
-                    pool = self._executor()
+                    self._broken(pool)  # the pool this unit ran in: others may be fresh
                     result = await self.run(unit)
                 if isinstance(result, bytes):
                     if result:
@@ -269,7 +263,7 @@ class Scanner:
                     for piece in result:
                         yield piece
         finally:
-            for _, job in pending:
+            for _, _, job in pending:
                 job.drop()
 
 

@@ -164,12 +164,6 @@ def _dedup_lines(lines: list[bytes], prev: bytes | None) -> tuple[list[bytes], b
     return lines, keys[-1]
 
 
-def _report(block: bytes, on_short: OnShort) -> None:
-    """Pass every line of ``block`` (with its LF) to ``on_short``."""
-    for line in _lines(block):
-        on_short(line + _LF)
-
-
 # --- merging ---------------------------------------------------------------------
 
 
@@ -295,7 +289,8 @@ def merge_records(
 
     ``copies_needed`` / ``on_short`` (read repair): when both are given, every
     output record present in fewer than ``copies_needed`` distinct sources is
-    passed -- the full line, LF included, in output order -- to ``on_short``.
+    passed to ``on_short``, in output order, as blocks of whole lines (a
+    block at a time, never a call per record).
     With ``copies_needed == 0`` no counting is done at all.
 
     The merge is lazy: it pulls source blocks as output is consumed.  With
@@ -394,9 +389,9 @@ class _Merger:
 
     def report(self, block: bytes, copies: int = 1) -> None:
         """Report every record of ``block`` if ``copies`` is too few."""
-        if copies < self.need:
+        if copies < self.need and block:
             assert self.on_short is not None
-            _report(block, self.on_short)
+            self.on_short(block)
 
     def alone(self, s: _Source, chunk: bytes) -> bytes:
         """Lines of one source that no other source has."""
@@ -512,8 +507,9 @@ class _Merger:
                 for j in range(2, self.need):
                     nxt = map(or_, nxt, islice(ext, j, None))
                 short = compress(lines, map(and_, new, nxt))
-            for line in short:
-                self.on_short(line + _LF)
+            picked = list(short)
+            if picked:
+                self.on_short(_join(picked))
         return _join(uniq)
 
 
