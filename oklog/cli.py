@@ -177,6 +177,10 @@ Q = typer.Option("", "-q", "--q", metavar="TEXT",
 REGEX = typer.Option(False, "-regex", "--regex", help="q is a regular expression")
 TOPIC = typer.Option(None, "-topic", "--topic", metavar="TOPIC", help="only records of this topic")
 ULID = typer.Option(False, "-ulid", "--ulid", help="print each record's ULID")
+FROM = typer.Option("1h", "-from", "--from", metavar="TIME",
+                    help="from: a duration ago (5m, 1h30m, 7d, 1w), an RFC3339 time or a ULID")
+TO = typer.Option("now", "-to", "--to", metavar="TIME",
+                  help="to: now, a duration ago, an RFC3339 time or a ULID")
 
 
 def exit_after_output(code: int) -> None:
@@ -326,10 +330,8 @@ def forward(
 @command("query", "Query the store tier: oklog query -from 5m -q Hello")
 def query(
     store: str = STORE,
-    from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
-                              help="from: a duration ago (5m, 1h30m, 7d, 1w), an RFC3339 time or a ULID"),
-    to: str = typer.Option("now", "-to", "--to", metavar="TIME",
-                           help="to: now, a duration ago, an RFC3339 time or a ULID"),
+    from_: str = FROM,
+    to: str = TO,
     q: str = Q,
     regex: bool = REGEX,
     topic: Optional[str] = TOPIC,
@@ -359,10 +361,8 @@ def query(
          "store cannot be reached or any step failed.")
 def repair(
     store: str = STORE,
-    from_: str = typer.Option("1h", "-from", "--from", metavar="TIME",
-                              help="from: a duration ago (30d, 1h), an RFC3339 time or a ULID"),
-    to: str = typer.Option("now", "-to", "--to", metavar="TIME",
-                           help="to: now, a duration ago, an RFC3339 time or a ULID"),
+    from_: str = FROM,
+    to: str = TO,
     step: str = typer.Option("1h", "-step", "--step", metavar="DURATION",
                              help="check this much time per request"),
     dry_run: bool = typer.Option(False, "-dry-run", "--dry-run",

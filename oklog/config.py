@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import ConfigError
-from .records.format import RECORD_SIZE_LIMIT
+from .records.format import RECORD_SIZE_LIMIT, TOPIC_PATTERN, TOPIC_RE
 from .roles import tiers
 from .timespec import parse_duration
 
@@ -100,8 +100,8 @@ def _topic_mode(s: str) -> str:
 
 
 def _topic(s: str) -> str:
-    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_-]*", s, re.ASCII):
-        raise ConfigError(f"invalid topic {s!r}: want [a-zA-Z0-9][a-zA-Z0-9_-]*")
+    if not TOPIC_RE.fullmatch(s.encode("utf-8", "surrogateescape")):
+        raise ConfigError(f"invalid topic {s!r}: want {TOPIC_PATTERN.decode()}")
     return s
 
 

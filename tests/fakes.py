@@ -58,7 +58,22 @@ class FakeStream:
         self.feed.close()
 
 
-class FakeCluster:
+class _FixedMembership:
+    """The parts of ``Membership`` a fake with a fixed member list shares:
+    it publishes nothing and runs until cancelled."""
+
+    def self_url(self) -> str:
+        return "http://self"
+
+    async def publish(self, tags: dict[str, str]) -> None:
+        pass
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+class FakeCluster(_FixedMembership):
     """Ingesters holding segments, stores collecting uploads."""
 
     def __init__(self, ingesters: dict[str, list[bytes]], stores: list[str]) -> None:
@@ -87,16 +102,6 @@ class FakeCluster:
 
     def state(self) -> dict[str, Any]:
         return {"source": "fake", "stores": self.stores(), "ingesters": self.ingesters()}
-
-    def self_url(self) -> str:
-        return "http://self"
-
-    async def publish(self, tags: dict[str, str]) -> None:
-        pass
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
 
     # -- Peers -------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ def _conforms(cluster: FakeCluster) -> tuple[Membership, Peers]:
     return cluster, cluster
 
 
-class FakeStores:
+class FakeStores(_FixedMembership):
     """Store nodes holding records: ``/store/_query`` answered from them
     (whole records, or ``ULID LF`` lines with ``ids=true``, with the
     ``X-Oklog-Node`` header), uploads added to them.  Membership and
@@ -219,16 +224,6 @@ class FakeStores:
 
     def state(self) -> dict[str, Any]:
         return {"source": "fake", "stores": self.stores()}
-
-    def self_url(self) -> str:
-        return "http://self"
-
-    async def publish(self, tags: dict[str, str]) -> None:
-        pass
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
 
     # -- Peers -------------------------------------------------------------------------
 

@@ -169,14 +169,15 @@ def forward(lines: bytes, *targets: str, extra: tuple[str, ...] = (), timeout: f
 class Forwarder(threading.Thread):
     """A thread running one real `oklog forward`; ``join`` re-raises its failure."""
 
-    def __init__(self, lines: bytes, target: str) -> None:
+    def __init__(self, lines: bytes, target: str, extra: tuple[str, ...] = (), timeout: float = 60) -> None:
         super().__init__(daemon=True)
         self.feed = (lines, target)
+        self.extra, self.timeout = extra, timeout
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            forward(*self.feed)
+            forward(*self.feed, extra=self.extra, timeout=self.timeout)
         except BaseException as exc:  # re-raised in the test's thread
             self.error = exc
 
@@ -195,7 +196,9 @@ def join(threads: list[Forwarder]) -> None:
         t.join()
     for t in threads:
         if t.error is not None:
-            raise AssertionError(f"oklog forward to {t.feed[1]} failed: {t.error!r}") from t.error
+            stderr = getattr(t.error, "stderr", None) or b""
+            raise AssertionError(f"oklog forward to {t.feed[1]} failed: {t.error!r}\n"
+                                 f"{stderr.decode(errors='replace')[-2000:]}") from t.error
 
 
 def query(api: str, **params: str) -> httpx.Response:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import signal
 import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -35,26 +37,36 @@ def wait_members(node: Node, alive: int, timeout: float = 30) -> dict:
     raise AssertionError(f"{node.api} never saw {alive} alive members: {state}")
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    nodes: list[Node] = []
-    first = Node("ingest", tmp_path / "ingest1", extra=FAST_INGEST)
+@contextlib.contextmanager
+def serf_cluster(first: Node, joiners: Callable[[str], list[Node]]) -> Iterator[list[Node]]:
+    """Start ``first`` (ready, so its gossip port is final), then the nodes
+    ``joiners(seed)`` builds to join it (``seed``: first's gossip address,
+    for their ``-peer``). Yields them all, each ready and seeing all alive;
+    kills them all at the end."""
     first.start()
-    nodes.append(first)
-    seed = f"127.0.0.1:{first.cluster_port}"
+    nodes = [first]
     try:
-        nodes.append(Node("ingest", tmp_path / "ingest2", extra=FAST_INGEST + ["-peer", seed]).start(wait=False))
-        for i in range(3):
-            nodes.append(Node("store", tmp_path / f"store{i}", extra=FAST_STORE + [
-                "-peer", seed, "-store.segment-replication-factor", "2"]).start(wait=False))
+        for n in joiners(f"127.0.0.1:{first.cluster_port}"):
+            nodes.append(n.start(wait=False))
         for n in nodes:
             n.wait_ready()
         for n in nodes:
-            wait_members(n, 5)
+            wait_members(n, len(nodes))
         yield nodes
     finally:
         for n in nodes:
             n.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    def joiners(seed: str) -> list[Node]:
+        return [Node("ingest", tmp_path / "ingest2", extra=FAST_INGEST + ["-peer", seed])] + [
+            Node("store", tmp_path / f"store{i}", extra=FAST_STORE + [
+                "-peer", seed, "-store.segment-replication-factor", "2"]) for i in range(3)]
+
+    with serf_cluster(Node("ingest", tmp_path / "ingest1", extra=FAST_INGEST), joiners) as nodes:
+        yield nodes
 
 
 def records(n: int, tag: str) -> bytes:

@@ -94,3 +94,12 @@ def test_bad_serf_mode_and_counts() -> None:
     for fn, bad in ((_serf_mode, "yes"), (_positive, "0"), (_positive, "two")):
         with pytest.raises(ConfigError):
             fn(bad)
+
+
+def test_ingest_topic_is_checked_like_a_record_topic() -> None:
+    from oklog.config import _topic
+
+    assert [_topic(t) for t in ("web", "a_b-1", "0")] == ["web", "a_b-1", "0"]
+    for bad in ("", "-a", "_a", "a b", "a.b", "a/b", "a\n", "é"):
+        with pytest.raises(ConfigError, match="invalid topic"):
+            _topic(bad)

@@ -53,7 +53,7 @@ import pytest
 
 from oklog.records.format import salvage
 from oklog.store.park import ENV as PARK_ENV
-from tests.nodeutil import ROOT, Node, forward, oklog_cmd, wait_for_records
+from tests.nodeutil import ROOT, Forwarder, Node, forward, join, oklog_cmd, wait_for_records
 
 pytestmark = pytest.mark.slow
 
@@ -475,10 +475,7 @@ def test_bulk_acknowledged_only_once_committed_through_a_store_killed_before_com
     tag = "bulk-store-killed-before-commit"
     sent = tagged(tag, 3000)
     arm(cluster.park, "commit")
-    done: list[subprocess.CompletedProcess] = []
-    bulk = threading.Thread(target=lambda: done.append(subprocess.run(
-        oklog_cmd("forward", "-bulk", f"127.0.0.1:{cluster.ingester.bulk_port}"), input=feed(sent),
-        capture_output=True, timeout=240, cwd=ROOT)), daemon=True)
+    bulk = Forwarder(feed(sent), f"127.0.0.1:{cluster.ingester.bulk_port}", extra=("-bulk",), timeout=240)
     bulk.start()
     marker, pid = wait_parked(cluster.park, "commit")
     victim = cluster.store_by_pid(pid)
@@ -488,8 +485,7 @@ def test_bulk_acknowledged_only_once_committed_through_a_store_killed_before_com
     marker.unlink()
     wait_until("the old process's Serf agent to let its port go", lambda: port_free(victim.cluster_port), 30)
     victim.start()
-    bulk.join(240)
-    assert done and done[0].returncode == 0, done and done[0].stderr.decode()[-2000:]
+    join([bulk])  # it exited 0: every segment was acknowledged
     cluster.assert_all_there(tag, sent)
 
 
@@ -504,17 +500,13 @@ def test_bulk_upload_survives_an_ingester_sigkilled_before_its_ok(cluster: Clust
     tag = "bulk-ingester-killed"
     sent = tagged(tag, 3000)
     arm(cluster.park, "commit")
-    done: list[subprocess.CompletedProcess] = []
-    bulk = threading.Thread(target=lambda: done.append(subprocess.run(
-        oklog_cmd("forward", "-bulk", f"127.0.0.1:{ing.bulk_port}"), input=feed(sent),
-        capture_output=True, timeout=240, cwd=ROOT)), daemon=True)
+    bulk = Forwarder(feed(sent), f"127.0.0.1:{ing.bulk_port}", extra=("-bulk",), timeout=240)
     bulk.start()
     marker, _ = wait_parked(cluster.park, "commit")
     ing.kill()
     marker.unlink()  # the store's commit finds no ingester
     cluster.restart_ingester()
-    bulk.join(240)
-    assert done and done[0].returncode == 0, done and done[0].stderr.decode()[-2000:]
+    join([bulk])  # it exited 0: every segment was acknowledged
     wait_until("the ingester to have every segment committed", cluster.drained, 60, every=0.5)
     for store in cluster.stores:
         r = httpx.get(f"{store.api}/store/query", params={**ALL, "q": tag + " seq="}, timeout=60)

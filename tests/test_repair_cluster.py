@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.nodeutil import ROOT, Node, oklog_cmd, query, wait_for_records
-from tests.test_cluster import wait_members
+from tests.test_cluster import serf_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.serf,
               pytest.mark.skipif(shutil.which("serf") is None, reason="serf is not installed")]
@@ -61,20 +61,9 @@ def walk(store: Node, *flags: str) -> tuple[int, dict[str, int], str]:
 def cluster(tmp_path):
     ingester = Node("ingest", tmp_path / "ingest", extra=["-cluster.fast-gossip",
                                                           "-ingest.segment-flush-age", "100ms"])
-    ingester.start()
-    nodes = [ingester]
-    seed = f"127.0.0.1:{ingester.cluster_port}"
-    try:
-        for i in range(4):
-            nodes.append(Node("store", tmp_path / f"store{i}", extra=STORE + ["-peer", seed]).start(wait=False))
-        for n in nodes:
-            n.wait_ready()
-        for n in nodes:
-            wait_members(n, 5)
+    with serf_cluster(ingester, lambda seed: [
+            Node("store", tmp_path / f"store{i}", extra=STORE + ["-peer", seed]) for i in range(4)]) as nodes:
         yield nodes
-    finally:
-        for n in nodes:
-            n.kill()
 
 
 def test_a_query_and_then_the_walker_heal_lost_stores(cluster):
