@@ -63,7 +63,7 @@ from oklog.canarybook import CanaryBook
 from oklog.clientconf import ClientConf
 from oklog.errors import ConfigError
 from oklog.forward import DEFAULT_FAST_PORT
-from oklog.records.format import TOPIC_RE
+from oklog.records.format import TOPIC_PATTERN, TOPIC_RE
 
 __all__ = ["CanaryConfig", "CanaryMetrics", "run_canary", "canary_line", "parse_answer"]
 
@@ -106,7 +106,7 @@ class CanaryConfig:
             if value <= 0:
                 raise ConfigError(f"{name} must be more than 0")
         if self.topic is not None and not TOPIC_RE.fullmatch(self.topic.encode()):
-            raise ConfigError(f"-topic {self.topic!r}: not a topic ([a-zA-Z0-9][a-zA-Z0-9_-]*)")
+            raise ConfigError(f"-topic {self.topic!r}: not a topic ({TOPIC_PATTERN.decode()})")
         if not re.fullmatch(r"[0-9A-Za-z_-]+", self.run_id):
             raise ConfigError(f"run id {self.run_id!r}: letters, digits, _ and - only")
         parse_addr(self.ingest, DEFAULT_FAST_PORT, "127.0.0.1")
