@@ -171,7 +171,7 @@ class Scanner:
         by name), e.g. building a segment's n-gram index; once more in a
         fresh pool if the worker died."""
         return await self._retrying(lambda pool: self._start(lambda: pool.submit(fn, *args)),
-                                    lambda job: job.future.result())
+                                    lambda job: job.take())
 
     async def _retrying(self, start: Callable[[cf.Executor], Awaitable[_Job]],
                         read: Callable[[_Job], T]) -> T:
@@ -270,9 +270,13 @@ class Scanner:
 def _collected(job: _Job) -> bytes | list[bytes]:
     """A finished job's result, read; its slot goes back either way."""
     try:
-        return collect(job.future.result())
+        return collect(job.take())
     finally:
         job.release()
+
+
+_TAKEN: cf.Future[Any] = cf.Future()  # a taken job's future: done, holding nothing
+_TAKEN.set_result(None)
 
 
 class _Job:
@@ -287,6 +291,15 @@ class _Job:
         self.future: cf.Future[Any] = cf.Future()
         self.slot = slot
         self.put_slot = put_slot
+
+    def take(self) -> Any:
+        """The finished result, once.  The job lets go of its future: the
+        future's done-callbacks refer back to the job, a cycle that kept
+        every result of a query alive until the garbage collector happened
+        to run (measured: ~400 MB held after a few match-everything queries
+        over 500 MB)."""
+        future, self.future = self.future, _TAKEN
+        return future.result()
 
     def release(self) -> None:
         """Give the slot back: its result was read, or never will be and no
@@ -310,10 +323,11 @@ class _Job:
     def drop(self) -> None:
         """Nobody will read this result: cancel it, or give its slot back
         once the worker is done with it (now, if it is)."""
-        if self.future.cancel():
+        future, self.future = self.future, _TAKEN  # see ``take``: no cycle keeps its result
+        if future.cancel():
             self.release()
         else:
-            self.future.add_done_callback(lambda _: self.release())
+            future.add_done_callback(lambda _: self.release())
 
 
 def _spill_dir() -> str:
