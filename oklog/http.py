@@ -91,6 +91,11 @@ class Response:
     body: Body = b""
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "text/plain; charset=utf-8"
+    #: A streamed body's length when known before it is sent: it goes out
+    #: as ``Content-Length`` rather than chunked (no framing copy of every
+    #: chunk, and a client can tell a cut-short answer); a body that turns
+    #: out longer or shorter breaks the connection instead of ending.
+    length: int | None = None
 
 
 def text(status: int, message: str) -> Response:
@@ -231,10 +236,14 @@ async def _send(response: Response, request: Request, send: Any) -> None:
         payload = b"" if request.method == "HEAD" else body
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         return
+    if response.length is not None and request.method != "HEAD":
+        headers.append((b"content-length", str(response.length).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     if request.method != "HEAD":
         try:
-            await _stream_body(body, request, send)
+            whole = await _stream_body(body, request, send, response.length)
+            if not whole and response.length is not None:
+                return  # the client left: no end to a body shorter than declared
         except Exception as exc:
             # The headers are gone: the one way left to say "this answer is
             # incomplete" is to break the connection instead of ending the
@@ -251,17 +260,36 @@ async def _send(response: Response, request: Request, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _stream_body(body: AsyncIterator[bytes], request: Request, send: Any) -> None:
-    """Send chunks until done or until the client disconnects."""
+class BodyLengthError(Exception):
+    """A streamed body that does not have the length its headers declared."""
+
+
+async def _stream_body(body: AsyncIterator[bytes], request: Request, send: Any,
+                       length: int | None = None) -> bool:
+    """Send chunks until done or until the client disconnects (then False:
+    nothing more to send).  With a declared ``length``, a body that is
+    longer or shorter is a ``BodyLengthError``."""
+    gone = False
 
     async def watch_disconnect(cancel: trio.CancelScope) -> None:
+        nonlocal gone
         await request.wait_disconnect()
+        gone = True
         cancel.cancel()
 
+    sent = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_disconnect, nursery.cancel_scope)
         async with aclosing(body) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 if chunk:
+                    sent += len(chunk)
+                    if length is not None and sent > length:
+                        raise BodyLengthError(f"more than the {length} bytes declared")
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         nursery.cancel_scope.cancel()
+    if gone:
+        return False
+    if length is not None and sent != length:
+        raise BodyLengthError(f"{sent} bytes of the {length} declared")
+    return True

@@ -70,6 +70,38 @@ def test_a_disconnect_ends_an_endless_stream():
     trio.run(main)
 
 
+def test_a_declared_length_is_sent_and_a_body_that_breaks_it_aborts():
+    """A streamed body with a known length goes out with ``Content-Length``;
+    one that turns out shorter or longer never ends normally (the
+    connection breaks, so the client knows the answer is incomplete)."""
+
+    def handler(parts: list[bytes], length: int):
+        async def body() -> AsyncIterator[bytes]:
+            for part in parts:
+                yield part
+
+        async def handle(request: Request) -> Response:
+            return Response(200, body(), length=length)
+
+        return handle
+
+    router = Router()
+    router.add("GET", "/exact", handler([b"abc", b"de"], 5))
+    router.add("GET", "/short", handler([b"abc"], 5))
+    router.add("GET", "/long", handler([b"abc", b"def"], 5))
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for path in ("/exact", "/short", "/long"):
+        client = Client()
+        trio.run(router, scope(path), client.receive, client.send)
+        assert (b"content-length", b"5") in client.sent[0]["headers"]
+        sent[path] = client.sent
+    assert b"".join(m.get("body", b"") for m in sent["/exact"][1:]) == b"abcde"
+    assert sent["/exact"][-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    for path in ("/short", "/long"):
+        assert [m["body"] for m in sent[path][1:]] == [b"abc"]  # no end, no byte too many
+        assert sent[path][-1]["more_body"] is True
+
+
 def test_errors_are_one_line_statuses():
     async def bad(request: Request) -> Response:
         raise BadQuery('invalid "from": nope\nsecond line')

@@ -82,6 +82,8 @@ def test_lines_in_exact_bytes_out(node):
     lo, hi = ulids[1000], ulids[2000]
     r = query(node.api, **{"from": lo.decode(), "to": hi.decode()})
     assert r.content.split(b"\n")[:-1] == lines[1000:2001]
+    # a length is declared only when known exactly (overlapping segments are merged: chunked)
+    assert int(r.headers.get("content-length", len(r.content))) == len(r.content)
 
     # non-UTF-8 query bytes, percent-encoded
     r = httpx.get(f"{node.api}/store/query?from={ALL['from']}&to={ALL['to']}&q=%FF%FE%20not")
@@ -99,6 +101,10 @@ def test_headers_head_and_bad_input(node):
     assert int(r.headers["X-Oklog-Segments-Queried"]) >= 1
     assert int(r.headers["X-Oklog-Max-Data-Set-Size"]) > 0
     assert "X-Oklog-Duration" in r.headers
+    assert r.headers["transfer-encoding"] == "chunked"  # a filter: its length is unknown up front
+    for path in ("/store/query", "/store/_query"):  # match everything: sent with its length
+        e = httpx.get(f"{node.api}{path}", params=ALL)
+        assert e.content.count(b"\n") == 3 and int(e.headers["content-length"]) == len(e.content)
     h = httpx.head(f"{node.api}/store/query", params={**ALL, "q": "Hello"})
     assert h.status_code == 200 and h.content == b""
     assert h.headers["X-Oklog-Segments-Queried"] == r.headers["X-Oklog-Segments-Queried"]

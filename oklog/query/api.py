@@ -95,9 +95,16 @@ def query_router(
         if request.method == "HEAD":
             metrics.query_seconds.labels("stats").observe(time.monotonic() - started)
             return Response(200, b"", headers, content_type="text/plain; charset=utf-8")
-        body = _ids_only(local.run(p)) if ids else local.run(p)
-        return Response(200, timed(body, "local", started), headers,
-                        content_type="text/plain; charset=utf-8")
+        if ids:
+            return Response(200, timed(_ids_only(local.run(p)), "local", started), headers,
+                            content_type="text/plain; charset=utf-8")
+        try:
+            length = await local.exact_size(p)
+        except BaseException:  # cancelled: the scan will never start to let go of its files
+            p.release()
+            raise
+        return Response(200, timed(local.run(p), "local", started), headers,
+                        content_type="text/plain; charset=utf-8", length=length)
 
     async def cluster_query(request: Request) -> Response:
         started = time.monotonic()
@@ -122,6 +129,7 @@ def query_router(
             return response
         short = repairer.counting(gathered) if repairer is not None else None
         if repairer is None or short is None:
+            response.length = await gather.passed_through_size(gathered)
             body = gather.merged_body(gathered)
         else:  # read repair: the merge counts copies; the repairer acts afterwards
             body = gather.merged_body(gathered, copies=repairer.rf, short=short,

@@ -164,6 +164,23 @@ def node_of(answer: QueryAnswer) -> str:
     return answer.headers.get(NODE_HEADER) or answer.peer
 
 
+async def passed_through_size(gathered: Gathered) -> int | None:
+    """The length of ``merged_body`` (without read repair) when known up
+    front: this node's own answer is the only one to merge (one store), so
+    its blocks pass through untouched, and its length is known
+    (``local.exact_size``)."""
+    answers = one_per_node(gathered.responses)
+    if len(answers) != 1 or not isinstance(answers[0], LocalAnswer):
+        return None
+    try:
+        return await local.exact_size(answers[0].plan)
+    except BaseException:  # cancelled: the merge that would let go of the answers never starts
+        with trio.CancelScope(shield=True):
+            for r in gathered.responses:
+                await r.aclose()
+        raise
+
+
 def _unique(answer: QueryAnswer) -> bool:
     """Whether an answer holds each ULID once: this node's own, or a peer's
     that says it is one of ours (``X-Oklog-Node``: ``query.local`` merges

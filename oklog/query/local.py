@@ -42,13 +42,13 @@ from typing import AsyncGenerator, AsyncIterator
 import trio
 
 from .. import metrics
-from ..errors import CorruptSegment
+from ..errors import CorruptSegment, SegmentChanged
 from ..segment.ngram import literal_grams
 from ..segment.table import Table
 from ..store.log import Lease, Segment, StoreLog
 from .params import Query
 from .streams import merge_streams
-from .unit import Unit
+from .unit import Unit, run_unit
 from .workers import Scanner
 
 log = logging.getLogger("oklog.query")
@@ -191,6 +191,42 @@ def _unit(p: SegmentPlan, query: Query, blocks: list[tuple[int, int, bool]]) -> 
     assert p.table is not None
     return Unit(str(p.segment.path), p.table.compression, tuple(blocks), query.lo, query.hi,
                 query.q, query.regex, query.topic, p.segment.size, p.segment.ino)
+
+
+async def exact_size(local: LocalPlan) -> int | None:
+    """The answer's length in bytes, known before a record is sent when the
+    query keeps every record of its range (match everything) and no two of
+    its segments overlap (nothing to de-duplicate): the whole blocks' sizes
+    are in their tables, and a block the range cuts (at most the first and
+    the last of a segment) is read and cut here.  None otherwise, or when a
+    cut block cannot be read (the scan will meet it and say so).  It lets
+    the answer go out with a ``Content-Length`` (``oklog.http.Response``)."""
+    if local.query.matcher.strategy != "all":
+        return None
+    total = 0
+    cut: list[Unit] = []
+    for group in local.groups:
+        readable = [p for p in group if p.blocks]
+        if len(readable) > 1:
+            return None
+        for p in readable:
+            t = p.table
+            assert t is not None
+            for i in p.blocks:
+                if t.firsts[i] < local.query.lo or t.lasts[i] > local.query.hi:
+                    cut.append(_unit(p, local.query, [(t.offsets[i], t.lengths[i], True)]))
+                else:
+                    total += t.raw[i]
+    for unit in cut:
+        try:
+            total += await trio.to_thread.run_sync(_result_size, unit)
+        except (CorruptSegment, SegmentChanged, OSError):
+            return None
+    return total
+
+
+def _result_size(unit: Unit) -> int:
+    return sum(map(len, run_unit(unit)))
 
 
 _fallback: list[Scanner] = []
