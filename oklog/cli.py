@@ -223,9 +223,11 @@ def node_command(mode: str) -> Callable[..., None]:
     table = dict(flags(mode))
 
     def run(**values: Any) -> None:
+        from . import malloc
         from .node import run_node  # heavy (hypercorn, httpx): only for node modes
 
         setup_logging(values.pop("debug"))
+        malloc.tune()
         cfg = NodeConfig(mode=mode)
         for field, flag in table.items():
             value = values[field]
