@@ -28,6 +28,7 @@ QUERIES = st.sampled_from([
     (b"", False), (b"needle-7f3a9c", False), (b"status=500", False), (b"HTTP/1.1", False), (b"a b", False),
     (b"ERROR.*timeout", True), (b"(?i)error", True), (b"^GET", True), (b"(ERROR|timeout) x", True),
     (rb"\d+", True), (b"x$", True), (b"nothing-here", False), (b"(?i)\xc3\x89T\xc3\x89", True),
+    (b".*", True),  # matches every record: the "all" strategy, as an empty q
 ])
 
 
@@ -93,10 +94,13 @@ def test_results_equal_a_brute_force_scan(tmp_path_factory: pytest.TempPathFacto
                 got = b"".join([blk async for blk in local.run(p)])
                 assert got == brute(records, q, regex, topic, lo, hi), (q, regex, topic, lo, hi)
                 # the length an answer declares up front (Content-Length) is exact, and
-                # known for match everything unless segments overlap
+                # known for match everything (an empty q, or a regex such as .*) unless
+                # segments overlap
                 assert size is None or size == len(got)
                 merged = any(len([s for s in g if s.blocks]) > 1 for g in p.groups)
-                assert (size is not None) == (q == b"" and topic is None and not merged)
+                everything = Matcher(q, regex, topic).strategy == "all"
+                assert everything == (q in (b"", b".*") and topic is None)
+                assert (size is not None) == (everything and not merged)
         store.close()
 
     trio.run(main)
