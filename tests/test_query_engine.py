@@ -172,6 +172,37 @@ def test_results_read_are_freed_at_once_not_by_the_garbage_collector(tmp_path: P
         gc.enable()
 
 
+def test_results_of_a_scan_left_mid_way_are_freed_at_once(tmp_path: Path) -> None:
+    """The results a stream had read ahead when its reader left (a client
+    gone, a deadline) are dropped unread: nothing keeps them alive until
+    the garbage collector runs (``_Job.drop`` lets go of the future)."""
+    import gc
+    import tracemalloc
+
+    units = slow_units(tmp_path, 12)  # ~0.9 MB of results each
+
+    async def main() -> None:
+        scanner = Scanner(0, depth=8, limit=8)
+        async with aclosing(scanner.results(units)) as results:
+            async for first in results:
+                await settled(scanner)  # the units read ahead have finished: results held
+                break  # the reader leaves
+        del first
+        await settled(scanner)
+        held, _ = tracemalloc.get_traced_memory()
+        assert held < 2 << 20, held  # not the ~7 MB of the results read ahead
+        scanner.close()
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        trio.run(main)
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
 def test_merged_streams_never_wait_for_each_others_tokens(tmp_path: Path) -> None:
     """Several streams merged (overlapping segments) or a slow reader: a
     suspended stream holds results, not the node's tokens."""
