@@ -268,8 +268,12 @@ async def _stream_body(body: AsyncIterator[bytes], request: Request, send: Any,
                        length: int | None = None) -> bool:
     """Send chunks until done or until the client disconnects (then False:
     nothing more to send).  With a declared ``length``, a body that is
-    longer or shorter is a ``BodyLengthError``."""
+    longer or shorter is a ``BodyLengthError``.  The chunk that completes
+    the declared length is held back until the body has ended: sent at
+    once, a body that then goes on (longer than declared) or fails would
+    look whole to the client, who has every byte it was told to expect."""
     gone = False
+    last = b""  # the chunk that completes ``length``, not sent yet
 
     async def watch_disconnect(cancel: trio.CancelScope) -> None:
         nonlocal gone
@@ -284,12 +288,17 @@ async def _stream_body(body: AsyncIterator[bytes], request: Request, send: Any,
             async for chunk in chunks:
                 if chunk:
                     sent += len(chunk)
-                    if length is not None and sent > length:
-                        raise BodyLengthError(f"more than the {length} bytes declared")
+                    if length is not None and sent >= length:
+                        if sent > length:
+                            raise BodyLengthError(f"more than the {length} bytes declared")
+                        last = chunk
+                        continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         nursery.cancel_scope.cancel()
     if gone:
         return False
     if length is not None and sent != length:
         raise BodyLengthError(f"{sent} bytes of the {length} declared")
+    if last:
+        await send({"type": "http.response.body", "body": last, "more_body": True})
     return True

@@ -102,6 +102,34 @@ def test_a_declared_length_is_sent_and_a_body_that_breaks_it_aborts():
         assert sent[path][-1]["more_body"] is True
 
 
+def test_a_body_that_goes_on_or_fails_after_its_declared_length_never_looks_whole():
+    """The chunk that completes a declared length waits for the body's end:
+    sent at once, a client holding every byte it was told to expect could
+    not tell that the body went on, or failed, after it."""
+
+    async def full_then_more() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b"cde"
+        yield b"f"
+
+    async def full_then_error() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b"cde"
+        raise OSError("a segment broke after the declared bytes")
+
+    router = Router()
+    for path, body in (("/more", full_then_more), ("/error", full_then_error)):
+        async def handle(request: Request, body: Any = body) -> Response:
+            return Response(200, body(), length=5)
+
+        router.add("GET", path, handle)
+    for path in ("/more", "/error"):
+        client = Client()
+        trio.run(router, scope(path), client.receive, client.send)
+        assert client.body == b"ab", path  # short of the 5 declared: the client sees a cut
+        assert client.sent[-1]["more_body"] is True, path  # and no end (the connection breaks)
+
+
 def test_errors_are_one_line_statuses():
     async def bad(request: Request) -> Response:
         raise BadQuery('invalid "from": nope\nsecond line')

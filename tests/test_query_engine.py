@@ -28,6 +28,7 @@ QUERIES = st.sampled_from([
     (b"", False), (b"needle-7f3a9c", False), (b"status=500", False), (b"HTTP/1.1", False), (b"a b", False),
     (b"ERROR.*timeout", True), (b"(?i)error", True), (b"^GET", True), (b"(ERROR|timeout) x", True),
     (rb"\d+", True), (b"x$", True), (b"nothing-here", False), (b"(?i)\xc3\x89T\xc3\x89", True),
+    (b".*", True),  # matches every record: the "all" strategy, as an empty q
 ])
 
 
@@ -93,10 +94,13 @@ def test_results_equal_a_brute_force_scan(tmp_path_factory: pytest.TempPathFacto
                 got = b"".join([blk async for blk in local.run(p)])
                 assert got == brute(records, q, regex, topic, lo, hi), (q, regex, topic, lo, hi)
                 # the length an answer declares up front (Content-Length) is exact, and
-                # known for match everything unless segments overlap
+                # known for match everything (an empty q, or a regex such as .*) unless
+                # segments overlap
                 assert size is None or size == len(got)
                 merged = any(len([s for s in g if s.blocks]) > 1 for g in p.groups)
-                assert (size is not None) == (q == b"" and topic is None and not merged)
+                everything = Matcher(q, regex, topic).strategy == "all"
+                assert everything == (q in (b"", b".*") and topic is None)
+                assert (size is not None) == (everything and not merged)
         store.close()
 
     trio.run(main)
@@ -156,6 +160,37 @@ def test_results_read_are_freed_at_once_not_by_the_garbage_collector(tmp_path: P
         held, peak = tracemalloc.get_traced_memory()
         assert held < 4 << 20 and peak < 12 << 20, (held, peak)
         await settled(scanner)
+        scanner.close()
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        trio.run(main)
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+def test_results_of_a_scan_left_mid_way_are_freed_at_once(tmp_path: Path) -> None:
+    """The results a stream had read ahead when its reader left (a client
+    gone, a deadline) are dropped unread: nothing keeps them alive until
+    the garbage collector runs (``_Job.drop`` lets go of the future)."""
+    import gc
+    import tracemalloc
+
+    units = slow_units(tmp_path, 12)  # ~0.9 MB of results each
+
+    async def main() -> None:
+        scanner = Scanner(0, depth=8, limit=8)
+        async with aclosing(scanner.results(units)) as results:
+            async for first in results:
+                await settled(scanner)  # the units read ahead have finished: results held
+                break  # the reader leaves
+        del first
+        await settled(scanner)
+        held, _ = tracemalloc.get_traced_memory()
+        assert held < 2 << 20, held  # not the ~7 MB of the results read ahead
         scanner.close()
 
     gc.collect()

@@ -25,7 +25,8 @@ straight through.  A plan holds a *lease* on the files it names
 or retires one of them renames it (``.reading``, ``.trashed``) but keeps
 it on disk, and a unit finds it under its new name by its inode
 (``oklog.query.unit``), so compaction never cuts an answer short.  A file
-removed after planning otherwise is skipped; one replaced (a same-named
+removed after planning otherwise is skipped (an answer that declared its
+length, ``exact_size``, is then cut: it ends short of it); one replaced (a same-named
 upload's union) or found damaged cuts the answer short
 (``SegmentChanged``, ``CorruptSegment``: the latter also has the segment
 checked again), so an answer is never a mix of two files.
@@ -198,9 +199,13 @@ async def exact_size(local: LocalPlan) -> int | None:
     query keeps every record of its range (match everything) and no two of
     its segments overlap (nothing to de-duplicate): the whole blocks' sizes
     are in their tables, and a block the range cuts (at most the first and
-    the last of a segment) is read and cut here.  None otherwise, or when a
-    cut block cannot be read (the scan will meet it and say so).  It lets
-    the answer go out with a ``Content-Length`` (``oklog.http.Response``)."""
+    the last of a segment) is read and cut here, before the headers (the
+    scan reads it again).  None otherwise, or when a cut block cannot be
+    read (the scan will meet it and say so).  It lets the answer go out
+    with a ``Content-Length`` (``oklog.http.Response``), so whatever lies
+    between ``run`` and the wire must keep every byte: ``timed``, the
+    limits' deadline and ``gather.merged_body`` of this answer alone do;
+    ``ids=true`` and a merge with other answers do not, and declare none."""
     if local.query.matcher.strategy != "all":
         return None
     total = 0
