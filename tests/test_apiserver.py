@@ -5,6 +5,7 @@ is not needed to hold connections open or to make a query slow."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import trio
@@ -68,11 +69,13 @@ def serve(router: Router, test: Callable[[int], Any], **kw: Any) -> None:
     trio.run(main)
 
 
-async def request(port: int, path: str, *, read_all: bool = True) -> tuple[bytes, trio.SocketStream]:
-    """Send one GET; return what came back until the server closed (or
-    the headers, with ``read_all=False``) and the stream."""
+async def request(port: int, path: str, *, read_all: bool = True,
+                  method: str = "GET") -> tuple[bytes, trio.SocketStream]:
+    """Send one request (no body); return what came back until the server
+    closed (or the headers, with ``read_all=False``) and the stream."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    length = "Content-Length: 0\r\n" if method == "POST" else ""
+    await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{length}Connection: close\r\n\r\n".encode())
     data = b""
     while True:
         try:
@@ -269,3 +272,76 @@ def test_a_scatter_cut_by_its_deadline_lets_go_of_the_answers_it_had() -> None:
         assert len(opened) == 1 and opened[0].closed
 
     trio.run(main)
+
+
+# --- the walker's repair step (POST /store/repair) ----------------------------------------------
+
+REPAIR = "/store/repair?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"
+
+
+def repair_app(tmp_path: Path, limits: QueryLimits, gate: trio.Event) -> Router:
+    """The real query routes and repairer behind ``limits``; the two peer
+    stores answer the repair's id queries (empty) once ``gate`` is set."""
+    from oklog.query.api import query_router
+    from oklog.query.repair import Repairer
+    from oklog.store.log import StoreLog
+    from tests.fakes import FakeAnswer, FakeCluster
+
+    class Peers(FakeCluster):
+        async def open_query(self, store: str, raw_query: bytes, *, method: str = "GET") -> FakeAnswer:
+            await gate.wait()
+            return FakeAnswer(store, {"X-Oklog-Node": store, "X-Oklog-Ids": "true"}, [])
+
+    store = StoreLog(tmp_path / "store")
+    store.open()
+    peers = Peers({}, ["http://p1", "http://p2"])
+    repairer = Repairer(peers, peers, rf=2, grace=0.0, tmp=tmp_path)
+    router = Router()
+    router.use(limits.middleware())
+    router.mount(query_router(store, peers, peers, repairer=repairer))
+    return router
+
+
+def test_repair_steps_beyond_the_cap_get_503_and_share_the_cluster_pool(tmp_path: Path) -> None:
+    gate = trio.Event()
+
+    async def test(port: int) -> None:
+        before = sample(metrics.queries_refused, "/store/repair")
+        answers: list[bytes] = []
+
+        async def held() -> None:
+            answers.append((await request(port, REPAIR, method="POST"))[0])
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held)
+                nursery.start_soon(held)
+                await trio.sleep(0.3)  # both hold a slot of the "cluster" pool
+                refused, _ = await request(port, REPAIR, method="POST")
+                assert refused.startswith(b"HTTP/1.1 503 ")
+                assert b"\r\nretry-after: 1\r\n" in refused.lower()
+                assert b"-store.max-concurrent-queries" in refused
+                assert sample(metrics.queries_refused, "/store/repair") == before + 1
+                # the same pool as /store/query (both scatter to every store)
+                query, _ = await request(port, "/store/query?from=2020-01-01T00:00:00Z")
+                assert query.startswith(b"HTTP/1.1 503 ")
+                gate.set()
+            assert len(answers) == 2
+            assert all(a.startswith(b"HTTP/1.1 200 ") and b'"stores": 2' in a for a in answers)
+            after, _ = await request(port, REPAIR, method="POST")  # the slots were given back
+            assert after.startswith(b"HTTP/1.1 200 ")
+        assert sample(metrics.queries_running) == 0
+
+    serve(repair_app(tmp_path, QueryLimits(timeout=30, max_concurrent=2), gate), test)
+
+
+def test_a_repair_step_past_its_deadline_gets_503(tmp_path: Path) -> None:
+    async def test(port: int) -> None:
+        before = sample(metrics.query_timeouts, "/store/repair", "head")
+        with trio.fail_after(10):  # the peers never answer (gate never set)
+            answer, _ = await request(port, REPAIR, method="POST")
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"-store.query-timeout" in answer
+        assert sample(metrics.query_timeouts, "/store/repair", "head") == before + 1
+        assert sample(metrics.queries_running) == 0
+
+    serve(repair_app(tmp_path, QueryLimits(timeout=0.3, max_concurrent=4), trio.Event()), test)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
 import pytest
@@ -305,6 +305,55 @@ def test_an_answer_that_breaks_off_in_round_two_is_reported() -> None:
     assert fake.answers["http://a"].closed and fake.answers["http://b"].closed
 
 
+class Named(FakeCluster):
+    """A fake store that answers under its own identity (``self_url``)."""
+
+    def __init__(self, url: str, stores: list[str]) -> None:
+        super().__init__({}, stores)
+        self.url = url
+
+    def self_url(self) -> str:
+        return self.url
+
+
+class Watched(FakeAnswer):
+    """A canned answer that says whether its body was read."""
+
+    read = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.read = True
+        async for chunk in super().chunks():
+            yield chunk
+
+
+def test_one_node_under_two_addresses_is_merged_once_in_round_two() -> None:
+    """As ``/store/query`` (``gather.one_per_node``, by ``X-Oklog-Node``): the
+    second answer of a node is closed unread and its work is not counted."""
+    q = Query(ulid_for_ms(0), ulid_for_ms(59_999, upper=True))
+    b = layout(q, 6)
+    recs = [rec(100 + i, i) for i in range(20)]
+    body = json.dumps({"bucket_ms": b.step_ms, "from_ms": b.from_ms, "buckets": [
+        {"t": b.start(i), "count": 20 if i == 0 else 0} for i in range(len(b))]}).encode()
+    urls = ["http://a", "http://a-alias", "http://b"]
+    fake = FakeCluster({}, urls)
+    fake.histograms = {u: body for u in urls}
+    a = {"X-Oklog-Node": "http://a", "X-Oklog-Segments-Queried": "2", "X-Oklog-Blocks-Queried": "5"}
+    answers = {
+        "http://a": Watched("http://a", a, [b"".join(recs)]),
+        "http://a-alias": Watched("http://a-alias", a, [b"".join(recs)]),
+        "http://b": Watched("http://b", {"X-Oklog-Node": "http://b", "X-Oklog-Segments-Queried": "1",
+                                         "X-Oklog-Blocks-Queried": "3"}, [b"".join(recs[:10])]),
+    }
+    fake.answers = dict(answers)
+    h = trio.run(cluster_histogram, None, urls, fake, q, 6)
+    assert h.counts.tolist() == [20, 0, 0, 0, 0, 0] and not h.errors and h.rescanned_buckets == 1
+    assert (h.segments, h.blocks_scanned) == (3, 8)  # a once, b once
+    assert answers["http://b"].read
+    assert answers["http://a"].read != answers["http://a-alias"].read  # whichever answered first, alone
+    assert all(r.closed for r in answers.values())
+
+
 def test_two_stores_over_http(tmp_path: Path) -> None:
     """The real endpoints and ``HttpPeers`` (httpx to the ASGI apps, no sockets)."""
     import httpx
@@ -327,11 +376,11 @@ def test_two_stores_over_http(tmp_path: Path) -> None:
 
     async def main() -> None:
         stores = [await store_holding(tmp_path / name, rng, recs) for name in ("a", "b")]
-        fake = FakeCluster({}, ["http://a", "http://b"])
         apps = {}
         for name, s in zip("ab", stores):
-            app = query_router(s, fake, fake)
-            app.mount(histogram_router(s, fake, fake))
+            node = Named(f"http://{name}", ["http://a", "http://b"])  # each store its own X-Oklog-Node
+            app = query_router(s, node, node)
+            app.mount(histogram_router(s, node, node))
             apps[name] = app
         peers = HttpPeers(httpx.AsyncClient(transport=Route(apps)))
         union = [r for s in stores for r in held(s)]

@@ -394,3 +394,36 @@ def test_a_segment_removed_before_its_check_is_dropped_from_the_index(tmp_path: 
     assert everything(store) == b""
     assert len(store.index) == 0 and store.unverified() == 0
     store._check()
+
+
+def test_purge_removes_only_files_whose_name_says_trashed(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """``purge`` asks the lifecycle with the file's own state: a live segment
+    booked as trash by mistake is not deleted (it leaves the trash, logged);
+    ``.trashed`` and its unused variant ``.trashed.1`` go."""
+    from oklog.store.log import Trashed
+
+    stamper = Stamper()
+    live = stamp([b"live"], stamper)
+    old = stamp([b"old"], stamper)
+    name, old_name = SegmentName.of_block(live), SegmentName.of_block(old)
+    put(tmp_path, live, name)
+    put(tmp_path, old, old_name, "trashed")
+    put(tmp_path, old, old_name, "trashed.1")
+    store = StoreLog(tmp_path)
+    store.open()
+    assert len(store.trash) == 2
+    (_, segment), = list(store.index)
+    store.trash[segment.path] = Trashed(segment, 0.0, "a bug")  # a live segment booked as trash
+    for t in store.trash.values():
+        t.purge_at = 0.0
+    with caplog.at_level(logging.ERROR, logger="oklog.store"):
+        gone = store.purge(1.0)
+    assert sorted(t.segment.path.name for t in gone) == [old_name.filename("trashed"),
+                                                         old_name.filename("trashed.1")]
+    assert flushed(tmp_path) == [name.filename("flushed")] and not list(tmp_path.glob("*.trashed*"))
+    assert not store.trash
+    assert "event=purge_refused" in caplog.text and name.filename("flushed") in caplog.text
+    assert everything(store) == live
+    store._check()
+    store.close()

@@ -23,7 +23,11 @@ de-duplicated, so it works in two rounds:
    replication factor above 1, usually all of them) are counted again from
    the records themselves: one ``/store/query``-style scatter-gather over
    the time span of the contested buckets, merged and de-duplicated by ULID,
-   each record counted in its bucket.
+   each record counted in its bucket.  As in ``/store/query``, a node
+   reached under two addresses is merged once (``gather.one_per_node``,
+   by ``X-Oklog-Node``); its other answers are closed unread.  (Round 1
+   needs no such care: such a node reports its buckets twice, which makes
+   them contested, so round 2 counts them again.)
 
 A query that must be scanned anyway (a ``q`` or a ``topic``) on several
 stores skips round 1: every bucket would be contested, and round 1 would
@@ -214,10 +218,13 @@ async def _recount(h: Histogram, contested: np.ndarray, store: StoreLog | None, 
     gathered = await gather.scatter(
         peers, stores, span.encode().encode(), "GET", self_url=self_url,
         local_plan=(lambda: local.prepare(store, span, scanner)) if store is not None else None)
+    # One node reached under two addresses holds one copy: its first answer
+    # is merged, the others are closed unread (as ``/store/query`` does).
+    kept = gather.Gathered(gather.one_per_node(gathered.responses))
     recount = b.zeros()
     broken: list[str] = []
     try:
-        async for block in merge_streams([_blocks(r, broken) for r in gathered.responses]):
+        async for block in merge_streams([_blocks(r, broken) for r in kept.responses]):
             b.count_block(block, recount, only=contested)
     finally:
         with trio.CancelScope(shield=True):
@@ -225,8 +232,8 @@ async def _recount(h: Histogram, contested: np.ndarray, store: StoreLog | None, 
                 await r.aclose()
     h.counts[contested] = recount[contested]
     h.rescanned_buckets = int(contested.sum())
-    h.segments = max(h.segments, gathered.total("X-Oklog-Segments-Queried"))
-    h.blocks_scanned += gathered.total("X-Oklog-Blocks-Queried")
+    h.segments = max(h.segments, kept.total("X-Oklog-Segments-Queried"))
+    h.blocks_scanned += kept.total("X-Oklog-Blocks-Queried")
     h.errors.extend(gathered.errors + broken)
 
 

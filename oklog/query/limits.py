@@ -5,14 +5,15 @@ Theory of operation: ``QueryLimits.middleware`` wraps the API's routing
 (after the token check, so a stranger takes no slot) and acts on the
 query endpoints only (``LIMITED``):
 
-- **Cap**: ``GET`` on a limited endpoint takes a slot of its pool for as
-  long as it runs -- to the end of its streamed body, or until the client
-  leaves.  With every slot taken it is answered at once ``503`` with
-  ``Retry-After: 1`` and a one-line reason (nothing queues: a queue would
-  only hide the overload from the client, who can retry elsewhere), and
-  counted in ``oklog_store_queries_refused_total{endpoint}``.  There are
+- **Cap**: a ``GET`` (or the walker's ``POST /store/repair``) on a
+  limited endpoint takes a slot of its pool for as long as it runs -- to
+  the end of its streamed body, or until the client leaves.  With every
+  slot taken it is answered at once ``503`` with ``Retry-After: 1`` and a
+  one-line reason (nothing queues: a queue would only hide the overload
+  from the client, who can retry elsewhere), and counted in ``oklog_store_queries_refused_total{endpoint}``.  There are
   two pools of ``-store.max-concurrent-queries`` slots each: ``cluster``
-  (``/store/query``, ``/store/histogram``: what users ask) and ``local``
+  (``/store/query``, ``/store/histogram``, ``/store/repair``: what users
+  and operators ask, each of which scatters to every store) and ``local``
   (``/store/_query``, ``/store/_histogram``: what peers' cluster queries
   ask of this store).  Separate pools mean a node busy with its own
   users' queries still answers its peers' shares, and the reverse, so
@@ -26,7 +27,10 @@ query endpoints only (``LIMITED``):
   Both are counted in ``oklog_store_query_timeouts_total`` and logged
   (``event=query_timeout``).  A cluster query's deadline covers its peers:
   cutting it closes their ``/store/_query`` answers, which stops their
-  scans, and each peer also holds its own deadline.
+  scans, and each peer also holds its own deadline.  A repair step cut at
+  its deadline stops where it is (its temporary files go; copies already
+  sent stay, which at worst over-replicates) and is answered ``503``;
+  ``oklog repair`` reports that step as failed and goes on.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ log = logging.getLogger("oklog.query")
 LIMITED = {
     "/store/query": "cluster",
     "/store/histogram": "cluster",
+    "/store/repair": "cluster",  # a walker's step scatters an id query to every store
     "/store/_query": "local",
     "/store/_histogram": "local",
 }
@@ -55,7 +60,7 @@ LIMITED = {
 
 class QueryLimits:
     """``timeout`` seconds per query (0: none); ``max_concurrent`` running
-    ``GET`` queries per pool (0: no cap)."""
+    queries per pool (0: no cap): every request but ``HEAD``."""
 
     def __init__(self, timeout: float, max_concurrent: int) -> None:
         self.timeout = timeout
@@ -75,7 +80,7 @@ class QueryLimits:
         return wrap
 
     async def _limited(self, request: Request, pool: str, next_handler: Handler) -> Response:
-        slot = request.method == "GET"
+        slot = request.method != "HEAD"  # GET; POST on /store/repair
         if slot and self.max_concurrent and self.running[pool] >= self.max_concurrent:
             metrics.queries_refused.labels(request.path).inc()
             log.warning("event=query_refused path=%s running=%d limit=%d client=%s",

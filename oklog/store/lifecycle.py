@@ -19,8 +19,10 @@ time); ``release`` gives it back as ``flushed`` when a job fails.
 it.  The file's extension is its state; the file layer
 (``oklog.store.log``) asks ``next_state`` before each claim, release,
 retire, expire and purge, so an illegal move raises ``IllegalTransition``
-instead of touching the disk (installing a new file is the one way into
-``flushed`` from ``active``, written out in ``StoreLog._install``).
+instead of touching the disk (purge, which works through the whole trash,
+leaves such a file alone, logs it and goes on; installing a new file is
+the one way into ``flushed`` from ``active``, written out in
+``StoreLog._install``).
 """
 
 from __future__ import annotations

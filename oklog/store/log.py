@@ -62,7 +62,7 @@ from pyroaring import BitMap64
 import trio
 
 from .. import metrics
-from ..errors import CorruptSegment
+from ..errors import CorruptSegment, IllegalTransition
 from ..fsutil import fsync_path, lock_directory
 from ..lines import aiter_blocks
 from ..records.format import MAX_LINE, validate_block
@@ -719,12 +719,20 @@ class StoreLog:
 
     def purge(self, now: float) -> list[Trashed]:
         """Remove the trashed files whose time has come and that no running
-        query reads."""
+        query reads.  The lifecycle is asked with the state the file's name
+        says: an entry of the trash whose file is not ``.trashed`` (never
+        made so here) is not removed but leaves the trash, logged
+        (``event=purge_refused``), and the other purges go on."""
         gone: list[Trashed] = []
         for path, t in list(self.trash.items()):
             if t.purge_at is None or t.purge_at > now or self.leased(t.segment):
                 continue
-            next_state("purge", State.TRASHED)
+            try:
+                next_state("purge", _file_state(path))
+            except IllegalTransition as exc:
+                del self.trash[path]
+                log.error("event=purge_refused path=%s reason=%r", path.name, str(exc))
+                continue
             path.unlink(missing_ok=True)
             sidecar_path(path).unlink(missing_ok=True)
             del self.trash[path]
@@ -785,6 +793,16 @@ class StoreLog:
             assert table.size == segment.size, segment.path
             assert (table.firsts[0], table.lasts[-1]) == (segment.name.lo, segment.name.hi)
 
+
+
+def _file_state(path: Path) -> State:
+    """The lifecycle state a store segment file's name says (``LO-HI.trashed``
+    and its unused variants ``LO-HI.trashed.1``, ...: trashed)."""
+    try:
+        _, state = SegmentName.parse(path.name)
+    except CorruptSegment:
+        raise IllegalTransition(f"{path.name!r} is not a store segment file name") from None
+    return state_of(state.split(".")[0])
 
 
 def _unused(path: Path) -> Path:
