@@ -124,13 +124,12 @@ def index_segment(path: str | Path, table: Table) -> tuple[list[int], bytes, Top
     """The n-gram and topic indexes of a sound segment, as (blocks not
     indexed, the serialized bitmap, the topic index): what runs in a scan
     worker process, reading and decompressing every block."""
-    grams, per_block = [], []
-    scratch = ngram.scratch()
+    builder, per_block = ngram.IndexBuilder(), []
     with BlockReader(Path(path), table) as reader:
         for block in reader.select(range(len(table)), b"", b"\xff"):
-            grams.append(ngram.block_grams(block, scratch))
+            builder.add(block)
             per_block.append(topics.block_topics(block))
-    index = ngram.from_grams(grams)
+    index = builder.finish()
     return index.wild, index.bitmap.serialize(), topics.build(per_block)
 
 

@@ -112,19 +112,18 @@ def inspect(reader: SegmentReader) -> tuple[Verdict, Table | None]:
     is, its table with the n-gram and topic indexes (what its sidecar holds)."""
     verdict = Verdict()
     table = Table(reader.compression)
-    grams = []
+    index = ngram.IndexBuilder()
     per_block = []
-    scratch = ngram.scratch()
     for frame in reader.frames():
         # a sound frame yields its data as it is: then this entry is exact
         for block in _good(frame, verdict, None):
             table.add(frame.offset, frame.length, block, first_ulid(block), last_ulid(block))
-            grams.append(ngram.block_grams(block, scratch))
+            index.add(block)
             per_block.append(topics.block_topics(block))
     damaged = verdict.malformed or verdict.torn or verdict.unreadable or verdict.unsorted
     if damaged or not verdict.records:
         return verdict, None
-    table.index = ngram.from_grams(grams)
+    table.index = index.finish()
     table.topics = topics.build(per_block)
     return verdict, table
 

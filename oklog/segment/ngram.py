@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from pyroaring import BitMap64
 
-__all__ = ["HEADER", "GramIndex", "block_grams", "build", "from_grams", "literal_grams", "scratch"]
+__all__ = ["HEADER", "GramIndex", "IndexBuilder", "block_grams", "build", "literal_grams", "scratch"]
 
 HEADER = 27  # ULID + SP: not indexed
 _N = 3
@@ -70,22 +70,41 @@ def scratch() -> np.ndarray:
     return np.zeros(1 << 24, np.bool_)
 
 
-def from_grams(grams: Sequence[np.ndarray]) -> GramIndex:
-    """The index of a segment whose block ``i`` holds ``grams[i]``.  A block
-    with more than ``MAX_GRAMS`` distinct trigrams (random bytes, base64)
-    is left out and always read: indexing it would cost more than the data."""
-    wild = [i for i, g in enumerate(grams) if len(g) > MAX_GRAMS]
-    parts = [(g.astype(np.uint64) << np.uint64(32)) | np.uint64(i)
-             for i, g in enumerate(grams) if len(g) <= MAX_GRAMS]
-    bitmap = BitMap64(np.concatenate(parts)) if parts else BitMap64()
-    bitmap.run_optimize()
-    return GramIndex(bitmap, len(grams), wild)
+class IndexBuilder:
+    """A segment's index, built block by block in block order: memory is the
+    bitmap's and one block's grams, not every block's grams at once (which
+    held ~0.2 MB per MiB of data until the end: ~100 MB more resident
+    memory for a 400 MiB segment's sidecar rebuilt at start).  A block with
+    more than ``MAX_GRAMS`` distinct trigrams (random bytes, base64) is
+    left out and always read: indexing it would cost more than the data."""
+
+    def __init__(self) -> None:
+        self._bitmap = BitMap64()
+        self._blocks = 0
+        self._wild: list[int] = []
+        self._scratch = scratch()
+
+    def add(self, block: bytes) -> None:
+        """The next block of the segment."""
+        grams = block_grams(block, self._scratch)
+        i = self._blocks
+        self._blocks += 1
+        if len(grams) > MAX_GRAMS:
+            self._wild.append(i)
+        elif len(grams):
+            self._bitmap.update((grams.astype(np.uint64) << np.uint64(32)) | np.uint64(i))
+
+    def finish(self) -> GramIndex:
+        self._bitmap.run_optimize()
+        return GramIndex(self._bitmap, self._blocks, self._wild)
 
 
 def build(blocks: Iterable[bytes]) -> GramIndex:
     """The index of a segment's blocks, in block order."""
-    table = scratch()
-    return from_grams([block_grams(b, table) for b in blocks])
+    builder = IndexBuilder()
+    for block in blocks:
+        builder.add(block)
+    return builder.finish()
 
 
 def _code(gram: bytes) -> int:
