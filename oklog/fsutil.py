@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 from pathlib import Path
 
@@ -33,3 +34,20 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_PAGE_MASK = ~(mmap.PAGESIZE - 1)
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def drop_pages(buf: object, done: int, pos: int) -> int:
+    """Drop the pages of a file mapping ``buf`` from ``done`` up to ``pos``
+    from this process (``MADV_DONTNEED``; the page cache keeps them), and
+    return where the next call starts.  Reading a whole file through a
+    mapping otherwise keeps every page of it resident (measured: a node's
+    peak RSS doubled).  Anything but an ``mmap`` is left alone."""
+    upto = pos & _PAGE_MASK
+    if upto > done and isinstance(buf, mmap.mmap) and _DONTNEED is not None:
+        buf.madvise(_DONTNEED, done, upto - done)
+        return upto
+    return done

@@ -244,3 +244,31 @@ def test_reads_in_any_block_size_cut_at_line_ends(tmp_path_factory: pytest.TempP
     assert all(len(b) <= size or b.count(b"\n") == 1 for b in whole)  # only a long line exceeds size
     if tail:
         assert raw[-1] == b"t" * tail
+
+
+def test_reading_every_frame_keeps_no_file_pages_resident(tmp_path: Path) -> None:
+    """``frames`` reads a whole segment through a mapping (checking a
+    segment, rebuilding its sidecar): the pages behind the reader are
+    dropped from the process (they stay in the page cache), so the node's
+    RSS does not grow by the file's size."""
+    import os
+    import zstandard
+
+    def rss_file() -> int:  # mapped file pages (RssShmem: a file on tmpfs)
+        with open("/proc/self/status") as f:
+            return sum(int(line.split()[1]) << 10 for line in f
+                       if line.startswith(("RssFile:", "RssShmem:")))
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux's /proc")
+    path = tmp_path / "big.flushed"
+    cctx = zstandard.ZstdCompressor(level=1, write_content_size=True)
+    with open(path, "wb") as f:
+        for _ in range(40):  # incompressible: the file is as big as its records
+            f.write(cctx.compress(os.urandom(1 << 20)))
+    grew = 0
+    before = rss_file()
+    for n, frame in enumerate(frames(path), 1):
+        assert frame.data is not None and len(frame.data) == 1 << 20
+        grew = max(grew, rss_file() - before)
+    assert n == 40 and grew < 12 << 20, grew

@@ -28,6 +28,7 @@ from types import TracebackType
 import zstandard
 
 from oklog.errors import CorruptSegment
+from oklog.fsutil import drop_pages
 from oklog.records.search import bisect, first_ulid, last_ulid, line_range
 from oklog.segment.name import SegmentName
 from oklog.segment.table import Table
@@ -130,8 +131,9 @@ def _zstd_frames(f) -> Iterator[Frame]:  # type: ignore[no-untyped-def]
     if not size:
         return
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        pos = 0
+        pos = done = 0
         while pos < size:
+            done = drop_pages(data, done, pos)  # a whole file's pages otherwise stay resident
             decoded = _decode_frame(data, pos)
             if decoded is None:  # undecodable: go on at the next frame's magic
                 nxt = data.find(ZSTD_MAGIC, pos + 1)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from oklog.fsutil import drop_pages
 from oklog.records.search import bisect, first_ulid, last_ulid, line_range
 from oklog.segment.blocked import Frame
 from oklog.segment.name import SegmentName
@@ -28,8 +29,6 @@ __all__ = ["READ_BLOCK", "PlainReader", "PlainWriter"]
 
 READ_BLOCK = 1 << 20
 _LF = b"\n"
-_PAGE_MASK = ~(mmap.PAGESIZE - 1)
-_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 class PlainReader:
@@ -88,7 +87,7 @@ class PlainReader:
         block of its own).  The pages read are dropped from this process
         behind the reader (``MADV_DONTNEED``; the page cache keeps them)."""
         buf, pos = self._buf, start
-        done = pos & _PAGE_MASK  # pages below this are dropped
+        done = pos - pos % mmap.PAGESIZE  # pages below this are dropped
         while pos < stop:
             end = pos + size
             if end >= stop:
@@ -100,10 +99,7 @@ class PlainReader:
                 end = stop if nl < 0 else nl + 1
             yield buf[pos:end]
             pos = end
-            upto = pos & _PAGE_MASK
-            if upto > done and isinstance(buf, mmap.mmap) and _DONTNEED is not None:
-                buf.madvise(_DONTNEED, done, upto - done)
-                done = upto
+            done = drop_pages(buf, done, pos)
 
     def close(self) -> None:
         if isinstance(self._buf, mmap.mmap):
