@@ -91,6 +91,12 @@ order (table rows in [brackets]):
    (``oklog_store_compaction_bytes_total{direction="out"}``) / segment
    bytes ``/store/replicate`` wrote (``oklog_store_replicated_bytes_total``),
    both on disk, over the whole run.
+11. [restart without sidecars]: every query answered once more (its
+   SHA-256 kept), the node stopped, every file of the store directory
+   but the ``*.flushed`` segments deleted, the node started again (it
+   rebuilds the sidecars): every answer must be the same bytes.  [node
+   peak RSS, whole run] is the highest ``VmHWM`` of the node: at the end
+   of the run and of the restarted node (target ≤ 200 MiB).
 
 Ratios are "our time / baseline time" (> 1 means slower than the baseline),
 except for bytes on disk (/ input size) and the loaded ingest (/ idle rate).
@@ -110,6 +116,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import filecmp
+import hashlib
 import http.client
 import json
 import os
@@ -182,6 +189,7 @@ class Goal:
 
 GOALS: dict[str, Goal] = {
     "freshness": Goal("<=", 1.0, "≤ 1.0 s"),  # median seconds
+    "node peak RSS": Goal("<=", 200 * 2**20, "≤ 200 MiB"),  # VmHWM over the whole run, restart included
     "bytes on disk": Goal("<=", 0.30, "≤ 0.30x"),  # all store files / input bytes
     "rare literal": Goal("<=", 0.1, "≤ 0.10x"),  # ours / grep
     "common literal": Goal("<=", 1.5, "≤ 1.50x"),
@@ -1062,6 +1070,14 @@ def read_pipe(procs: Procs, argv: list[str]) -> tuple[float, int, int]:
     return time.perf_counter() - t0, lines, nbytes
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def count_lines(path: Path) -> int:
     n = 0
     with open(path, "rb") as f:
@@ -1220,6 +1236,7 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
     node.check_alive()
     errors = node.log_errors()
     d["node_log_errors"] = errors[:20]
+    digests = answer_digests(node, res)  # what the restart without sidecars must answer
     say("stopping node")
     rc = node.stop()
     if rc is None:
@@ -1228,6 +1245,50 @@ def bench(args: argparse.Namespace, procs: Procs, work: Path, res: Results) -> N
         res.problem(f"node exited with status {rc} on SIGTERM\n{node.log_tail()}")
     if errors:
         res.note(f"node log has {len(errors)} ERROR/Traceback lines (see node_log_errors in the JSON)")
+    restart_without_sidecars(node, digests, res)
+
+
+def answer_digests(node: Node, res: Results) -> dict[str, str]:
+    """Each query's answer (SHA-256), as the node answers now."""
+    digests = {}
+    out = node.dir / "answer.out"
+    for q in res.data.get("queries", []):
+        node.query_to_file(q["q"], q["regex"], out)
+        digests[q["name"]] = file_sha256(out)
+    out.unlink(missing_ok=True)
+    return digests
+
+
+def restart_without_sidecars(node: Node, digests: dict[str, str], res: Results) -> None:
+    """The acceptance check of the storage engine: every file of the store
+    directory but the segments deleted, the node restarted (it rebuilds the
+    sidecars), and every query must answer the same bytes as before.  The
+    restarted node's peak RSS counts in the whole-run peak."""
+    say("restart without sidecars: deleting every non-segment file of the store, restarting")
+    removed = 0
+    for p in node.store_dir.iterdir():
+        if not p.name.endswith(".flushed"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed += 1
+    t0 = time.perf_counter()
+    node.start()
+    same: dict[str, bool] = {}
+    out = node.dir / "restart.out"
+    for q in res.data.get("queries", []):
+        node.query_to_file(q["q"], q["regex"], out)
+        same[q["name"]] = file_sha256(out) == digests.get(q["name"])
+    out.unlink(missing_ok=True)
+    hwm = proc_status(node.pid, "VmHWM")
+    res.data["restart_without_sidecars"] = {"files_removed": removed, "same_answers": same,
+                                           "queries_done_s": time.perf_counter() - t0, "peak_hwm": hwm}
+    for name, ok in same.items():
+        if not ok:
+            res.problem(f"restart without sidecars: {name} answers differently than before")
+    rss = res.data["ingest"]["node_rss"]
+    rss["peak_hwm_run"] = max(rss.get("peak_hwm_end") or 0, hwm or 0)
+    say(f"  {removed} files removed; every answer the same: {all(same.values())}; peak RSS {fmt_b(hwm)}")
+    if node.stop() != 0:
+        res.problem(f"the restarted node did not stop cleanly\n{node.log_tail()}")
 
 
 def measure_ingest(args: argparse.Namespace, procs: Procs, node: Node, data: Dataset, res: Results) -> float:
@@ -1465,6 +1526,7 @@ def check_goals(d: dict) -> None:
     queries = {q["name"]: q for q in d.get("queries", [])}
     values = {
         "freshness": d.get("freshness", {}).get("median_s"),
+        "node peak RSS": d.get("ingest", {}).get("node_rss", {}).get("peak_hwm_run"),
         "bytes on disk": d.get("store", {}).get("total_per_input"),
         **{name: q["ratio_to_grep"] for name, q in queries.items()},
         # like for like: cat's bytes read by our client's reader (cat > file: reported, see docs)
@@ -1532,6 +1594,8 @@ def ingest_rows(d: dict) -> list[str]:
              fmt_r(r["queryable_vs_raw_tcp_to_file"]), "TCP → file", lines_s(GO["queryable_lines_per_s"]).strip()),
         _row("  node peak RSS (VmHWM)", fmt_b(rss["peak_hwm_after_ingest"]), "",
              fmt_r(rss["peak_per_input_byte"]), "input size", fmt_r(GO["peak_rss_per_input_byte"])),
+        _row("  node peak RSS, whole run", fmt_b(rss.get("peak_hwm_run")), "", "", "restart incl.", "",
+             _target(d, "node peak RSS")),
         f"  (forwarder start-up before connecting, {fmt_s(fp['start_to_connect_s'])}, not counted;"
         f" CPU: node {ing['node_cpu_s']:.1f} s, forwarder {fp['cpu_s']:.1f} s)",
     ]
@@ -1582,6 +1646,12 @@ def store_rows(d: dict) -> list[str]:
     rows.append(f"  (zstdcat over the .flushed files: {copy['lines']:,} lines, {fmt_b(copy['bytes'])}: "
                 f"{'every record' if copy['every_record'] else 'NOT every record'}; "
                 f"indexes written {fmt_s(st['index_wait_s'])} after queryable)")
+    rs = d.get("restart_without_sidecars")
+    if rs:
+        same = all(rs["same_answers"].values())
+        rows.append(f"  (restart without sidecars: {rs['files_removed']} non-segment files deleted, node restarted: "
+                    f"{'every answer the same' if same else 'ANSWERS DIFFER'}, in {fmt_s(rs['queries_done_s'])}; "
+                    f"its peak RSS {fmt_b(rs['peak_hwm'])})")
     return rows
 
 
