@@ -188,6 +188,7 @@ class Goal:
 
 
 GOALS: dict[str, Goal] = {
+    "ingest": Goal(">=", 350_000, "≥ 350k/s"),  # lines per second, connect -> last record queryable
     "freshness": Goal("<=", 1.0, "≤ 1.0 s"),  # median seconds
     "node peak RSS": Goal("<=", 200 * 2**20, "≤ 200 MiB"),  # VmHWM over the whole run, restart included
     "bytes on disk": Goal("<=", 0.30, "≤ 0.30x"),  # all store files / input bytes
@@ -1357,7 +1358,12 @@ def measure_store(args: argparse.Namespace, procs: Procs, node: Node, data: Data
         res.note(f"segments still without a sidecar after {args.stall_timeout:.0f} s: {node.unindexed()}")
     use = node.disk_usage()
     files = node.store_files()
-    say(f"  {use['segment_files']} segments ({use['zstd_segments']} zstd), {fmt_b(use['segments'])}; "
+    names = [Path(f).name.split(".")[0] for f in files]  # FROM-TO: the queries meet these
+    use["segment_names"] = names
+    use["overlapping_segments"] = sum(
+        1 for a, b in zip(names, names[1:]) if b.split("-")[0] <= a.split("-")[1])
+    say(f"  {use['segment_files']} segments ({use['zstd_segments']} zstd, "
+        f"{use['overlapping_segments']} overlapping the one before), {fmt_b(use['segments'])}; "
         f"sidecars {fmt_b(use['sidecars'])}; all store files {fmt_b(use['total'])}")
 
     records = node.dir / "records.txt"
@@ -1525,6 +1531,7 @@ def check_goals(d: dict) -> None:
     """The target of every row that has one, the value measured, and whether it was met."""
     queries = {q["name"]: q for q in d.get("queries", [])}
     values = {
+        "ingest": d.get("ingest", {}).get("queryable_lines_per_s"),
         "freshness": d.get("freshness", {}).get("median_s"),
         "node peak RSS": d.get("ingest", {}).get("node_rss", {}).get("peak_hwm_run"),
         "bytes on disk": d.get("store", {}).get("total_per_input"),
@@ -1591,7 +1598,8 @@ def ingest_rows(d: dict) -> list[str]:
              fmt_r(r["forward_vs_raw_tcp_to_file"]), "TCP → file", lines_s(GO["forward_lines_per_s"]).strip()),
         _row("", "", f"{ing['forward_mb_per_s']:>9.0f} MB/s", fmt_r(r["forward_vs_raw_tcp_discard"]), "TCP → discard"),
         _row("  oklog forward, connect → queryable", fmt_s(ing["queryable_s"]), lines_s(ing["queryable_lines_per_s"]),
-             fmt_r(r["queryable_vs_raw_tcp_to_file"]), "TCP → file", lines_s(GO["queryable_lines_per_s"]).strip()),
+             fmt_r(r["queryable_vs_raw_tcp_to_file"]), "TCP → file", lines_s(GO["queryable_lines_per_s"]).strip(),
+             _target(d, "ingest")),
         _row("  node peak RSS (VmHWM)", fmt_b(rss["peak_hwm_after_ingest"]), "",
              fmt_r(rss["peak_per_input_byte"]), "input size", fmt_r(GO["peak_rss_per_input_byte"])),
         _row("  node peak RSS, whole run", fmt_b(rss.get("peak_hwm_run")), "", "", "restart incl.", "",
