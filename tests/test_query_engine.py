@@ -4,6 +4,7 @@ force scan, whatever the blocks, index, overlaps, compression or workers."""
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -140,12 +141,27 @@ async def settled(scanner: Scanner) -> None:
             await trio.sleep(0.01)
 
 
+def traced_without_collector(main: Callable[[], Awaitable[None]]) -> None:
+    """``trio.run(main)`` with the cyclic garbage collector off and
+    tracemalloc on: memory freed then is freed by reference counting."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        trio.run(main)
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
 def test_results_read_are_freed_at_once_not_by_the_garbage_collector(tmp_path: Path) -> None:
     """A scan's memory is bounded by its depth, not by the answer's size:
     nothing keeps a result alive once it is read (a reference cycle
     through each unit's future once held every result of a query until
     the collector ran: ~400 MB after a few match-everything queries)."""
-    import gc
     import tracemalloc
 
     units = slow_units(tmp_path, 40)  # ~0.9 MB of results each
@@ -162,21 +178,13 @@ def test_results_read_are_freed_at_once_not_by_the_garbage_collector(tmp_path: P
         await settled(scanner)
         scanner.close()
 
-    gc.collect()
-    gc.disable()
-    tracemalloc.start()
-    try:
-        trio.run(main)
-    finally:
-        tracemalloc.stop()
-        gc.enable()
+    traced_without_collector(main)
 
 
 def test_results_of_a_scan_left_mid_way_are_freed_at_once(tmp_path: Path) -> None:
     """The results a stream had read ahead when its reader left (a client
     gone, a deadline) are dropped unread: nothing keeps them alive until
     the garbage collector runs (``_Job.drop`` lets go of the future)."""
-    import gc
     import tracemalloc
 
     units = slow_units(tmp_path, 12)  # ~0.9 MB of results each
@@ -193,14 +201,7 @@ def test_results_of_a_scan_left_mid_way_are_freed_at_once(tmp_path: Path) -> Non
         assert held < 2 << 20, held  # not the ~7 MB of the results read ahead
         scanner.close()
 
-    gc.collect()
-    gc.disable()
-    tracemalloc.start()
-    try:
-        trio.run(main)
-    finally:
-        tracemalloc.stop()
-        gc.enable()
+    traced_without_collector(main)
 
 
 def test_merged_streams_never_wait_for_each_others_tokens(tmp_path: Path) -> None:
