@@ -124,6 +124,11 @@ class QueryTimeout(OklogError):
     status_hint = 503
 
 
+class BodyLengthError(OklogError):
+    """A streamed answer longer or shorter than the ``Content-Length`` it
+    declared (``oklog.http``): its connection is broken, never ended."""
+
+
 # --- this node's fault ---------------------------------------------------------
 
 

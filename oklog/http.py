@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl
 import trio
 
 from . import metrics
-from .errors import ClientGone, OklogError, RequestTimeout
+from .errors import BodyLengthError, ClientGone, OklogError, RequestTimeout
 
 log = logging.getLogger("oklog.http")
 
@@ -258,10 +258,6 @@ async def _send(response: Response, request: Request, send: Any) -> None:
     elif hasattr(body, "aclose"):
         await body.aclose()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class BodyLengthError(Exception):
-    """A streamed body that does not have the length its headers declared."""
 
 
 async def _stream_body(body: AsyncIterator[bytes], request: Request, send: Any,
