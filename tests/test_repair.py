@@ -231,6 +231,12 @@ def test_answers_are_trusted_unique_only_from_our_stores_and_merged_once_per_nod
     got = trio.run(merged, [FakeAnswer("http://a", ours, [rec(1) + rec(2)]),
                             FakeAnswer("http://b", ours, [rec(1) + rec(2)])], short)
     assert got == rec(1) + rec(2) and short.take() == rec(1) + rec(2)
+    # and the statistics count that node's answer once too
+    stats = {**ours, "X-Oklog-Segments-Queried": "3", "X-Oklog-Blocks-Queried": "5"}
+    g = gather.Gathered(responses=[FakeAnswer("http://a", stats, []), FakeAnswer("http://b", stats, []),
+                                   FakeAnswer("http://c", {**stats, "X-Oklog-Node": "http://n2"}, [])])
+    headers = gather.stats_headers(g, 0.0)
+    assert headers["X-Oklog-Segments-Queried"] == "6" and headers["X-Oklog-Blocks-Queried"] == "10"
 
 
 def test_a_holder_that_cannot_send_the_records_is_an_error(tmp_path: Path) -> None:

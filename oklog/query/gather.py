@@ -48,8 +48,10 @@ class Gathered:
     nodes: int = 0
 
     def total(self, header: str) -> int:
+        """``header`` summed over the answers merged: one per node, as
+        ``merged_body`` takes them (a node reached twice counts once)."""
         total = 0
-        for r in self.responses:
+        for r in one_per_node(self.responses):
             try:
                 total += int(r.headers.get(header, "0"))
             except ValueError:
